@@ -1,0 +1,35 @@
+# Two commands set up a fresh machine: `make run` and `make test`.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+TORCH := torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: venv install run test test-fast bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+# torch first, from the pinned CPU build, so the project's range installs nothing more.
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+venv install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/voxagent serve
+
+test: $(STAMP)
+	$(BIN)/python -m pytest tests
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest tests -m "not slow and not integration"
+
+bench: $(STAMP)
+	@for m in bench/*.py; do n=$$(basename $$m .py); [ "$$n" = "__init__" ] || [ "$$n" = "common" ] || $(BIN)/python -m bench.$$n || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,1 @@
+"""voxagent: agent package."""

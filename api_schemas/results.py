@@ -1,0 +1,56 @@
+"""What an analysis produces: the contract between sandbox, agent runtime, workers and clients."""
+from __future__ import annotations
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Metric(BaseModel):
+    """One number the analysis computed, with its unit and the step that computed it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(description="What was measured, e.g. 'lesion volume'.")
+    value: float | int | str | bool = Field(description="The value; numbers are in `unit`.")
+    unit: str | None = Field(default=None, description="Physical unit, e.g. 'mL', 'mm', '%'; null when unitless.")
+    step: int | None = Field(default=None, description="Index of the step (0-based) whose code produced it.")
+
+
+class OutputVolume(BaseModel):
+    """A volume the analysis marked as a result (e.g. a segmentation), on the input's own grid."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    path: str | None = Field(default=None, description="Local file path (CLI) or artifact id (API).")
+    kind: str = Field(default="mask", description="'mask' (uint8 0/1) or 'image'.")
+    step: int | None = None
+    source: str | None = Field(default=None, description="Name of the input scan whose grid it lies on.")
+
+
+class StepTrace(BaseModel):
+    """One plan-execute-feedback step: the code, what it read back, and what went wrong."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    index: int
+    code: str
+    feedback: list[str] = Field(default_factory=list, description="Text of every read() in this step.")
+    error: str | None = None
+    duration_s: float = 0.0
+    phi_count: int = Field(default=0, description="Latent instructions (phi) consumed by vision calls.")
+
+
+class AnalysisResult(BaseModel):
+    """The document a user gets back, from the CLI (`voxagent run/exec --json`) or the API."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    status: str = Field(default="succeeded", description="'succeeded', 'no_answer' or 'failed'.")
+    text: str = Field(default="", description="The answer in words.")
+    metrics: list[Metric] = Field(default_factory=list)
+    outputs: list[OutputVolume] = Field(default_factory=list)
+    trace: list[StepTrace] = Field(default_factory=list)
+    error: str | None = None
+    model: str | None = Field(default=None, description="Model name and version that produced it.")
+    input_checksums: dict[str, str] = Field(default_factory=dict, description="sha256 per input scan name.")
+    timings_s: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")

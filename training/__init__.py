@@ -1,0 +1,1 @@
+"""voxagent: training package."""

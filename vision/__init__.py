@@ -1,0 +1,1 @@
+"""voxagent: vision package."""
