@@ -1,0 +1,26 @@
+"""Soft Dice: the segmentation loss, robust to the tiny foreground fractions of brain ROIs."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+
+def soft_dice(probs: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """Mean soft Dice over the batch (1 = perfect overlap); both (B, 1, X, Y, Z) in [0, 1]."""
+    if probs.shape != target.shape:
+        raise ValueError(f"probabilities {tuple(probs.shape)} and target {tuple(target.shape)} differ")
+    dims = tuple(range(1, probs.ndim))
+    inter = (probs * target).sum(dims)
+    total = probs.sum(dims) + target.sum(dims)
+    return ((2 * inter + eps) / (total + eps)).mean()
+
+
+def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
+    """1 - soft Dice of sigmoid(logits) against a 0/1 target."""
+    return 1.0 - soft_dice(torch.sigmoid(logits), target.to(logits.dtype), eps)
+
+
+def hard_dice(probs: Tensor, target: Tensor, threshold: float = 0.5) -> float:
+    """Dice of the thresholded prediction, for reporting."""
+    pred = (probs > threshold).to(torch.float32)
+    return float(soft_dice(pred, (target > 0.5).to(torch.float32)))
