@@ -1,0 +1,218 @@
+"""The persistent environment where agent code meets patient data.
+
+`Sandbox.execute_step` never raises: a rule violation, a bad argument, a library error or a time
+limit becomes `StepOutcome.error` (feedback text for the agent's next step) and a trace entry.
+Variables (and the input scans, predefined by name) persist across steps of the job.
+
+Metrics rule: a `Quantity` becomes a metric of the job the first time a step reads it (`read`),
+formats it into text (an f-string field) or passes it to `respond`; records and lists are walked
+for the quantities they hold. Each quantity object is recorded once, with the step that used it.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from agent.functions import default_registry
+from agent.functions.context import CallContext, StopSignal
+from agent.functions.registry import Registry
+from agent.functions.types import Quantity, Record, Scan
+from agent.phi_bank import PhiBank
+from agent.sandbox.errors import SandboxError, SandboxRuntimeError, SandboxTimeout, SandboxViolation
+from agent.sandbox.evaluator import Evaluator
+from agent.sandbox.limits import SandboxLimits
+from agent.sandbox.markers import Position, strip_mod_markers
+from agent.sandbox.outcome import StepOutcome
+from agent.sandbox.validator import CheckedStep, check_step, parse_step
+from agent.vision_client import VisionClient
+from api_schemas import AnalysisResult, Metric, OutputVolume, StepTrace
+from voxel_ops import Volume
+
+logger = logging.getLogger(__name__)
+
+VISION_CALLS = frozenset({"encode", "generate"})
+
+
+@lru_cache(maxsize=256)
+def _compile(code: str, markers: tuple[Position, ...], limits: SandboxLimits, library: frozenset[str]) -> CheckedStep:
+    """Parse and check once per distinct step text (replays and training reuse the same code)."""
+    tree = parse_step(code, limits)
+    return check_step(tree, limits, library, VISION_CALLS, list(markers))
+
+
+class Sandbox:
+    """One job's interpreter state: environment, limits, vision client, outputs and trace."""
+
+    def __init__(self, scans: Mapping[str, Volume], *, client: VisionClient, limits: SandboxLimits | None = None,
+                 phi_bank: PhiBank | None = None, output_dir: Path | None = None, job_id: str | None = None,
+                 registry: Registry | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+        self.registry = registry or default_registry()
+        self._library = frozenset(self.registry)
+        self.job_id = job_id or uuid.uuid4().hex
+        self.env: dict[str, Any] = {}
+        for name, vol in scans.items():
+            if not (name.isascii() and name.isidentifier()) or name.startswith("_") or name in self._library:
+                raise ValueError(f"scan name {name!r} must be a plain identifier that is not a library function")
+            self.env[name] = Scan(vol, name, source=name)
+        if output_dir is not None:
+            Path(output_dir).mkdir(parents=True, exist_ok=True)
+        self.ctx = CallContext(client=client, phi_bank=phi_bank or PhiBank.default(), job_id=self.job_id,
+                               limits=self.limits, output_dir=output_dir, record=self._record)
+        self.trace: list[StepTrace] = []
+        self.metrics: list[Metric] = []
+        self.outputs: list[OutputVolume] = []
+        self.responses: list[str] = []
+        self.stopped = False
+        self.elapsed_s = 0.0  # time spent executing steps (the job's wall-time budget)
+        self._recorded: dict[int, Any] = {}  # id -> quantity already turned into a metric (kept alive)
+        self._phis: Sequence[Any] = ()
+        self._step_started = 0.0
+
+    @property
+    def output_volumes(self) -> dict[str, Volume]:
+        """Every volume passed to output(), by name (for services that store artifacts themselves)."""
+        return self.ctx.output_volumes
+
+    # ------------------------------------------------------------ one step
+
+    def execute_step(self, code: str, phis: Sequence[Any] | None = None) -> StepOutcome:
+        started = self._step_started = time.perf_counter()
+        index = len(self.trace)
+        outcome = StepOutcome()
+        self.ctx.outcome, self.ctx.step = outcome, index
+        try:
+            self._run(code, phis, index)
+        except StopSignal:
+            self.stopped = True
+        except SandboxError as exc:
+            outcome.error = str(exc)
+        except RecursionError:
+            outcome.error = "the computation nested too deeply"
+        except MemoryError:
+            outcome.error = "out of memory"
+        except Exception as exc:  # a defect, not the agent's fault; the job must still go on
+            logger.exception("unexpected error in sandbox step %d", index)
+            outcome.error = f"internal error ({type(exc).__name__})"
+        finally:
+            self._phis = ()
+        outcome.duration_s = time.perf_counter() - started
+        self.elapsed_s += outcome.duration_s
+        self.metrics.extend(outcome.metrics)
+        self.outputs.extend(outcome.outputs)
+        self.responses.extend(outcome.responses)
+        self.trace.append(StepTrace(index=index, code=code if len(code) <= 20_000 else code[:20_000] + " ...",
+                                    feedback=[f.text if f.text is not None else f"<{len(f.vectors)} encoding vectors>"
+                                              for f in outcome.feedback],
+                                    error=outcome.error, duration_s=outcome.duration_s, phi_count=outcome.phis_used))
+        if outcome.error:
+            logger.info("step %d of job %s failed: %s", index, self.job_id, outcome.error)
+        return outcome
+
+    def _run(self, code: str, phis: Sequence[Any] | None, index: int) -> None:
+        if not isinstance(code, str):
+            raise SandboxViolation("the step's code must be text")
+        if self.stopped:
+            raise SandboxRuntimeError("the analysis has stopped; no further steps run")
+        if index >= self.limits.max_steps:
+            raise SandboxViolation(f"step limit reached: at most {self.limits.max_steps} steps per analysis")
+        if self.elapsed_s >= self.limits.job_timeout_s:
+            raise SandboxTimeout(f"the analysis ran past its time limit of {self.limits.job_timeout_s:g} s")
+        if len(code) > self.limits.max_code_chars * 2:  # before any scanning of absurd input
+            raise SandboxViolation(f"the step has {len(code)} characters; the limit is {self.limits.max_code_chars}")
+        stripped, markers = strip_mod_markers(code)
+        checked = _compile(stripped, tuple(markers), self.limits, self._library)
+        if phis is not None and len(phis) != len(markers):
+            raise SandboxViolation(f"the step marks {len(markers)} volume argument(s) with <MOD> "
+                                   f"but {len(phis)} phi vector(s) were given")
+        self._phis = phis if phis is not None else ()
+        marked = checked.marked_args if phis is not None else {}
+        Evaluator(self.env, self.limits, self._invoke, marked, self._record).run(checked.tree)
+
+    # ------------------------------------------------------------ calls
+
+    def _invoke(self, name: str, args: list[Any], kwargs: dict[str, Any], phi_map: dict[int | str, int]) -> Any:
+        function = self.registry[name]
+        bound = function.bind(args, kwargs)
+        self.ctx.call_phis = {key: self._phis[i] for key, i in phi_map.items()}
+        remaining = self.limits.job_timeout_s - self.elapsed_s - (time.perf_counter() - self._step_started)
+        budget = min(self.limits.call_timeout_s, remaining)
+        if budget <= 0:
+            raise SandboxTimeout(f"the analysis ran past its time limit of {self.limits.job_timeout_s:g} s")
+        started = time.perf_counter()
+        try:
+            with self._alarm(budget, name):
+                result = function.fn(self.ctx, *bound)
+        except (SandboxError, StopSignal):
+            raise
+        except MemoryError:
+            raise SandboxRuntimeError(f"{name}(): out of memory") from None
+        except (ValueError, TypeError, KeyError, IndexError, ArithmeticError) as exc:
+            raise SandboxRuntimeError(f"{name}(): {exc}") from None
+        except Exception as exc:
+            logger.exception("library function %s failed", name)
+            raise SandboxRuntimeError(f"{name}(): failed ({type(exc).__name__}: {exc})") from None
+        finally:
+            self.ctx.call_phis = {}
+        if time.perf_counter() - started > budget:
+            raise SandboxTimeout(f"{name}() ran past its time limit of {budget:.3g} s")
+        return result
+
+    @contextmanager
+    def _alarm(self, seconds: float, name: str) -> Iterator[None]:
+        """Preempt Python-level work of a call after `seconds` (only possible in the main thread)."""
+        if not (self.limits.use_alarm and threading.current_thread() is threading.main_thread()
+                and hasattr(signal, "setitimer")):
+            yield
+            return
+
+        def on_alarm(signum: int, frame: Any) -> None:
+            raise SandboxTimeout(f"{name}() ran past its time limit of {seconds:.3g} s")
+
+        previous = signal.signal(signal.SIGALRM, on_alarm)
+        signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+        try:
+            yield
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    # ------------------------------------------------------------ metrics, results
+
+    def _record(self, value: Any) -> None:
+        """The metrics rule (module docstring): first read/format/respond of each quantity."""
+        if isinstance(value, Quantity):
+            if id(value) in self._recorded:
+                return
+            self._recorded[id(value)] = value
+            number = value.value
+            self.ctx.outcome.metrics.append(Metric(name=value.name, value=number, unit=value.unit, step=self.ctx.step))
+        elif isinstance(value, Record):
+            for item in value.values():
+                self._record(item)
+        elif isinstance(value, (tuple, list)):
+            for item in value:
+                self._record(item)
+
+    def result(self, status: str | None = None, error: str | None = None) -> AnalysisResult:
+        """The analysis so far as the document users get (the runtime may add model and timings)."""
+        if status is None:
+            status = "succeeded" if self.responses or self.outputs or self.metrics else "no_answer"
+        return AnalysisResult(status=status, text="\n".join(self.responses), metrics=list(self.metrics),
+                              outputs=list(self.outputs), trace=list(self.trace), error=error,
+                              timings_s={"sandbox": self.elapsed_s})
+
+    def close(self) -> None:
+        """Release the job's encodings held by the vision service."""
+        try:
+            self.ctx.client.release(self.job_id)
+        except Exception:  # releasing is best effort; the engine also evicts by size
+            logger.warning("could not release encodings of job %s", self.job_id, exc_info=True)
