@@ -1,0 +1,40 @@
+"""The state of one analysis as a job: where it is, and its result when done."""
+from __future__ import annotations
+
+from datetime import datetime
+from enum import Enum
+
+from pydantic import BaseModel, Field
+
+from api_schemas.requests import VolumeInput
+from api_schemas.results import AnalysisResult
+
+
+class JobStatus(str, Enum):
+    queued = "queued"
+    running = "running"
+    succeeded = "succeeded"
+    failed = "failed"
+    cancelled = "cancelled"
+
+
+TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+
+
+class Job(BaseModel):
+    id: str
+    status: JobStatus
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    prompt: str | None = None
+    code: str | None = None
+    volumes: list[VolumeInput] = Field(default_factory=list)
+    batch_id: str | None = None
+    result: AnalysisResult | None = Field(default=None, description="Present once the job has finished.")
+    error: str | None = None
+    links: dict[str, str] = Field(default_factory=dict)
+
+
+class JobList(BaseModel):
+    items: list[Job]

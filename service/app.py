@@ -1,0 +1,84 @@
+"""The FastAPI application: routers, problem+json errors, request ids, latency metrics.
+
+``create_app(settings)`` builds one; ``voxagent serve`` runs it under uvicorn. The embedded
+default (no broker) runs jobs in a thread pool of this process and loads the models at start-up.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+
+from service import errors
+from service.observability import REQUEST_LATENCY, request_id_var
+from service.routers import analyses, artifacts, batches, meta, volumes
+from service.settings import Settings, get_settings
+from service.state import ServiceState
+
+log = logging.getLogger("service.access")
+_RID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
+
+
+def create_app(settings: Settings | None = None, *, warm_models: bool = False) -> FastAPI:
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        state = ServiceState.build(settings)
+        app.state.service = state
+        if warm_models and not settings.distributed:
+            from starlette.concurrency import run_in_threadpool
+
+            await run_in_threadpool(_warm, settings)
+        log.info("voxagent service ready (%s mode, data in %s)", state.dispatcher.mode, settings.data_dir)
+        try:
+            yield
+        finally:
+            state.close()
+
+    app = FastAPI(title="voxagent", version="1.0.0", lifespan=lifespan,
+                  description="Language-driven analysis of 3D brain MRI/CT. Errors are RFC 9457 problem+json.")
+    errors.install(app)
+
+    @app.middleware("http")
+    async def request_context(request: Request, call_next):
+        incoming = request.headers.get("X-Request-ID", "")
+        rid = incoming if _RID.match(incoming) else uuid.uuid4().hex
+        request.state.request_id = rid
+        token = request_id_var.set(rid)
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            response = await call_next(request)
+            status = response.status_code
+            response.headers["X-Request-ID"] = rid
+            return response
+        finally:
+            elapsed = time.perf_counter() - t0
+            route = request.scope.get("route")
+            REQUEST_LATENCY.labels(request.method, getattr(route, "path", "unmatched"), str(status)).observe(elapsed)
+            log.info("request", extra={"method": request.method, "path": request.url.path, "status": status,
+                                       "duration_ms": round(elapsed * 1000, 2)})
+            request_id_var.reset(token)
+
+    for r in (volumes.router, analyses.router, artifacts.router, batches.router, meta.router):
+        app.include_router(r)
+    return app
+
+
+def _warm(settings: Settings) -> None:
+    """Load models once at start-up so the first request does not pay for it."""
+    from service.tasks import resources
+
+    try:
+        resources.vision_engine(settings.models_dir)
+    except Exception:  # noqa: BLE001
+        log.warning("vision engine not available", exc_info=True)
+    try:
+        resources.agent_runtime(settings.models_dir)
+    except Exception:  # noqa: BLE001
+        log.warning("agent runtime not available", exc_info=True)

@@ -1,0 +1,100 @@
+"""`voxagent run --prompt "..." scan.nii.gz [NAME=PATH ...]`: one analysis, locally, no server.
+
+Runs the same task function as the service (embedded, in a throw-away data directory) and
+prints the same result document; output volumes are written to --out with their paths in it.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="analyse scans locally and print the result")
+    p.add_argument("scans", nargs="+", help="PATH or NAME=PATH (NAME becomes the variable in the program)")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--prompt", help="what to do, in words")
+    g.add_argument("--code", type=Path, help="a program file to run instead of the language model")
+    p.add_argument("--modality", action="append", default=[], help="modality per scan, in order (repeatable)")
+    p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
+    p.add_argument("--json", action="store_true", help="print the result document as JSON")
+    p.set_defaults(func=run)
+
+
+def parse_scans(items: list[str]) -> list[tuple[str | None, Path]]:
+    out = []
+    for item in items:
+        name, sep, path = item.partition("=")
+        out.append((name, Path(path)) if sep and name.isidentifier() else (None, Path(item)))
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    import shutil
+    import tempfile
+    import uuid
+
+    from api_schemas.requests import AnalysisRequest, VolumeInput
+    from api_schemas.results import AnalysisResult
+    from service.cli import CommandError
+    from service.settings import Settings
+    from service.storage.artifacts import ArtifactStore
+    from service.storage.records import SQLiteRecordStore
+    from service.tasks.analysis import run_analysis
+    from service.tasks.context import TaskContext
+    from service.volumes import validate_file
+
+    code = None
+    if args.code is not None:
+        if not args.code.is_file():
+            raise CommandError(f"no such program file: {args.code}")
+        code = args.code.read_text()
+    scans = parse_scans(args.scans)
+    with tempfile.TemporaryDirectory(prefix="voxagent-run-") as tmp:
+        settings = Settings(data_dir=Path(tmp), broker_url=None)
+        records, artifacts = SQLiteRecordStore(settings.sqlite_path), ArtifactStore(settings.artifacts_dir)
+        refs = []
+        for i, (name, path) in enumerate(scans):
+            if not path.is_file():
+                raise CommandError(f"no such scan: {path}")
+            modality = args.modality[i] if i < len(args.modality) else None
+            try:
+                record = validate_file(records, artifacts, "local", path, modality=modality)
+            except ValueError as exc:
+                raise CommandError(f"{path}: {exc}") from exc
+            refs.append(VolumeInput(id=record["id"], name=name, modality=modality))
+        try:
+            req = AnalysisRequest(prompt=args.prompt, code=code, volumes=refs)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from exc
+        from service.jobs import new_job_doc
+
+        doc = new_job_doc(records, "local", req)
+        records.put("job", doc)
+        run_analysis(TaskContext.embedded(settings, records, artifacts), doc["id"])
+        done = records.get("job", doc["id"])
+        result = AnalysisResult.model_validate(done["result"])
+        if result.outputs:
+            args.out.mkdir(parents=True, exist_ok=True)
+        outputs = []
+        for out in result.outputs:
+            src = artifacts.path("local", out.path)
+            suffix = ".nii.gz" if src.name.endswith(".gz") else ".nii"
+            safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in out.name) or f"output_{uuid.uuid4().hex[:6]}"
+            dst = args.out / f"{safe}{suffix}"
+            shutil.copyfile(src, dst)
+            outputs.append(out.model_copy(update={"path": str(dst.resolve())}))
+        result.outputs = outputs
+        records.close()
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(result.text or f"({result.status})")
+        for m in result.metrics:
+            print(f"  {m.name}: {m.value}{(' ' + m.unit) if m.unit else ''}")
+        for o in result.outputs:
+            print(f"  output {o.name}: {o.path}")
+        if result.error:
+            print(f"  error: {result.error}")
+    return 0 if result.status != "failed" else 1

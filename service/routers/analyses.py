@@ -1,0 +1,137 @@
+"""/v1/analyses: create (JSON with volume ids, or multipart with the files), status, result, cancel."""
+from __future__ import annotations
+
+import json
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from api_schemas.jobs import Job
+from api_schemas.requests import AnalysisRequest, VolumeInput
+from service import jobs
+from service.auth import Principal
+from service.deps import admit, get_principal, get_state
+from service.errors import ProblemError
+from service.idempotency import idempotent
+from service.state import ServiceState
+from service.uploads import parse_multipart
+from service.volumes import artifact_opener, ingest
+
+router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
+
+
+async def _create(state: ServiceState, tenant: str, req: AnalysisRequest) -> JSONResponse:
+    admit(state, tenant)
+    doc = jobs.new_job_doc(state.records, tenant, req)
+    jobs.submit(state, doc)
+    if req.wait > 0:
+        doc = await jobs.wait_for(state, doc["id"], req.wait) or doc
+    done = doc["status"] in jobs.TERMINAL_VALUES
+    return JSONResponse(jobs.to_model(doc).model_dump(mode="json"), status_code=200 if done else 202,
+                        headers={"Location": f"/v1/analyses/{doc['id']}"})
+
+
+@router.post("", status_code=202, response_model=Job, summary="Start an analysis of stored volumes",
+             responses={200: {"model": Job, "description": "Finished within `wait` seconds"}})
+async def create_analysis(request: Request, body: AnalysisRequest, principal: Principal = Depends(get_principal),
+                          state: ServiceState = Depends(get_state)):
+    return await idempotent(request, state, principal.tenant, lambda: _create(state, principal.tenant, body))
+
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["files"], "properties": {
+        "prompt": {"type": "string", "maxLength": 4000},
+        "code": {"type": "string", "maxLength": 20000},
+        "wait": {"type": "number", "minimum": 0, "maximum": 30},
+        "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
+        "metadata": {"type": "string", "description": "JSON list aligned with files: [{name, modality, date}]"},
+        "volumes": {"type": "string", "description": "JSON list of already stored volumes: [{id, name, modality, date}]"},
+    }}}}}}
+
+
+@router.post("/upload", status_code=202, response_model=Job, openapi_extra=UPLOAD_BODY,
+             summary="Start an analysis, uploading its volumes in the same request",
+             responses={200: {"model": Job, "description": "Finished within `wait` seconds"}})
+async def create_analysis_with_upload(request: Request, principal: Principal = Depends(get_principal),
+                                      state: ServiceState = Depends(get_state)):
+    tenant = principal.tenant
+
+    async def produce() -> JSONResponse:
+        admit(state, tenant)
+        form = await parse_multipart(request, artifact_opener(state, tenant), state.settings.max_upload_bytes)
+        files = [f for f in form.files if f.field == "files"]
+        try:
+            try:
+                meta = json.loads(form.one("metadata") or "[]")
+                stored = json.loads(form.one("volumes") or "[]")
+                if not isinstance(meta, list) or not isinstance(stored, list):
+                    raise ValueError("must be JSON lists")
+                if len(meta) > len(files):
+                    raise ValueError("metadata has more entries than files")
+                meta = meta + [{}] * (len(files) - len(meta))
+                if not all(isinstance(m, dict) for m in meta):
+                    raise ValueError("metadata entries must be objects")
+            except ValueError as exc:
+                raise ProblemError(422, f"metadata/volumes: {exc}") from exc
+            if len(files) + len(stored) > state.settings.max_volumes_per_analysis:
+                raise ProblemError(422, f"at most {state.settings.max_volumes_per_analysis} volumes per analysis")
+            refs = []
+            for up, m in zip(files, meta):
+                record = await ingest(state, tenant, up, m.get("modality"), m.get("date"))
+                refs.append({"id": record["id"], "name": m.get("name"), "modality": m.get("modality"),
+                             "date": m.get("date")})
+            try:
+                req = AnalysisRequest(prompt=form.one("prompt"), code=form.one("code"),
+                                      wait=float(form.one("wait") or 0),
+                                      volumes=[VolumeInput.model_validate(r) for r in refs + stored])
+            except (ValidationError, ValueError) as exc:
+                raise ProblemError(422, str(exc), title="Validation failed") from exc
+        except BaseException:
+            for up in files:
+                state.artifacts.delete(tenant, up.artifact)
+            raise
+        return await _create(state, tenant, req)
+
+    return await idempotent(request, state, tenant, produce, fingerprint_body=False)
+
+
+@router.get("", response_model=list[Job], summary="List this tenant's analyses (newest first)")
+def list_analyses(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+                  principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
+    return [jobs.to_model(d) for d in state.records.list("job", principal.tenant, limit, offset)]
+
+
+def _job_or_404(state: ServiceState, job_id: str, tenant: str) -> dict:
+    doc = state.records.get_for("job", job_id, tenant)
+    if doc is None:
+        raise ProblemError(404, f"analysis {job_id} not found")
+    return doc
+
+
+@router.get("/{job_id}", response_model=Job, summary="Status, and the result once finished")
+async def get_analysis(job_id: str, wait: float = Query(0.0, ge=0.0, le=30.0),
+                       principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
+    doc = _job_or_404(state, job_id, principal.tenant)
+    if wait > 0 and doc["status"] not in jobs.TERMINAL_VALUES:
+        doc = await jobs.wait_for(state, job_id, wait) or doc
+    return jobs.to_model(doc)
+
+
+@router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a queued or running analysis")
+def cancel_analysis(job_id: str, principal: Principal = Depends(get_principal),
+                    state: ServiceState = Depends(get_state)):
+    _job_or_404(state, job_id, principal.tenant)
+    from service.state import utcnow
+
+    doc = state.records.update("job", job_id, {"status": "cancelled", "finished_at": utcnow()[0]},
+                               only_if_status=("queued", "running"))
+    if doc is None:
+        current = state.records.get("job", job_id)
+        raise ProblemError(409, f"analysis {job_id} already {current['status']}")
+    state.dispatcher.cancel(job_id)
+    if doc.get("batch_id"):
+        from service.batches import on_job_finished
+
+        on_job_finished(state.ctx, doc["batch_id"])
+    return jobs.to_model(doc)

@@ -1,0 +1,68 @@
+"""/v1/volumes: upload (streamed multipart), metadata, delete."""
+from __future__ import annotations
+
+from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import JSONResponse
+
+from api_schemas.volumes import VolumeInfo
+from service.auth import Principal
+from service.deps import get_principal, get_state
+from service.errors import ProblemError
+from service.idempotency import idempotent
+from service.state import ServiceState
+from service.uploads import parse_multipart
+from service.volumes import artifact_opener, ingest, to_model
+
+router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
+
+UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file"], "properties": {
+        "file": {"type": "string", "format": "binary", "description": "NIfTI-1/2 (.nii or .nii.gz)"},
+        "modality": {"type": "string", "maxLength": 32},
+        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}}}}}}}
+
+
+@router.post("", status_code=201, response_model=VolumeInfo, openapi_extra=UPLOAD_BODY,
+             summary="Upload a NIfTI volume (streamed to disk with a size limit, then validated)")
+async def upload_volume(request: Request, principal: Principal = Depends(get_principal),
+                        state: ServiceState = Depends(get_state)):
+    async def produce() -> JSONResponse:
+        form = await parse_multipart(request, artifact_opener(state, principal.tenant), state.settings.max_upload_bytes)
+        files = [f for f in form.files if f.field == "file"]
+        for extra in form.files:
+            if extra.field != "file":
+                state.artifacts.delete(principal.tenant, extra.artifact)
+        if len(files) != 1:
+            for f in files:
+                state.artifacts.delete(principal.tenant, f.artifact)
+            raise ProblemError(422, "send exactly one file part named 'file'")
+        record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"))
+        return JSONResponse(to_model(record).model_dump(mode="json"), status_code=201,
+                            headers={"Location": f"/v1/volumes/{record['id']}"})
+
+    return await idempotent(request, state, principal.tenant, produce, fingerprint_body=False)
+
+
+@router.get("", response_model=list[VolumeInfo], summary="List this tenant's volumes")
+def list_volumes(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+                 principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
+    return [to_model(r) for r in state.records.list("volume", principal.tenant, limit, offset)]
+
+
+@router.get("/{volume_id}", response_model=VolumeInfo, summary="Volume metadata")
+def get_volume(volume_id: str, principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
+    record = state.records.get_for("volume", volume_id, principal.tenant)
+    if record is None:
+        raise ProblemError(404, f"volume {volume_id} not found")
+    return to_model(record)
+
+
+@router.delete("/{volume_id}", status_code=204, response_class=Response, summary="Delete a volume and its file")
+def delete_volume(volume_id: str, principal: Principal = Depends(get_principal),
+                  state: ServiceState = Depends(get_state)):
+    record = state.records.get_for("volume", volume_id, principal.tenant)
+    if record is None:
+        raise ProblemError(404, f"volume {volume_id} not found")
+    state.artifacts.delete(principal.tenant, record["artifact"])
+    state.records.delete("volume", volume_id)
+    return Response(status_code=204)

@@ -1,0 +1,73 @@
+"""Service settings, read from `VOXAGENT_*` environment variables (pydantic-settings).
+
+One object decides the deployment shape: with no broker URL everything runs in-process
+(embedded default: thread pool, SQLite, files under ``data_dir``); with
+``VOXAGENT_BROKER_URL=redis://...`` jobs go through Celery and live in Redis.
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_data_dir() -> Path:
+    return Path.home() / ".voxagent"
+
+
+def _default_models_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VOXAGENT_", extra="ignore")
+
+    data_dir: Path = Field(default_factory=_default_data_dir, description="Artifacts, SQLite job store, logs.")
+    broker_url: str | None = Field(default=None, description="redis://... switches to Celery dispatch.")
+    result_backend: str | None = Field(default=None, description="Celery result backend; defaults to broker_url.")
+    models_dir: Path = Field(default_factory=_default_models_dir, description="Checkpoint directory to serve.")
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+
+    auth: str = Field(default="keys", description="'keys' (API keys required) or 'off' (single tenant 'default').")
+
+    max_upload_bytes: int = 512 * 1024 * 1024
+    max_volumes_per_analysis: int = 8
+    max_prompt_chars: int = 4000
+    max_code_chars: int = 20000
+    max_wait_s: float = 30.0
+    workers: int = Field(default=2, description="Embedded dispatcher threads.")
+    tenant_concurrency: int = Field(default=4, description="Queued+running jobs per tenant before 429.")
+    queue_limit: int = Field(default=256, description="Queued+running jobs in total before 429.")
+    max_batch_items: int = 500
+    task_time_limit_s: int = 900
+    retry_after_s: int = 5
+    webhook_attempts: int = 5
+    webhook_backoff_s: float = 0.5
+    webhook_timeout_s: float = 5.0
+    log_json: bool = True
+
+    @property
+    def distributed(self) -> bool:
+        return bool(self.broker_url)
+
+    @property
+    def artifacts_dir(self) -> Path:
+        return self.data_dir / "artifacts"
+
+    @property
+    def sqlite_path(self) -> Path:
+        return self.data_dir / "jobs.sqlite3"
+
+    @property
+    def visibility_timeout_s(self) -> int:
+        """Redis redelivers unacked tasks after this; it must outlast the longest task."""
+        return self.task_time_limit_s * 2 + 60
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,5 @@
+"""Persistence: artifacts on the file system, records (jobs, volumes, batches, keys) in SQLite or Redis."""
+from service.storage.artifacts import ArtifactStore, ArtifactWriter, UploadTooLarge
+from service.storage.records import ACTIVE_STATUSES, RecordStore, open_record_store
+
+__all__ = ["ACTIVE_STATUSES", "ArtifactStore", "ArtifactWriter", "RecordStore", "UploadTooLarge", "open_record_store"]

@@ -1,0 +1,141 @@
+"""The analysis task: one function, run by the embedded pool and by Celery workers alike.
+
+It reads everything it needs from the stores (never arrays from the broker), runs the job's
+program in the sandbox or its prompt through the agent runtime, writes output masks as NIfTI
+artifacts on the input grids, and stores the AnalysisResult on the job record.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+from api_schemas.jobs import JobStatus
+from api_schemas.requests import VolumeInput
+from api_schemas.results import AnalysisResult, OutputVolume
+from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
+from service.tasks.context import TaskContext
+
+log = logging.getLogger(__name__)
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+class JobCancelled(Exception):
+    pass
+
+
+def load_inputs(ctx: TaskContext, tenant: str, volumes: list[VolumeInput], names: list[str]):
+    """Read the job's volumes from the artifact store with the hostile-input checks of voxel_ops."""
+    from voxel_ops import VolumeMeta, load_volume
+
+    scans, checksums = {}, {}
+    for ref, name in zip(volumes, names):
+        record = ctx.records.get_for("volume", ref.id, tenant)
+        if record is None:
+            raise ValueError(f"volume {ref.id} not found")
+        meta = VolumeMeta(modality=ref.modality or record.get("modality"),
+                          acquisition_date=ref.date or record.get("date"),
+                          source_name=record.get("filename"))
+        scans[name] = load_volume(ctx.artifacts.path(tenant, record["artifact"]), meta=meta)
+        checksums[name] = record["sha256"]
+    return scans, checksums
+
+
+def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisResult,
+                  volume_ids: dict[str, str]) -> None:
+    """Copy each output file into the artifact store; ``path`` becomes the artifact id."""
+    kept: list[OutputVolume] = []
+    for i, out in enumerate(result.outputs):
+        src = Path(out.path) if out.path else None
+        if src is None or not src.is_file() or not src.name.endswith((".nii", ".nii.gz")):
+            log.warning("output %s has no NIfTI file (%s); dropped", out.name, out.path)
+            continue
+        artifact = f"{job_id}_out{i}.nii.gz" if src.name.endswith(".gz") else f"{job_id}_out{i}.nii"
+        _, digest = ctx.artifacts.put_file(tenant, artifact, src)
+        ctx.records.put("artifact", {"id": artifact, "tenant": tenant, "job_id": job_id, "name": out.name,
+                                     "kind": out.kind, "source": out.source,
+                                     "source_volume_id": volume_ids.get(out.source or "") or (
+                                         next(iter(volume_ids.values())) if len(volume_ids) == 1 else None),
+                                     "sha256": digest, "created_at_ts": time.time()})
+        kept.append(out.model_copy(update={"path": artifact}))
+    result.outputs = kept
+
+
+def run_analysis(ctx: TaskContext, job_id: str) -> str:
+    """Execute one queued job to a terminal state; returns the final status."""
+    token = job_id_var.set(job_id)
+    try:
+        return _run(ctx, job_id)
+    finally:
+        job_id_var.reset(token)
+
+
+def _run(ctx: TaskContext, job_id: str) -> str:
+    t_start = time.perf_counter()
+    job = ctx.records.update("job", job_id, {"status": JobStatus.running.value, "started_at": now_iso()},
+                             only_if_status=("queued",))
+    if job is None:
+        current = ctx.records.get("job", job_id)
+        log.info("job not runnable (status %s)", current and current.get("status"))
+        return current["status"] if current else "missing"
+    tenant = job["tenant"]
+    timings: dict[str, float] = {}
+    kind = "code" if job.get("code") else "prompt"
+    scans: dict = {}
+    client = None
+    try:
+        volumes = [VolumeInput.model_validate(v) for v in job["volumes"]]
+        names = job["scan_names"]
+        t0 = time.perf_counter()
+        scans, checksums = load_inputs(ctx, tenant, volumes, names)
+        timings["load_s"] = time.perf_counter() - t0
+
+        from service.tasks import engines
+
+        client = ctx.vision_client(job_id)
+        out_dir = ctx.artifacts.job_dir(tenant, job_id)
+        t0 = time.perf_counter()
+        if job.get("code"):
+            result = engines.run_program(job["code"], scans, client=client, output_dir=out_dir,
+                                         models_dir=ctx.settings.models_dir, job_id=job_id)
+        else:
+            result = engines.run_prompt(job["prompt"], scans, client=client, output_dir=out_dir,
+                                        models_dir=ctx.settings.models_dir, job_id=job_id)
+        timings["analysis_s"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        store_outputs(ctx, tenant, job_id, result, {n: v.id for n, v in zip(names, volumes)})
+        timings["outputs_s"] = time.perf_counter() - t0
+        result.input_checksums = {**checksums, **result.input_checksums}
+        final = JobStatus.succeeded if result.status in ("succeeded", "no_answer") else JobStatus.failed
+        error = result.error
+    except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job, never a lost one
+        log.warning("job failed: %s", exc, exc_info=not isinstance(exc, ValueError))
+        result = AnalysisResult(status="failed", error=f"{type(exc).__name__}: {exc}")
+        final, error = JobStatus.failed, result.error
+    finally:
+        if client is not None and hasattr(client, "release"):
+            try:
+                client.release(job_id)
+            except Exception:  # noqa: BLE001
+                log.warning("could not release encodings of job", exc_info=True)
+    timings["total_s"] = time.perf_counter() - t_start
+    result.timings_s = {**result.timings_s, **{k: round(v, 6) for k, v in timings.items()}}
+    for stage, seconds in timings.items():
+        STAGE_DURATION.labels(stage.removesuffix("_s")).observe(seconds)
+    JOB_DURATION.labels(final.value, kind).observe(timings["total_s"])
+    done = ctx.records.update("job", job_id, {"status": final.value, "finished_at": now_iso(),
+                                              "result": result.model_dump(mode="json"), "error": error},
+                              only_if_status=("running",))
+    if done is None:  # cancelled while running: keep the cancellation, discard the result
+        log.info("job was cancelled while running; result discarded")
+        return JobStatus.cancelled.value
+    if done.get("batch_id"):
+        from service.batches import on_job_finished
+
+        on_job_finished(ctx, done["batch_id"])
+    return final.value

@@ -1,0 +1,39 @@
+"""Celery wrapper of the analysis task (queue ``agent``)."""
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+
+from celery import shared_task
+
+from service.celery_app import ANALYSIS_TASK
+
+
+@lru_cache(maxsize=1)
+def worker_context():
+    """Stores and the Celery vision client, built once per worker process."""
+    from agent.celery_vision_client import CeleryVisionClient
+    from service.celery_app import app
+    from service.settings import get_settings
+    from service.storage import ArtifactStore, open_record_store
+    from service.tasks.context import TaskContext
+
+    settings = get_settings()
+    work_dir = settings.data_dir / "vision-exchange"
+
+    records, artifacts = open_record_store(settings), ArtifactStore(settings.artifacts_dir)
+    if "vision" in os.environ.get("VOXAGENT_WORKER_QUEUES", "").split(","):
+        # this worker serves vision too: call its resident engine directly instead of itself over the broker
+        return TaskContext.embedded(settings, records, artifacts)
+
+    def client(job_id: str):
+        return CeleryVisionClient(app, work_dir, timeout_s=settings.task_time_limit_s)
+
+    return TaskContext(settings, records, artifacts, client)
+
+
+@shared_task(name=ANALYSIS_TASK, acks_late=True, reject_on_worker_lost=True)
+def analysis(job_id: str) -> str:
+    from service.tasks.analysis import run_analysis
+
+    return run_analysis(worker_context(), job_id)

@@ -1,0 +1,93 @@
+"""Turning an uploaded file into a validated, stored volume record."""
+from __future__ import annotations
+
+import os
+import re
+import uuid
+from pathlib import Path
+
+from starlette.concurrency import run_in_threadpool
+
+from api_schemas.volumes import VolumeInfo
+from service.errors import ProblemError
+from service.state import ServiceState, utcnow
+from service.uploads import UploadedFile
+
+_DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
+
+
+def artifact_opener(state: ServiceState, tenant: str):
+    """Factory for parse_multipart: each file part streams into a fresh artifact."""
+
+    def open_writer(filename: str):
+        name = f"vol_{uuid.uuid4().hex}.upload"
+        return name, state.artifacts.writer(tenant, name, state.settings.max_upload_bytes)
+
+    open_writer.discard = lambda name: state.artifacts.delete(tenant, name)  # type: ignore[attr-defined]
+    return open_writer
+
+
+def _validate(path) -> dict:
+    from voxel_ops import load_volume
+
+    vol = load_volume(path)
+    return {"shape": list(vol.shape), "spacing": [round(s, 6) for s in vol.spacing],
+            "orientation": "".join(vol.orientation), "dtype": str(vol.array.dtype)}
+
+
+async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
+                 date: str | None) -> dict:
+    """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable."""
+    if modality is not None and not (1 <= len(modality) <= 32):
+        raise ProblemError(422, "modality must be 1-32 characters")
+    if date is not None and not _DATE.match(date):
+        raise ProblemError(422, "date must be an ISO date (YYYY-MM-DD)")
+    raw = state.artifacts.path(tenant, up.artifact)
+    with open(raw, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    vid = up.artifact.removesuffix(".upload")
+    artifact = f"{vid}.nii.gz" if gz else f"{vid}.nii"
+    final = state.artifacts.path(tenant, artifact)
+    os.replace(raw, final)
+    try:
+        info = await run_in_threadpool(_validate, final)
+    except ValueError as exc:  # voxel_ops.VolumeError and friends: the message says what is wrong
+        final.unlink(missing_ok=True)
+        raise ProblemError(422, str(exc).replace(str(final), up.filename).replace(final.name, up.filename),
+                           title="Unusable volume", type_="https://voxagent.dev/problems/volume",
+                           error_class=type(exc).__name__) from exc
+    except Exception as exc:  # noqa: BLE001 - a reader crash on hostile bytes is still the input's fault
+        final.unlink(missing_ok=True)
+        raise ProblemError(422, f"could not read the volume: {type(exc).__name__}: {exc}",
+                           title="Unusable volume", type_="https://voxagent.dev/problems/volume") from exc
+    record = _record(vid, tenant, artifact, up.filename, up.size, up.sha256, modality, date, info)
+    state.records.put("volume", record)
+    return record
+
+
+def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info) -> dict:
+    created, ts = utcnow()
+    return {"id": vid, "tenant": tenant, "artifact": artifact, "filename": filename[:255], "size_bytes": size,
+            "sha256": sha256, "modality": modality, "date": date, "created_at": created, "created_at_ts": ts, **info}
+
+
+def validate_file(records, artifacts, tenant: str, path: Path, modality: str | None = None,
+                  date: str | None = None) -> dict:
+    """Copy a local file in and validate it (CLI path); raises ValueError with voxel_ops' message."""
+    vid = f"vol_{uuid.uuid4().hex}"
+    with open(path, "rb") as fh:
+        gz = fh.read(2) == b"\x1f\x8b"
+    artifact = f"{vid}.nii.gz" if gz else f"{vid}.nii"
+    final, digest = artifacts.put_file(tenant, artifact, path)
+    try:
+        info = _validate(final)
+    except Exception:
+        final.unlink(missing_ok=True)
+        raise
+    record = _record(vid, tenant, artifact, path.name, final.stat().st_size, digest, modality, date, info)
+    records.put("volume", record)
+    return record
+
+
+def to_model(record: dict) -> VolumeInfo:
+    return VolumeInfo.model_validate({k: v for k, v in record.items() if k in VolumeInfo.model_fields})

@@ -1,0 +1,86 @@
+"""Celery tasks of queue ``vision``: encode/generate on a resident VisionEngine.
+
+Arrays never cross the broker: inputs arrive as NIfTI paths on storage shared with the agent
+workers, interpretable vectors and generated volumes go back as file paths. Encodings stay in
+this worker's engine cache; the encode reply names ``vision.<node name>``, the queue only this
+worker consumes, so the job's later generate/release calls find them.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import uuid
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from celery import shared_task
+
+log = logging.getLogger(__name__)
+_lock = threading.Lock()
+_engines: dict[str, object] = {}
+_handles: dict[str, object] = {}  # handle key -> EncodingHandle held by this worker
+
+
+def default_models_dir() -> Path:
+    return Path(os.environ.get("VOXAGENT_MODELS_DIR",
+                               Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"))
+
+
+def get_engine(models_dir: Path | None = None):
+    """One VisionEngine per process: shipped weights when present, else a random-init network."""
+    models_dir = Path(models_dir or default_models_dir())
+    with _lock:
+        engine = _engines.get(str(models_dir))
+        if engine is None:
+            from vision.engine import VisionEngine
+
+            if (models_dir / "vision.safetensors").is_file():
+                engine = VisionEngine.load(models_dir)
+            else:
+                log.warning("no vision weights in %s: random-init vision network", models_dir)
+                engine = VisionEngine(preset="tiny")
+            _engines[str(models_dir)] = engine
+        return engine
+
+
+def worker_queue(hostname: str | None) -> str:
+    return f"vision.{hostname}"
+
+
+def _read(path: str):
+    from voxel_ops import Volume
+
+    img = nib.load(path)
+    return Volume(np.asarray(img.dataobj, dtype=np.float32), img.affine)
+
+
+@shared_task(name="vision.encode", bind=True)
+def encode(self, job_id: str, volume_paths: list[str], phis: list[list[float]]) -> dict:
+    engine = get_engine()
+    volumes = [_read(p) for p in volume_paths]
+    handle = engine.encode(volumes, [np.asarray(p, dtype=np.float32) for p in phis], job_id=job_id)
+    _handles[handle.key] = handle
+    out_dir = Path(volume_paths[0]).parent
+    vectors_path = out_dir / f"vectors_{uuid.uuid4().hex}.npy"
+    np.save(vectors_path, np.asarray(handle.vectors, dtype=np.float32))
+    return {"key": handle.key, "job_id": handle.job_id, "stream_count": handle.stream_count,
+            "vectors_path": str(vectors_path), "queue": worker_queue(self.request.hostname)}
+
+
+@shared_task(name="vision.generate")
+def generate(job_id: str, key: str, stream: int, phi: list[float], out_path: str) -> str:
+    handle = _handles.get(key)
+    if handle is None:
+        raise LookupError(f"encoding {key} of job {job_id} is not held by this worker")
+    vol = get_engine().generate(handle, stream, np.asarray(phi, dtype=np.float32))
+    nib.save(nib.Nifti1Image(np.asarray(vol.array, dtype=np.float32), vol.affine), out_path)
+    return out_path
+
+
+@shared_task(name="vision.release")
+def release(job_id: str) -> None:
+    get_engine().release(job_id)
+    for key in [k for k, h in _handles.items() if getattr(h, "job_id", None) == job_id]:
+        _handles.pop(key, None)
