@@ -233,13 +233,17 @@ def change(ctx: CallContext, before: Quantity | int | float, after: Quantity | i
     vb, va, unit = _same_unit("change", before, after)
     result = vo.change(vb, va)
     name = f"change from {_label(before)} to {_label(after)}"
+    percent = None if result["percent"] is None else Quantity(float(result["percent"]), "%", f"{name} (percent)")
     return Record(name, (("absolute", Quantity(float(result["absolute"]), unit, f"{name} (absolute)")),
-                         ("percent", Quantity(float(result["percent"]), "%", f"{name} (percent)"))))
+                         ("percent", percent)))
 
 
 def percent_change(ctx: CallContext, before: Quantity | int | float, after: Quantity | int | float) -> Quantity:
     vb, va, _ = _same_unit("percent_change", before, after)
-    return Quantity(float(vo.change(vb, va)["percent"]), "%", f"percent change from {_label(before)} to {_label(after)}")
+    percent = vo.change(vb, va)["percent"]
+    if percent is None:
+        raise SandboxRuntimeError("percent_change(): undefined when the value before is 0")
+    return Quantity(float(percent), "%", f"percent change from {_label(before)} to {_label(after)}")
 
 
 def asymmetry(ctx: CallContext, left: Quantity | int | float, right: Quantity | int | float) -> Quantity:
@@ -325,8 +329,7 @@ def remove(ctx: CallContext, scan: ImageValue, mask: Mask) -> ImageValue:
 
 def threshold(ctx: CallContext, scan: ImageValue, value: Quantity | int | float) -> Mask:
     level, _ = _amount(value)
-    array = (np.asarray(scan.volume.array) > level).astype(np.uint8)
-    return Mask(scan.volume.with_array(array), f"{scan.name} above {level:g}", scan.source)
+    return Mask(vo.threshold(scan.volume, level), f"{scan.name} above {level:g}", scan.source)
 
 
 # ---------------------------------------------------------------- the registry

@@ -58,6 +58,10 @@ class LibraryFunction:
 
     def bind(self, args: list[Any], kwargs: Mapping[str, Any]) -> list[Any]:
         """Match call arguments to parameters and check their types; errors are for the agent."""
+        unknown = set(kwargs) - {p.name for p in self.params}
+        if unknown:
+            raise SandboxRuntimeError(f"{self.name}() has no argument '{sorted(unknown)[0]}'; "
+                                      f"signature: {self.signature}")
         bound: list[Any] = []
         positional = list(args)
         for param in self.params:
@@ -85,10 +89,6 @@ class LibraryFunction:
             bound.append(value)
         if positional:
             raise SandboxRuntimeError(f"{self.name}() takes {len(self.params)} argument(s), got {len(args)}; "
-                                      f"signature: {self.signature}")
-        unknown = set(kwargs) - {p.name for p in self.params}
-        if unknown:
-            raise SandboxRuntimeError(f"{self.name}() has no argument '{sorted(unknown)[0]}'; "
                                       f"signature: {self.signature}")
         return bound
 

@@ -44,7 +44,11 @@ _REFUSALS: dict[type, str] = {
     ast.Slice: "slices are not allowed; use a constant index", ast.AugAssign: "augmented assignment (+=) is not allowed",
     ast.AnnAssign: "annotated assignment is not allowed", ast.Return: "return is not allowed",
     ast.Pass: "pass is not allowed", ast.Break: "break is not allowed", ast.Continue: "continue is not allowed",
-    ast.Match: "match is not allowed",
+    ast.Match: "match is not allowed", ast.Is: "'is' is not allowed; use ==", ast.IsNot: "'is not' is not allowed; use !=",
+    ast.Invert: "the operator ~ is not allowed", ast.MatMult: "the operator @ is not allowed",
+    ast.LShift: "the operator << is not allowed", ast.RShift: "the operator >> is not allowed",
+    ast.BitOr: "the operator | is not allowed", ast.BitAnd: "the operator & is not allowed",
+    ast.BitXor: "the operator ^ is not allowed",
 }
 
 
