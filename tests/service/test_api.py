@@ -1,0 +1,231 @@
+"""The API in-process (embedded default): behaviour of every resource, errors as problem+json."""
+from __future__ import annotations
+
+import csv
+import gzip
+import io
+import json
+import time
+
+import nibabel as nib
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+
+from service import auth
+from service.app import create_app
+from service.settings import Settings
+from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, verify
+from tests.service.conftest import CODE, expected_ml, write_scan
+from tests.service.webhook_receiver import Receiver
+
+PROBLEM = "application/problem+json"
+
+
+@pytest.fixture
+def api(tmp_path):
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, max_upload_bytes=200_000,
+                        tenant_concurrency=6, webhook_backoff_s=0.05, workers=2)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        store = app.state.service.records
+        keys = {t: auth.create_key(store, t)[0] for t in ("acme", "other")}
+        client.h = {t: {"X-API-Key": k} for t, k in keys.items()}  # type: ignore[attr-defined]
+        yield client
+
+
+def upload(client, path, tenant="acme", **data):
+    with open(path, "rb") as fh:
+        return client.post("/v1/volumes", files={"file": (path.name, fh)}, data=data, headers=client.h[tenant])
+
+
+def run_code(client, vid, tenant="acme", code=CODE, wait=20.0, **extra):
+    r = client.post("/v1/analyses", json={"code": code, "volumes": [{"id": vid, **extra}], "wait": wait},
+                    headers=client.h[tenant])
+    return r
+
+
+def test_code_analysis_returns_exact_mask_on_input_grid_and_metric(api, scan_file, tmp_path):
+    path, arr, aff = scan_file
+    r = upload(api, path, modality="T1", date="2024-03-01")
+    assert r.status_code == 201, r.text
+    info = r.json()
+    assert info["shape"] == [20, 22, 18] and info["orientation"] == "LSA" and info["modality"] == "T1"
+    r = run_code(api, info["id"])
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] == "succeeded", job
+    result = job["result"]
+    (metric,) = result["metrics"]
+    assert metric["unit"] == "mL" and metric["value"] == pytest.approx(expected_ml(arr, aff), rel=1e-6)
+    assert metric["step"] == 0
+    assert "bright volume" in result["text"]
+    assert result["input_checksums"]["scan"] == info["sha256"]
+    assert {"load_s", "analysis_s", "total_s"} <= set(result["timings_s"])
+    (out,) = result["outputs"]
+    r = api.get(job["links"]["output:bright"], headers=api.h["acme"])
+    assert r.status_code == 200
+    got = tmp_path / "mask.nii.gz"
+    got.write_bytes(r.content)
+    img = nib.load(got)
+    assert np.allclose(img.affine, aff)
+    assert np.array_equal(np.asarray(img.dataobj) > 0, arr > 50)
+    png = api.get(job["links"]["snapshot:bright"], headers=api.h["acme"])
+    assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+
+
+def test_upload_in_the_same_request_as_the_analysis(api, scan_file):
+    path, arr, aff = scan_file
+    with open(path, "rb") as fh:
+        r = api.post("/v1/analyses/upload", headers=api.h["acme"],
+                     files=[("files", ("t1.nii.gz", fh))],
+                     data={"code": CODE.replace("scan", "t1"), "wait": "20",
+                           "metadata": json.dumps([{"name": "t1", "modality": "T1"}])})
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] == "succeeded" and job["volumes"][0]["name"] == "t1"
+    assert job["result"]["metrics"][0]["value"] == pytest.approx(expected_ml(arr, aff), rel=1e-6)
+
+
+def test_errors_are_problem_json(api, scan_file, tmp_path):
+    r = api.get("/v1/volumes/vol_nope", headers=api.h["acme"])
+    assert r.status_code == 404 and r.headers["content-type"] == PROBLEM and r.json()["status"] == 404
+    r = api.post("/v1/analyses", json={"prompt": "x", "volumes": []}, headers=api.h["acme"])
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and r.json()["errors"]
+    r = api.post("/v1/analyses", content=b"{not json", headers={**api.h["acme"], "Content-Type": "application/json"})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    r = api.get("/v1/volumes")
+    assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
+    r = api.get("/v1/volumes", headers={"X-API-Key": "vxa_000000000000_" + "x" * 43})
+    assert r.status_code == 401
+    r = api.post("/v1/analyses", json={"code": "x = 1", "volumes": [{"id": "vol_missing"}]}, headers=api.h["acme"])
+    assert r.status_code == 422 and "not found" in r.json()["detail"]
+
+
+def test_hostile_and_oversized_uploads_are_refused(api, tmp_path):
+    bad = tmp_path / "bad.nii"
+    bad.write_bytes(b"\x00" * 400)
+    r = upload(api, bad)
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    assert "bad.nii" in r.json()["detail"] and "vol_" not in r.json()["detail"]
+    bomb = tmp_path / "bomb.nii.gz"  # header says 1024^3 voxels; the body is tiny
+    hdr = nib.Nifti1Header()
+    hdr.set_data_shape((1024, 1024, 1024))
+    hdr.set_data_dtype(np.float32)
+    bomb.write_bytes(gzip.compress(hdr.binaryblock + b"\x00" * 4 + b"\x00" * 1000))
+    r = upload(api, bomb)
+    assert r.status_code == 422, r.text
+    big = tmp_path / "big.nii"
+    big.write_bytes(b"\x00" * 300_000)
+    r = upload(api, big)
+    assert r.status_code == 413 and r.headers["content-type"] == PROBLEM
+    data_dir = api.app.state.service.settings.artifacts_dir / "acme"
+    assert not [p for p in data_dir.iterdir() if p.is_file()]  # nothing left behind
+
+
+def test_tenant_isolation(api, scan_file):
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    job = run_code(api, vid).json()
+    other = api.h["other"]
+    assert api.get(f"/v1/volumes/{vid}", headers=other).status_code == 404
+    assert api.delete(f"/v1/volumes/{vid}", headers=other).status_code == 404
+    assert api.get(f"/v1/analyses/{job['id']}", headers=other).status_code == 404
+    assert api.post(f"/v1/analyses/{job['id']}/cancel", headers=other).status_code == 404
+    assert api.get(job["links"]["output:bright"], headers=other).status_code == 404
+    assert run_code(api, vid, tenant="other").status_code == 422  # cannot reference it either
+    assert api.get("/v1/analyses", headers=other).json() == []
+    assert api.get(f"/v1/volumes/{vid}", headers=api.h["acme"]).status_code == 200
+    assert api.delete(f"/v1/volumes/{vid}", headers=api.h["acme"]).status_code == 204
+    assert api.get(f"/v1/volumes/{vid}", headers=api.h["acme"]).status_code == 404
+
+
+def test_idempotency_key_replays_the_first_answer(api, scan_file):
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    h = {**api.h["acme"], "Idempotency-Key": "k-1"}
+    body = {"code": CODE, "volumes": [{"id": vid}]}
+    a = api.post("/v1/analyses", json=body, headers=h)
+    b = api.post("/v1/analyses", json=body, headers=h)
+    assert a.status_code == b.status_code == 202
+    assert a.json()["id"] == b.json()["id"] and b.headers["Idempotent-Replayed"] == "true"
+    c = api.post("/v1/analyses", json={**body, "wait": 1}, headers=h)
+    assert c.status_code == 422
+    d = api.post("/v1/analyses", json=body, headers={**api.h["other"], "Idempotency-Key": "k-1"})
+    assert d.status_code == 422  # the other tenant cannot see acme's volume; keys are per tenant
+
+
+def test_backpressure_429_with_retry_after(api, scan_file):
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    store = api.app.state.service.records
+    for i in range(6):  # fill the tenant's slots with jobs that are still queued
+        store.put("job", {"id": f"job_fake{i}", "tenant": "acme", "status": "queued", "created_at_ts": time.time()})
+    r = run_code(api, vid, wait=0)
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) > 0
+    assert r.headers["content-type"] == PROBLEM
+    assert run_code(api, vid, tenant="other", wait=0).status_code in (202, 422)  # other tenants unaffected
+
+
+def test_cancel_a_queued_job(api, scan_file):
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    store = api.app.state.service.records
+    # a job the pool has not picked up yet: cancelled before it starts, so it never runs
+    from api_schemas.requests import AnalysisRequest
+    from service.jobs import new_job_doc
+
+    doc = new_job_doc(store, "acme", AnalysisRequest(code=CODE, volumes=[{"id": vid}]))
+    store.put("job", doc)
+    r = api.post(f"/v1/analyses/{doc['id']}/cancel", headers=api.h["acme"])
+    assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    from service.tasks.analysis import run_analysis
+
+    assert run_analysis(api.app.state.service.ctx, doc["id"]) == "cancelled"
+    assert store.get("job", doc["id"])["result"] is None
+    assert api.post(f"/v1/analyses/{doc['id']}/cancel", headers=api.h["acme"]).status_code == 409
+
+
+def test_batch_with_signed_webhook_and_csv(api, tmp_path):
+    receiver = Receiver(fail_first=1)  # the first delivery fails: the retry must succeed
+    try:
+        ids, expected = [], []
+        for i in range(5):
+            p = tmp_path / f"case{i}.nii.gz"
+            arr, aff = write_scan(p, seed=i)
+            ids.append(upload(api, p).json()["id"])
+            expected.append(expected_ml(arr, aff))
+        secret = "s3cret-s3cret-s3cret"
+        r = api.post("/v1/batches", headers=api.h["acme"], json={
+            "code": CODE, "webhook_url": receiver.url, "webhook_secret": secret,
+            "items": [{"volumes": [{"id": v}], "label": f"case{i}"} for i, v in enumerate(ids)]})
+        assert r.status_code == 202, r.text
+        batch = r.json()
+        assert receiver.event.wait(60), "webhook never delivered"
+        headers, body = receiver.deliveries[0]
+        assert verify(secret, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
+        payload = json.loads(body)
+        assert payload["batch_id"] == batch["id"] and payload["counts"]["succeeded"] == 5
+        assert receiver.attempts == 2
+        state = api.get(f"/v1/batches/{batch['id']}", headers=api.h["acme"]).json()
+        assert state["status"] == "completed" and state["webhook"]["delivered"]
+        results = api.get(f"/v1/batches/{batch['id']}/results", headers=api.h["acme"]).json()
+        assert [j["status"] for j in results["items"]] == ["succeeded"] * 5
+        r = api.get(f"/v1/batches/{batch['id']}/metrics.csv", headers=api.h["acme"])
+        rows = list(csv.DictReader(io.StringIO(r.text)))
+        assert [row["label"] for row in rows] == [f"case{i}" for i in range(5)]
+        assert [float(row["value"]) for row in rows] == pytest.approx(expected, rel=1e-6)
+        assert {row["unit"] for row in rows} == {"mL"}
+        assert api.get(f"/v1/batches/{batch['id']}", headers=api.h["other"]).status_code == 404
+    finally:
+        receiver.close()
+
+
+def test_models_health_and_metrics(api):
+    m = api.get("/v1/models", headers=api.h["acme"]).json()
+    assert "threshold" in {f["name"] for f in m["functions"]} and "white matter" in m["targets"]
+    assert m["trained"] in (True, False) and (m["trained"] or "random-init" in m["note"])
+    r = api.get("/readyz")
+    assert r.status_code == 200 and {c["name"] for c in r.json()["components"]} >= {"job_store", "dispatcher"}
+    text = api.get("/metrics").text
+    assert "voxagent_http_request_seconds" in text and "voxagent_queue_depth" in text

@@ -1,0 +1,122 @@
+"""Unit tests: schemas, auth, the SQLite store, signing, PNG, Celery configuration."""
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from api_schemas.batches import BatchRequest
+from api_schemas.requests import AnalysisRequest
+from service import auth
+from service.settings import Settings
+from service.storage.artifacts import ArtifactStore, UploadTooLarge
+from service.storage.records import SQLiteRecordStore
+from service.webhooks import sign, verify
+
+
+def test_analysis_request_needs_exactly_one_of_prompt_or_code():
+    vols = [{"id": "vol_1"}]
+    with pytest.raises(ValidationError):
+        AnalysisRequest(volumes=vols)
+    with pytest.raises(ValidationError):
+        AnalysisRequest(prompt="p", code="c", volumes=vols)
+    with pytest.raises(ValidationError):
+        AnalysisRequest(prompt="p", volumes=[{"id": "vol_1", "name": "respond"}])  # a function name
+    with pytest.raises(ValidationError):
+        AnalysisRequest(prompt="p", volumes=vols, wait=31)
+    req = AnalysisRequest(prompt="p", volumes=[{"id": "a"}, {"id": "b", "name": "scan"}, {"id": "c"}])
+    assert req.scan_names() == ["scan2", "scan", "scan3"]
+
+
+def test_batch_request_defaults_and_webhook_secret():
+    ok = BatchRequest(code="x = 1", items=[{"volumes": [{"id": "v"}]}, {"prompt": "p", "volumes": [{"id": "w"}]}])
+    assert len(ok.items) == 2
+    with pytest.raises(ValidationError):
+        BatchRequest(items=[{"volumes": [{"id": "v"}]}])  # no work anywhere
+    with pytest.raises(ValidationError):
+        BatchRequest(code="x", items=[{"volumes": [{"id": "v"}]}], webhook_url="http://h/x")  # unsigned
+
+
+def test_api_keys_are_stored_hashed_and_revocable(tmp_path):
+    store = SQLiteRecordStore(tmp_path / "db.sqlite3")
+    key, record = auth.create_key(store, "acme", "ci")
+    assert key not in str(store.get("apikey", record["id"]))  # only the digest is kept
+    assert auth.authenticate(store, key) == auth.Principal("acme", record["id"])
+    assert auth.authenticate(store, key[:-1] + ("A" if key[-1] != "A" else "B")) is None
+    assert auth.authenticate(store, "nonsense") is None
+    assert [k["id"] for k in auth.list_keys(store, "acme")] == [record["id"]]
+    assert "sha256" not in auth.list_keys(store)[0]
+    assert auth.revoke_key(store, record["id"])
+    assert auth.authenticate(store, key) is None
+    with pytest.raises(ValueError):
+        auth.create_key(store, "bad tenant!")
+
+
+def test_sqlite_store_guards_status_and_counts_active(tmp_path):
+    store = SQLiteRecordStore(tmp_path / "db.sqlite3")
+    for i, tenant in enumerate(["a", "a", "b"]):
+        store.put("job", {"id": f"j{i}", "tenant": tenant, "status": "queued", "created_at_ts": time.time() + i})
+    assert store.count_active("a") == 2 and store.count_active(None) == 3
+    assert store.update("job", "j0", {"status": "running"}, only_if_status=("queued",))["status"] == "running"
+    assert store.update("job", "j0", {"status": "running"}, only_if_status=("queued",)) is None
+    store.update("job", "j0", {"status": "succeeded"})
+    assert store.count_active("a") == 1
+    assert [d["id"] for d in store.list("job", "a")] == ["j1", "j0"]  # newest first
+    assert store.get_for("job", "j2", "a") is None and store.get_for("job", "j2", "b")["id"] == "j2"
+    assert store.put_if_absent("idem", {"id": "k", "tenant": "a", "v": 1}) is None
+    assert store.put_if_absent("idem", {"id": "k", "tenant": "a", "v": 2})["v"] == 1
+    assert store.delete("job", "j1") and not store.delete("job", "j1")
+
+
+def test_artifact_writer_enforces_limit_while_streaming(tmp_path):
+    store = ArtifactStore(tmp_path)
+    w = store.writer("acme", "f.bin", max_bytes=10)
+    w.write(b"12345")
+    with pytest.raises(UploadTooLarge):
+        w.write(b"123456")
+    assert not store.exists("acme", "f.bin") and not list((tmp_path / "acme").iterdir())
+    with pytest.raises(ValueError):
+        store.path("../etc", "passwd")
+
+
+def test_webhook_signature_round_trip():
+    ts = str(int(time.time()))
+    sig = sign("s" * 16, ts, b'{"a":1}')
+    assert verify("s" * 16, ts, b'{"a":1}', sig)
+    assert not verify("s" * 16, ts, b'{"a":2}', sig)
+    assert not verify("t" * 16, ts, b'{"a":1}', sig)
+    assert not verify("s" * 16, str(int(time.time()) - 3600), b'{"a":1}', sign("s" * 16, str(int(time.time()) - 3600), b'{"a":1}'))
+
+
+def test_png_snapshot_is_a_valid_png_with_red_overlay():
+    from service.png import overlay_snapshot
+
+    scan = np.random.default_rng(0).uniform(0, 1, (16, 12, 10)).astype(np.float32)
+    mask = np.zeros_like(scan)
+    mask[4:8, 3:6, 5] = 1
+    png = overlay_snapshot(scan, np.eye(4), mask)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", png[16:24])
+    assert (w, h) == (16, 12)
+    idat_len = struct.unpack(">I", png[33:37])[0]
+    raw = zlib.decompress(png[41:41 + idat_len])
+    rows = np.frombuffer(raw, np.uint8).reshape(h, 1 + w * 3)[:, 1:].reshape(h, w, 3)
+    red = (rows[..., 0].astype(int) - rows[..., 1]) > 60
+    assert red.sum() == 4 * 3
+
+
+def test_settings_env_prefix_and_celery_reliability(monkeypatch, tmp_path):
+    monkeypatch.setenv("VOXAGENT_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("VOXAGENT_TASK_TIME_LIMIT_S", "100")
+    s = Settings()
+    assert s.data_dir == tmp_path and s.host == "127.0.0.1" and not s.distributed
+    from service.celery_app import make_celery
+
+    conf = make_celery(s).conf
+    assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
+    assert conf.broker_transport_options["visibility_timeout"] > s.task_time_limit_s
+    assert {q.name for q in conf.task_queues} == {"agent", "vision"}
