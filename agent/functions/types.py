@@ -67,6 +67,9 @@ class Record:
                 return value
         raise KeyError(key)
 
+    def __getitem__(self, key: str | int) -> Any:  # for Python callers; agent code is indexed by the evaluator
+        return self.values()[key] if isinstance(key, int) else self.get(key)
+
     def keys(self) -> list[str]:
         return [k for k, _ in self.fields]
 
