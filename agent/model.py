@@ -1,0 +1,228 @@
+"""The agent network: a LLaMA decoder with a phi head and an input projection for encoding vectors.
+
+Training uses the Hugging Face forward (teacher forcing over whole episodes). Inference uses
+``DecodeSession``: the same weights run through a lean loop with a preallocated (static) KV cache,
+because the generic forward spends ~10 ms per token on Python bookkeeping for a model this small.
+A test checks the two paths agree.
+
+phi position: the final (post-norm) hidden state at the index of each ``<MOD>`` token, i.e. the
+output that follows the output which emitted ``<MOD>`` (see ``agent.state.mod_positions``).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from agent.config import AgentConfig
+
+logger = logging.getLogger(__name__)
+
+
+def llama_config(cfg: AgentConfig) -> LlamaConfig:
+    """LlamaConfig built in code from our preset (never fetched from a hub)."""
+    return LlamaConfig(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.hidden_size,
+        intermediate_size=cfg.intermediate_size,
+        num_hidden_layers=cfg.num_layers,
+        num_attention_heads=cfg.num_heads,
+        num_key_value_heads=cfg.num_heads,  # plain multi-head attention (as LLaMA-1/2 7B)
+        max_position_embeddings=cfg.max_positions,
+        rope_theta=cfg.rope_theta,
+        rms_norm_eps=cfg.rms_norm_eps,
+        pad_token_id=cfg.pad_id,
+        bos_token_id=cfg.bos_id,
+        eos_token_id=cfg.eos_id,
+        tie_word_embeddings=False,
+        attn_implementation="sdpa",
+    )
+
+
+@dataclass
+class AgentOutput:
+    logits: torch.Tensor  # (B, L, V)
+    hidden: torch.Tensor  # (B, L, d) final post-norm hidden states (phi is read from these)
+    loss: torch.Tensor | None = None  # mean CE over labelled (eta) tokens
+
+
+class VoxAgentModel(nn.Module):
+    """LLaMA + phi head (Linear(d, 32) + SiLU) + feedback projection (LayerNorm + Linear(d, d))."""
+
+    def __init__(self, cfg: AgentConfig) -> None:
+        super().__init__()
+        if min(cfg.mod_id, cfg.step_id, cfg.enc_id, cfg.fb_open_id, cfg.fb_close_id) < 0:
+            raise ValueError("AgentConfig is not bound to a tokenizer (special token ids missing)")
+        self.cfg = cfg
+        self.llama = LlamaForCausalLM(llama_config(cfg))
+        self.phi_head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.phi_dim), nn.SiLU())
+        # vision already maps encodings to d; this learns where they sit among token embeddings
+        self.feedback_proj = nn.Sequential(nn.LayerNorm(cfg.hidden_size), nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        self._fused: tuple[Any, list[dict[str, torch.Tensor]]] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.llama.lm_head.weight.device
+
+    # ---- shared pieces -------------------------------------------------------------------------
+    def embed(self, input_ids: torch.Tensor, enc_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Token embeddings, with every ``<ENC>`` position replaced by a projected encoding vector
+        (vectors consumed in row-major order of the ``<ENC>`` positions)."""
+        embeds = self.llama.model.embed_tokens(input_ids)
+        enc_mask = input_ids == self.cfg.enc_id
+        n_enc = int(enc_mask.sum())
+        n_vec = 0 if enc_vectors is None else int(enc_vectors.shape[0])
+        if n_enc != n_vec:
+            raise ValueError(f"{n_enc} <ENC> positions but {n_vec} encoding vectors")
+        if n_enc:
+            proj = self.feedback_proj(enc_vectors.to(embeds.dtype).to(embeds.device))
+            embeds = embeds.masked_scatter(enc_mask.unsqueeze(-1), proj)
+        return embeds
+
+    def phis(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        """phi (N, 32) for every ``<MOD>`` in ``input_ids`` (row-major order), from ``hidden``."""
+        return self.phi_head(hidden[input_ids == self.cfg.mod_id])
+
+    def next_token_logits(self, hidden_last: torch.Tensor) -> torch.Tensor:
+        """Logits over the vocabulary from one final hidden state (d,) -> (V,)."""
+        return self.llama.lm_head(hidden_last)
+
+    # ---- training path ---------------------------------------------------------------------------
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        enc_vectors: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+    ) -> AgentOutput:
+        """Teacher forcing over (B, L) ids; ``labels`` unshifted with -100 outside eta tokens."""
+        if input_ids.dim() == 1:
+            input_ids = input_ids.unsqueeze(0)
+            labels = labels.unsqueeze(0) if labels is not None else None
+        embeds = self.embed(input_ids, enc_vectors)
+        out = self.llama.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
+        hidden = out.last_hidden_state
+        logits = self.llama.lm_head(hidden)
+        loss = None
+        if labels is not None:
+            loss = F.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
+            )
+        return AgentOutput(logits=logits, hidden=hidden, loss=loss)
+
+    # ---- inference path --------------------------------------------------------------------------
+    def fused_weights(self) -> list[dict[str, torch.Tensor]]:
+        """Per-layer inference weights, rebuilt whenever a parameter changed.
+
+        q/k/v and gate/up are concatenated; each RMSNorm weight is folded into the linear layer that
+        follows it (W @ (w * x) == (W * w) @ x) and the attention scale into the q rows, which saves
+        a dozen small ops per layer and token.
+        """
+        key = tuple((id(p), p._version) for p in self.llama.parameters())
+        if self._fused is not None and self._fused[0] == key:
+            return self._fused[1]
+        scale = self.cfg.head_dim**-0.5
+        fused = []
+        with torch.no_grad():
+            for layer in self.llama.model.layers:
+                att, mlp = layer.self_attn, layer.mlp
+                ln1, ln2 = layer.input_layernorm.weight, layer.post_attention_layernorm.weight
+                qkv = torch.cat([att.q_proj.weight * scale, att.k_proj.weight, att.v_proj.weight]) * ln1
+                gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]) * ln2
+                fused.append(
+                    {
+                        "qkv": qkv.contiguous(),
+                        "o_t": att.o_proj.weight.detach().t(),
+                        "gate_up": gate_up.contiguous(),
+                        "down_t": mlp.down_proj.weight.detach().t(),
+                    }
+                )
+        self._fused = (key, fused)
+        return fused
+
+    def start_session(self, capacity: int | None = None) -> "DecodeSession":
+        return DecodeSession(self, capacity or self.cfg.max_positions)
+
+
+def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm without its weight (the weight lives in the next linear layer)."""
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+
+
+class DecodeSession:
+    """One growing sequence with a static KV cache: feed ids (prompt, a token, feedback) in chunks.
+
+    Each ``feed`` returns the final hidden states of the fed positions, so the caller takes logits
+    of the last one and phi at ``<MOD>`` positions without recomputing anything already cached.
+    Keys are cached transposed, (heads, head_dim, positions), so attention is two plain bmm calls.
+    """
+
+    def __init__(self, model: VoxAgentModel, capacity: int) -> None:
+        cfg = model.cfg
+        if capacity > cfg.max_positions:
+            raise ValueError(f"capacity {capacity} exceeds the model's {cfg.max_positions} positions")
+        self.model = model
+        self.cfg = cfg
+        self.capacity = capacity
+        self.length = 0
+        self.layers = model.fused_weights()
+        device, dtype = model.device, model.llama.lm_head.weight.dtype
+        H, hd = cfg.num_heads, cfg.head_dim
+        self.k_cache = torch.zeros((cfg.num_layers, H, hd, capacity), device=device, dtype=dtype)
+        self.v_cache = torch.zeros((cfg.num_layers, H, capacity, hd), device=device, dtype=dtype)
+        positions = torch.arange(capacity, device=device)[None]
+        with torch.no_grad():
+            cos, sin = model.llama.model.rotary_emb(self.v_cache[0], positions)
+        half = hd // 2
+        # rotate_half(x) * sin == roll(x, half) * [-sin_low, sin_high]
+        self.cos = cos[0].unsqueeze(1)  # (capacity, 1, hd)
+        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).unsqueeze(1)
+        self.final_norm = model.llama.model.norm.weight.detach()
+        self.embed_weight = model.llama.model.embed_tokens.weight.detach()
+        self.ids: list[int] = []
+
+    @property
+    def remaining(self) -> int:
+        return self.capacity - self.length
+
+    @torch.inference_mode()
+    def feed(self, ids: list[int], enc_vectors: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``ids`` (``<ENC>`` positions take ``enc_vectors``); return hidden states (T, d)."""
+        T = len(ids)
+        if T == 0:
+            raise ValueError("nothing to feed")
+        if T > self.remaining:
+            raise OverflowError(f"sequence would exceed {self.capacity} positions")
+        cfg, p0 = self.cfg, self.length
+        id_tensor = torch.tensor(ids, dtype=torch.long, device=self.k_cache.device)
+        if enc_vectors is not None or cfg.enc_id in ids:
+            x = self.model.embed(id_tensor, enc_vectors)
+        else:
+            x = F.embedding(id_tensor, self.embed_weight)
+        p1 = p0 + T
+        H, hd, eps, half = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps, cfg.head_dim // 2
+        cos, sin = self.cos[p0:p1], self.sin[p0:p1]
+        blocked = None
+        if T > 1:
+            blocked = ~torch.ones(T, p1, dtype=torch.bool, device=x.device).tril(diagonal=p0)
+        for li, w in enumerate(self.layers):
+            qkv = F.linear(_unit_rms(x, eps), w["qkv"])
+            qk = qkv[:, : 2 * H * hd].view(T, 2 * H, hd)
+            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin)
+            self.k_cache[li, :, :, p0:p1] = qk[:, H:].permute(1, 2, 0)
+            self.v_cache[li, :, p0:p1] = qkv[:, 2 * H * hd :].view(T, H, hd).transpose(0, 1)
+            scores = torch.bmm(qk[:, :H].transpose(0, 1), self.k_cache[li, :, :, :p1])  # (H, T, p1)
+            if blocked is not None:
+                scores.masked_fill_(blocked, float("-inf"))
+            att = torch.bmm(scores.softmax(-1), self.v_cache[li, :, :p1])  # (H, T, hd)
+            x = torch.addmm(x, att.transpose(0, 1).reshape(T, H * hd), w["o_t"])
+            gate, up = F.linear(_unit_rms(x, eps), w["gate_up"]).chunk(2, dim=-1)
+            x = torch.addmm(x, F.silu(gate).mul_(up), w["down_t"])
+        self.length = p1
+        self.ids.extend(int(i) for i in ids)
+        return _unit_rms(x, eps) * self.final_norm

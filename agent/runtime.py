@@ -1,0 +1,248 @@
+"""Plan-execute-feedback loop: the agent writes one step, the sandbox runs it, reads come back as z.
+
+The runtime owns the decoding session (one KV cache for the whole episode): mu_1 is prefilled once,
+each step is decoded greedily token by token, and the step's closing ``<STEP>`` plus the feedback z_i
+are appended in a single forward (``<ENC>`` positions carrying projected encoding vectors). Nothing
+already in the cache is ever recomputed. The sandbox is reached only through
+``execute_step(code, phis) -> StepOutcome``.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+
+from agent.model import DecodeSession, VoxAgentModel
+from agent.sandbox.outcome import StepOutcome
+from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
+from agent.tokenizer import AgentTokenizer
+from api_schemas import AnalysisResult, Metric, OutputVolume, StepTrace
+
+logger = logging.getLogger(__name__)
+
+
+class StepExecutor(Protocol):
+    """What the runtime needs from a sandbox."""
+
+    def execute_step(self, code: str, phis: Sequence[torch.Tensor] | None = None) -> StepOutcome: ...
+
+
+@dataclass(frozen=True)
+class RuntimeLimits:
+    """Bounds that make every run terminate, whatever the model writes."""
+
+    max_steps: int = 12
+    max_step_tokens: int = 384  # tokens of code in one step
+    max_total_tokens: int = 2048  # whole state mu (prompt + steps + feedback); capped by the model
+    max_wall_s: float = 300.0
+
+
+@dataclass
+class Transcript:
+    """Everything fed to the model, for checks against a from-scratch forward and for debugging."""
+
+    ids: list[int] = field(default_factory=list)
+    enc_vectors: list[np.ndarray] = field(default_factory=list)  # one (n, d) block per feedback with reads
+    generated: list[tuple[int, int]] = field(default_factory=list)  # (index into ids, id the model chose)
+    phis: list[torch.Tensor] = field(default_factory=list)  # every phi handed to the sandbox, in order
+
+
+@dataclass
+class _StepDraft:
+    tokens: list[int]
+    phis: list[torch.Tensor]
+    ended: bool  # closed by <STEP>/eos (False: token limit, wall time or context full)
+    end_id: int | None = None  # the id that closed it (<STEP> or eos; <STEP> is what gets fed)
+
+
+class AgentRuntime:
+    """``AgentRuntime(model, tokenizer, sandbox=..., limits=...).run(prompt, scans_meta) -> AnalysisResult``."""
+
+    def __init__(
+        self,
+        model: VoxAgentModel,
+        tokenizer: AgentTokenizer,
+        sandbox: StepExecutor | None = None,
+        *,
+        sandbox_factory: Callable[[], StepExecutor] | None = None,
+        limits: RuntimeLimits | None = None,
+        model_name: str | None = None,
+    ) -> None:
+        if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
+            raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.sandbox = sandbox
+        self.sandbox_factory = sandbox_factory
+        self.limits = limits or RuntimeLimits()
+        self.model_name = model_name or f"voxagent-{model.cfg.preset}"
+        self.last_transcript: Transcript | None = None
+        self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
+
+    # ---- public --------------------------------------------------------------------------------
+    def run(
+        self,
+        prompt: str,
+        scans_meta: Sequence[ScanInfo] | Mapping[str, object],
+        sandbox: StepExecutor | None = None,
+    ) -> AnalysisResult:
+        executor = sandbox or self.sandbox or (self.sandbox_factory() if self.sandbox_factory else None)
+        if executor is None:
+            raise ValueError("AgentRuntime needs a sandbox (argument, constructor or sandbox_factory)")
+        with torch.inference_mode():
+            return self._run(prompt, as_scan_infos(scans_meta), executor)
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor) -> AnalysisResult:
+        lim, tok = self.limits, self.tokenizer
+        t_start = time.perf_counter()
+        deadline = t_start + lim.max_wall_s
+        timings = {"prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
+        result = AnalysisResult(status="no_answer", model=self.model_name)
+        transcript = Transcript()
+        self.last_transcript = transcript
+        responses: list[str] = []
+
+        capacity = min(lim.max_total_tokens, self.model.cfg.max_positions)
+        session = self.model.start_session(capacity)
+        mu1 = initial_state_ids(tok, prompt, scans)
+        if len(mu1) + 2 > capacity:
+            return self._finish(result, "failed", responses, timings, t_start,
+                                error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
+        t0 = time.perf_counter()
+        hidden = session.feed(mu1)
+        timings["prefill"] = time.perf_counter() - t0
+        transcript.ids += mu1
+        logits = self.model.next_token_logits(hidden[-1])
+        reason = f"the agent did not call stop() within {lim.max_steps} steps"
+
+        for index in range(lim.max_steps):
+            t_step = time.perf_counter()
+            draft = self._decode_step(session, logits, deadline, transcript)
+            t_decoded = time.perf_counter()
+            timings["decode"] += t_decoded - t_step
+            code = tok.decode(draft.tokens)
+            trace = StepTrace(index=index, code=code, phi_count=0)
+            result.trace.append(trace)
+
+            if not draft.ended:
+                trace.error = "step did not end (token, context or time limit); not executed"
+                trace.duration_s = time.perf_counter() - t_step
+                reason = self._limit_reason(session, deadline, draft)
+                break
+
+            try:
+                outcome = executor.execute_step(code, draft.phis)
+            except Exception as exc:  # the sandbox turns agent errors into feedback; this is a real fault
+                logger.exception("sandbox failed on step %d", index)
+                trace.error = f"sandbox failure: {exc}"
+                trace.duration_s = time.perf_counter() - t_step
+                return self._finish(result, "failed", responses, timings, t_start, error=f"sandbox failure: {exc}")
+            timings["execute"] += time.perf_counter() - t_decoded
+            self._record(result, trace, outcome, index, responses)
+            trace.duration_s = time.perf_counter() - t_step
+
+            if outcome.stopped:
+                if responses or result.metrics or result.outputs:
+                    return self._finish(result, "succeeded", responses, timings, t_start)
+                return self._finish(result, "no_answer", responses, timings, t_start,
+                                    note="the agent stopped without a response, metric or output")
+            if time.perf_counter() > deadline:
+                reason = f"wall-time limit of {lim.max_wall_s:g} s reached"
+                break
+            if index + 1 == lim.max_steps:
+                break
+
+            t_fb = time.perf_counter()
+            z = feedback_tokens(tok, outcome.feedback, outcome.error, self.model.cfg.hidden_size)
+            chunk = [tok.step_id] + z.ids
+            if len(chunk) + 1 > session.remaining:
+                reason = f"context limit of {capacity} tokens reached"
+                break
+            vectors = torch.from_numpy(z.vectors) if len(z.vectors) else None
+            hidden = session.feed(chunk, vectors)
+            transcript.generated.append((len(transcript.ids), draft.end_id))
+            transcript.ids += chunk
+            if len(z.vectors):
+                transcript.enc_vectors.append(z.vectors)
+            logits = self.model.next_token_logits(hidden[-1])
+            timings["feedback"] += time.perf_counter() - t_fb
+
+        return self._finish(result, "no_answer", responses, timings, t_start, note=reason)
+
+    def _decode_step(
+        self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript
+    ) -> _StepDraft:
+        """Greedy tokens until <STEP>/eos; phi from the hidden state at every fed <MOD>."""
+        tokens: list[int] = []
+        phis: list[torch.Tensor] = []
+        mod_id = self.tokenizer.mod_id
+        for _ in range(self.limits.max_step_tokens):
+            next_id = int(torch.argmax(logits))
+            if next_id in self._stop_ids:
+                return _StepDraft(tokens, phis, ended=True, end_id=next_id)
+            if session.remaining <= 2 or time.perf_counter() > deadline:
+                break
+            tokens.append(next_id)
+            transcript.generated.append((len(transcript.ids), next_id))
+            transcript.ids.append(next_id)
+            hidden = session.feed([next_id])
+            if next_id == mod_id:
+                phi = self.model.phi_head(hidden[-1]).clone()
+                phis.append(phi)
+                transcript.phis.append(phi)
+            logits = self.model.next_token_logits(hidden[-1])
+        return _StepDraft(tokens, phis, ended=False)
+
+    def _limit_reason(self, session: DecodeSession, deadline: float, draft: _StepDraft) -> str:
+        if time.perf_counter() > deadline:
+            return f"wall-time limit of {self.limits.max_wall_s:g} s reached"
+        if session.remaining <= 2:
+            return f"context limit of {session.capacity} tokens reached"
+        return f"a step exceeded {self.limits.max_step_tokens} tokens without ending"
+
+    # ---- result assembly -----------------------------------------------------------------------
+    @staticmethod
+    def _record(result: AnalysisResult, trace: StepTrace, outcome: StepOutcome, index: int, responses: list[str]) -> None:
+        for fb in outcome.feedback:
+            parts = [fb.text] if fb.text else []
+            if fb.vectors is not None:
+                parts.append(vector_feedback_label(np.asarray(fb.vectors)))
+            trace.feedback.append(" ".join(parts))
+        trace.error = outcome.error
+        trace.phi_count = outcome.phis_used
+        responses.extend(outcome.responses)
+        result.metrics.extend(m if m.step is not None else m.model_copy(update={"step": index}) for m in outcome.metrics)
+        result.outputs.extend(o if o.step is not None else o.model_copy(update={"step": index}) for o in outcome.outputs)
+
+    @staticmethod
+    def _finish(
+        result: AnalysisResult,
+        status: str,
+        responses: list[str],
+        timings: dict[str, float],
+        t_start: float,
+        *,
+        note: str | None = None,
+        error: str | None = None,
+    ) -> AnalysisResult:
+        answer = " ".join(r.strip() for r in responses if r.strip())
+        if status == "succeeded":
+            result.text = answer or "Done: the results are in the metrics and outputs."
+        elif status == "no_answer":
+            result.text = f"No answer: {note}." + (f" Partial response: {answer}" if answer else "")
+        else:
+            result.text = f"Analysis failed: {error}"
+            result.error = error
+        result.status = status
+        result.timings_s = {**{k: round(v, 6) for k, v in timings.items()}, "total": round(time.perf_counter() - t_start, 6)}
+        logger.info("agent run %s after %d steps in %.3f s", status, len(result.trace), result.timings_s["total"])
+        return result
+
+
+__all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript", "Metric", "OutputVolume"]
