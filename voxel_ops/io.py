@@ -367,6 +367,10 @@ def check_affine(affine: np.ndarray, name: str = "volume", limits: ReadLimits | 
 
 
 def _slope_inter(hdr: nib.Nifti1Header, name: str) -> tuple[float, float]:
+    # nibabel reads a NaN or 0 slope as "not scaled" (common and harmless) but also silently
+    # ignores an infinite one, which no writer produces on purpose.
+    if math.isinf(float(hdr["scl_slope"])):
+        raise HeaderError(f"{name}: intensity scaling is not finite (scl_slope={float(hdr['scl_slope'])})")
     try:
         slope, inter = hdr.get_slope_inter()
     except HeaderDataError as exc:
