@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from agent.model import VoxAgentModel
+from agent.runtime import AgentRuntime, RuntimeLimits
+from agent.sandbox.outcome import Feedback, StepOutcome
+from api_schemas import Metric
+from tests.agent.conftest import RecordingExecutor, vectors
+from tests.agent.test_state import SCANS
+
+STEP_1 = 'e = encode(t1<MOD>, flair<MOD>)\nm = generate(e, flair<MOD>, "lesion")\nv = volume(m)\nread(v)\nread(e)\n'
+STEP_2 = 'g = generate(e, t1<MOD>, "gray matter")\nrespond(f"The lesion measures {v}.")\nstop()\n'
+
+
+class ScriptedModel(VoxAgentModel):
+    """A stub policy: real network (hidden states, KV cache, phi head, feedback embeddings) but the
+    next token always comes from a fixed script, one decision per call."""
+
+    def __init__(self, cfg, script: list[int]):
+        super().__init__(cfg)
+        self.script, self.cursor = script, 0
+
+    def next_token_logits(self, hidden_last):
+        super().next_token_logits(hidden_last)
+        token = self.script[self.cursor] if self.cursor < len(self.script) else self.cfg.eos_id
+        self.cursor += 1
+        logits = torch.zeros(self.cfg.vocab_size)
+        logits[token] = 1.0
+        return logits
+
+
+def scripted(tokenizer, random_model, steps):
+    script = [i for code in steps for i in tokenizer.encode(code) + [tokenizer.step_id]]
+    model = ScriptedModel(random_model.cfg, script).eval()
+    model.load_state_dict(random_model.state_dict())
+    return model
+
+
+def test_random_model_terminates_with_a_clean_no_answer(tokenizer, random_model):
+    limits = RuntimeLimits(max_steps=3, max_step_tokens=48, max_wall_s=30)
+    executor = RecordingExecutor()
+    started = time.perf_counter()
+    runtime = AgentRuntime(random_model, tokenizer, executor, limits=limits)
+    result = runtime.run("How large is the lesion?", SCANS)
+    assert time.perf_counter() - started < 30
+    assert result.status == "no_answer"
+    assert result.text.startswith("No answer: ") and result.error is None
+    assert 1 <= len(result.trace) <= limits.max_steps and len(executor.calls) <= limits.max_steps
+    assert result.metrics == [] and result.outputs == []
+    assert set(result.timings_s) >= {"prefill", "decode", "execute", "total"}
+    assert len(runtime.last_transcript.generated) <= limits.max_steps * (limits.max_step_tokens + 1)
+
+
+def test_wall_time_limit_is_enforced(tokenizer, random_model):
+    result = AgentRuntime(random_model, tokenizer, RecordingExecutor(),
+                          limits=RuntimeLimits(max_steps=50, max_step_tokens=10_000, max_wall_s=0.3)).run("x", SCANS)
+    assert result.status == "no_answer" and "wall-time" in result.text
+    assert result.timings_s["total"] < 5
+
+
+def test_scripted_policy_end_to_end_with_reads(tokenizer, random_model):
+    d = random_model.cfg.hidden_size
+    enc = vectors(2, d, seed=7)
+    executor = RecordingExecutor([
+        StepOutcome(feedback=[Feedback(text="12.5 mL"), Feedback(vectors=enc)], phis_used=3,
+                    metrics=[Metric(name="lesion volume", value=12.5, unit="mL")]),
+        StepOutcome(responses=["The lesion measures 12.5 mL."], stopped=True, phis_used=1),
+    ])
+    model = scripted(tokenizer, random_model, [STEP_1, STEP_2])
+    runtime = AgentRuntime(model, tokenizer, executor, limits=RuntimeLimits(max_steps=5))
+    result = runtime.run("How large is the lesion?", SCANS)
+
+    assert result.status == "succeeded"
+    assert result.text == "The lesion measures 12.5 mL."
+    assert [c for c, _ in executor.calls] == [STEP_1, STEP_2]
+    assert [len(p) for _, p in executor.calls] == [3, 1]
+    assert all(p.shape == (32,) for _, phis in executor.calls for p in phis)
+    assert [t.code for t in result.trace] == [STEP_1, STEP_2]
+    assert result.trace[0].feedback == ["12.5 mL", "[encoding: 2 vectors]"]
+    assert [t.phi_count for t in result.trace] == [3, 1]
+    assert result.metrics == [Metric(name="lesion volume", value=12.5, unit="mL", step=0)]
+    # the read values entered the state: text tokens and two <ENC> positions inside <FB> ... </FB>
+    tr = runtime.last_transcript
+    fb = tr.ids[tr.ids.index(tokenizer.fb_open_id): tr.ids.index(tokenizer.fb_close_id) + 1]
+    assert tokenizer.decode(fb) == "<FB>12.5 mL\n<ENC><ENC>\n</FB>"
+    assert len(tr.enc_vectors) == 1 and np.array_equal(tr.enc_vectors[0], enc)
+    # phis of step 1 are identical to a from-scratch forward at the <MOD> positions
+    ids = torch.tensor(tr.ids)
+    with torch.no_grad():
+        full = random_model(ids, torch.from_numpy(enc))
+        phis = random_model.phis(full.hidden, ids.unsqueeze(0))
+    torch.testing.assert_close(torch.stack(tr.phis[:3]), phis[:3], atol=1e-5, rtol=1e-4)
+
+
+def test_encoding_vectors_steer_the_next_step(tokenizer, random_model):
+    """Same script, different encoding vectors read back: step-1 phis equal, step-2 phi differs."""
+    runs = []
+    for seed in (1, 2):
+        executor = RecordingExecutor([StepOutcome(feedback=[Feedback(vectors=vectors(2, 256, seed))]),
+                                      StepOutcome(stopped=True, responses=["ok"])])
+        model = scripted(tokenizer, random_model, [STEP_1, STEP_2])
+        AgentRuntime(model, tokenizer, executor).run("p", SCANS)
+        runs.append([p for _, phis in executor.calls for p in phis])
+    assert all(torch.equal(a, b) for a, b in zip(runs[0][:3], runs[1][:3]))
+    assert not torch.allclose(runs[0][3], runs[1][3])
+
+
+def test_runs_are_deterministic(tokenizer, random_model):
+    def once():
+        model = scripted(tokenizer, random_model, [STEP_1, "x = 1\n", STEP_2])
+        executor = RecordingExecutor([StepOutcome(feedback=[Feedback(text="3 mL")]),
+                                      StepOutcome(error="name 'q' is not defined"),
+                                      StepOutcome(stopped=True, responses=["done"])])
+        result = AgentRuntime(model, tokenizer, executor).run("p", SCANS)
+        return result, [p for _, phis in executor.calls for p in phis]
+
+    (r1, p1), (r2, p2) = once(), once()
+    assert r1.model_dump(exclude={"timings_s"}, mode="json") == {
+        **r2.model_dump(exclude={"timings_s"}, mode="json"),
+        "trace": [{**t, "duration_s": r1.trace[i].duration_s} for i, t in enumerate(r2.model_dump(mode="json")["trace"])],
+    }
+    assert r1.trace[1].error == "name 'q' is not defined"
+    assert all(torch.equal(a, b) for a, b in zip(p1, p2))
+
+
+def test_stop_without_anything_is_no_answer_and_sandbox_fault_is_failed(tokenizer, random_model):
+    model = scripted(tokenizer, random_model, ["stop()\n"])
+    result = AgentRuntime(model, tokenizer, RecordingExecutor([StepOutcome(stopped=True)])).run("p", SCANS)
+    assert result.status == "no_answer" and "stopped without" in result.text
+
+    class Broken:
+        def execute_step(self, code, phis=None):
+            raise RuntimeError("worker lost")
+
+    model = scripted(tokenizer, random_model, ["stop()\n"])
+    result = AgentRuntime(model, tokenizer, Broken()).run("p", SCANS)
+    assert result.status == "failed" and "worker lost" in result.error
+
+
+@pytest.mark.slow
+def test_end_to_end_with_the_real_sandbox_and_vision_engine(tokenizer, random_model, tmp_path):
+    from agent.sandbox import Sandbox
+    from agent.vision_client import LocalVisionClient
+    from tests.sandbox.conftest import phantom
+    from vision.engine import VisionEngine
+
+    engine = VisionEngine("tiny", device="cpu")
+    try:
+        scans = {"t1": phantom("T1"), "flair": phantom("FLAIR", lesion_value=300.0)}
+        sandbox = Sandbox(scans, client=LocalVisionClient(engine), output_dir=tmp_path)
+        step1 = ('e = encode(t1<MOD>, flair<MOD>)\nm = generate(e, flair<MOD>, "lesion")\n'
+                 'v = volume(m)\nread(v)\nread(e)\noutput(m, "lesion")\n')
+        step2 = 'respond(f"The lesion measures {v}.")\nstop()\n'
+        model = scripted(tokenizer, random_model, [step1, step2])
+        runtime = AgentRuntime(model, tokenizer, sandbox)
+        result = runtime.run("How large is the lesion?", scans)
+    finally:
+        engine.close()
+    assert result.status == "succeeded", result
+    assert [t.error for t in result.trace] == [None, None]
+    assert [t.phi_count for t in result.trace] == [3, 0]
+    assert result.trace[0].feedback[0].endswith("mL") and result.trace[0].feedback[1] == "[encoding: 2 vectors]"
+    assert result.text.startswith("The lesion measures ") and result.text.endswith("mL.")
+    assert [o.name for o in result.outputs] == ["lesion"]
+    assert any(m.unit == "mL" for m in result.metrics)
+    tr = runtime.last_transcript
+    assert tr.ids.count(tokenizer.enc_id) == 2 and tr.enc_vectors[0].shape == (2, 256)
