@@ -24,14 +24,14 @@ from agent.sandbox.outcome import Feedback
 from api_schemas import OutputVolume
 from voxel_ops import Volume
 
-IMAGE = ArgType("a scan or mask", (ImageValue,))
-MASK = ArgType("a mask", (Mask,))
-ENCODING = ArgType("an encoding", (Encoding,))
-TEXT = ArgType("text", (str,))
-NUMBER = ArgType("a number", (int, float), exclude=(bool,))
-AMOUNT = ArgType("a quantity or number", (Quantity, int, float), exclude=(bool,))
-MESSAGE = ArgType("text, a quantity or a number", (str, Quantity, int, float))
-ANY = ArgType("any value", (object,))
+IMAGE = ArgType("scan", (ImageValue,), phrase="a scan or mask")
+MASK = ArgType("mask", (Mask,), phrase="a mask")
+ENCODING = ArgType("encoding", (Encoding,), phrase="an encoding")
+TEXT = ArgType("str", (str,), phrase="text")
+NUMBER = ArgType("number", (int, float), exclude=(bool,), phrase="a number")
+AMOUNT = ArgType("quantity", (Quantity, int, float), exclude=(bool,), phrase="a quantity or number")
+MESSAGE = ArgType("str", (str, Quantity, int, float), phrase="text, a quantity or a number")
+ANY = ArgType("any", (object,), phrase="any value")
 
 MAX_MORPHOLOGY_MM = 50.0
 MAX_MARGIN_MM = 100.0
@@ -348,7 +348,7 @@ def build_registry() -> Registry:
             "Segment a target structure in one encoded scan; the mask lies on that scan's grid.", generate),
         _fn("read", [Param("x", ANY)], "None",
             "Show a value to the agent in the next step (an encoding as its feature vectors).", read),
-        _fn("respond", [Param("text", MESSAGE)], "None", "Add text to the answer for the user.", respond),
+        _fn("respond", [Param("text", MESSAGE)], "None", "Add text (or a value in its text form) to the answer for the user.", respond),
         _fn("output", [Param("volume", IMAGE), Param("name", TEXT)], "None",
             "Mark a mask or image as a named result volume (saved as NIfTI).", output),
         _fn("stop", [], "None", "End the analysis; nothing after it runs.", stop),

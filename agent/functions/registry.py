@@ -17,11 +17,12 @@ REQUIRED: Any = object()  # marks a parameter without default
 
 @dataclass(frozen=True)
 class ArgType:
-    """An accepted argument type: the Python classes and the word the agent sees in errors."""
+    """An accepted argument type: its short label (signatures), the Python classes, and the phrase for errors."""
 
     label: str
     classes: tuple[type, ...]
     exclude: tuple[type, ...] = ()
+    phrase: str = ""
 
     def accepts(self, value: Any) -> bool:
         return isinstance(value, self.classes) and not isinstance(value, self.exclude)
@@ -70,7 +71,7 @@ class LibraryFunction:
                     raise SandboxRuntimeError(f"{self.name}(): pass {param.name} positionally")
                 values, positional = positional, []
                 if not values:
-                    raise SandboxRuntimeError(f"{self.name}() needs at least one {param.type.label}")
+                    raise SandboxRuntimeError(f"{self.name}() needs at least one argument ({param.type.label})")
                 for i, value in enumerate(values):
                     self._check(param, value, f"{param.name}[{i}]")
                 bound.extend(values)
@@ -94,7 +95,7 @@ class LibraryFunction:
 
     def _check(self, param: Param, value: Any, label: str) -> None:
         if not param.type.accepts(value):
-            raise SandboxRuntimeError(f"{self.name}(): '{label}' must be {param.type.label}, "
+            raise SandboxRuntimeError(f"{self.name}(): '{label}' must be {param.type.phrase or param.type.label}, "
                                       f"got {type_name(value)}")
 
     def describe(self) -> dict[str, str]:

@@ -1,0 +1,153 @@
+"""`voxagent exec --scan t1=PATH [--scan ...] --code FILE|-`: run a program in the sandbox, no language model.
+
+Scripted, reproducible analysis, and how a user replays a trace. Steps: if the program contains the
+end-of-step marker `<STEP>`, the pieces between markers are the steps; otherwise blank lines
+separate steps. Phis come from the phi bank of the model directory (or the default bank); `<MOD>`
+markers in the code are accepted and ignored for that reason. Output volumes go to --out.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+STEP_MARKER = "<STEP>"
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "voxagent-tiny"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("exec", help="run a sandbox program on scans (no language model)")
+    p.add_argument("--scan", action="append", required=True, metavar="NAME=PATH",
+                   help="an input scan; NAME becomes its variable in the program (repeatable)")
+    p.add_argument("--modality", action="append", default=[], metavar="NAME=MODALITY",
+                   help="modality of a scan, e.g. t1=T1, flair=FLAIR, ct=CT (repeatable)")
+    p.add_argument("--code", required=True, help="program file, or - to read it from stdin")
+    p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
+                   help="checkpoint directory with vision weights and phi bank (default: the shipped model)")
+    p.add_argument("--json", action="store_true", help="print the result document as JSON")
+    p.set_defaults(func=run)
+
+
+def split_steps(program: str) -> list[str]:
+    """Steps of a program: between <STEP> markers if any, else separated by blank lines."""
+    if STEP_MARKER in program:
+        pieces = program.split(STEP_MARKER)
+    else:
+        pieces, current = [], []
+        for line in program.splitlines():
+            if line.strip():
+                current.append(line)
+            elif current:
+                pieces.append("\n".join(current))
+                current = []
+        if current:
+            pieces.append("\n".join(current))
+    return [p.strip("\n") for p in pieces if p.strip()]
+
+
+def _pairs(items: list[str], what: str) -> dict[str, str]:
+    from service.cli import CommandError
+
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        if not sep or not name.isidentifier() or not value:
+            raise CommandError(f"{what} must look like NAME=VALUE with NAME an identifier, got {item!r}")
+        if name in out:
+            raise CommandError(f"{what} {name!r} given twice")
+        out[name] = value
+    return out
+
+
+def _read_program(source: str) -> str:
+    from service.cli import CommandError
+
+    if source == "-":
+        return sys.stdin.read()
+    try:
+        return Path(source).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CommandError(f"cannot read program {source}: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    import hashlib
+
+    import voxel_ops as vo
+    from agent.functions import default_registry
+    from agent.phi_bank import PhiBank
+    from agent.sandbox import Sandbox
+    from agent.vision_client import LocalVisionClient
+    from service.cli import CommandError
+
+    scans = _pairs(args.scan, "--scan")
+    modalities = _pairs(args.modality, "--modality")
+    unknown = set(modalities) - set(scans)
+    if unknown:
+        raise CommandError(f"--modality names a scan that was not given: {sorted(unknown)[0]}")
+    clash = set(scans) & set(default_registry())
+    if clash:
+        raise CommandError(f"scan name {sorted(clash)[0]!r} is a library function; choose another name")
+    steps = split_steps(_read_program(args.code))
+    if not steps:
+        raise CommandError("the program is empty")
+
+    volumes, checksums = {}, {}
+    for name, path in scans.items():
+        file = Path(path)
+        if not file.is_file():
+            raise CommandError(f"scan {name}: no such file: {path}")
+        try:
+            volumes[name] = vo.load_volume(file, meta=vo.VolumeMeta(modality=modalities.get(name),
+                                                                    source_name=file.name))
+            checksums[name] = hashlib.sha256(file.read_bytes()).hexdigest()
+        except (vo.VolumeError, OSError) as exc:
+            raise CommandError(f"scan {name} ({path}): {exc}") from None
+
+    from vision.engine import VisionEngine  # torch: only once the inputs are known to be good
+
+    model_dir: Path = args.model
+    if (model_dir / "vision.safetensors").is_file():
+        engine, model_name = VisionEngine.load(model_dir), model_dir.name
+    else:
+        print(f"voxagent exec: warning: no trained vision weights in {model_dir}; using an untrained "
+              "(random) tiny network, so generated masks are meaningless", file=sys.stderr)
+        engine, model_name = VisionEngine("tiny"), "untrained tiny (random init)"
+    sandbox = Sandbox(volumes, client=LocalVisionClient(engine), phi_bank=PhiBank.for_model_dir(model_dir),
+                      output_dir=args.out)
+    failure = None
+    try:
+        for index, code in enumerate(steps):
+            outcome = sandbox.execute_step(code)
+            if outcome.error:
+                failure = f"step {index}: {outcome.error}"
+                break
+            if outcome.stopped:
+                if index + 1 < len(steps):
+                    print(f"voxagent exec: warning: stop() in step {index}; {len(steps) - index - 1} "
+                          "later step(s) not run", file=sys.stderr)
+                break
+    finally:
+        sandbox.close()
+        engine.close()
+    result = sandbox.result(status="failed" if failure else None, error=failure)
+    result.model = model_name
+    result.input_checksums = checksums
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        _print_summary(result)
+    if failure:
+        raise CommandError(failure)
+    return 0
+
+
+def _print_summary(result) -> None:
+    if result.text:
+        print(result.text)
+    for metric in result.metrics:
+        unit = f" {metric.unit}" if metric.unit else ""
+        print(f"  {metric.name}: {metric.value}{unit}")
+    for output in result.outputs:
+        print(f"  output {output.name}: {output.path}")
