@@ -49,4 +49,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run the imported module's main so that commands raise the same CommandError class it catches.
+    from service.cli import main as _main
+
+    sys.exit(_main())
