@@ -40,10 +40,12 @@ class Settings(BaseSettings):
     max_code_chars: int = 20000
     max_wait_s: float = 30.0
     workers: int = Field(default=2, description="Embedded dispatcher threads.")
-    tenant_concurrency: int = Field(default=4, description="Queued+running jobs per tenant before 429.")
+    tenant_concurrency: int = Field(default=64, description="Queued+running jobs per tenant before 429.")
     queue_limit: int = Field(default=256, description="Queued+running jobs in total before 429.")
     max_batch_items: int = 500
     task_time_limit_s: int = 900
+    agent_max_wall_s: float = Field(default=300.0, description="Wall-time budget of the agent loop per job.")
+    agent_max_steps: int = 12
     retry_after_s: int = 5
     webhook_attempts: int = 5
     webhook_backoff_s: float = 0.5

@@ -104,7 +104,9 @@ def _run(ctx: TaskContext, job_id: str) -> str:
                                          models_dir=ctx.settings.models_dir, job_id=job_id)
         else:
             result = engines.run_prompt(job["prompt"], scans, client=client, output_dir=out_dir,
-                                        models_dir=ctx.settings.models_dir, job_id=job_id)
+                                        models_dir=ctx.settings.models_dir, job_id=job_id,
+                                        max_steps=ctx.settings.agent_max_steps,
+                                        max_wall_s=ctx.settings.agent_max_wall_s)
         timings["analysis_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

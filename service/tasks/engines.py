@@ -26,17 +26,39 @@ def run_program(code: str, scans: dict, *, client, output_dir: Path, models_dir:
 
 
 def build_runtime(models_dir: Path):
-    """The agent runtime with the shipped model (random-init, clearly labelled, when untrained)."""
-    try:
-        from agent.runtime import AgentRuntime  # noqa: F401
-    except ImportError as exc:
-        raise RuntimeError(f"the agent runtime is not available in this installation ({exc})") from exc
-    raise RuntimeError("agent runtime integration pending")
+    """The agent runtime with the shipped checkpoint; without one, a clearly labelled random-init
+    model (its tokenizer trained on the seed corpus) so that prompts get an honest 'no_answer'."""
+    import torch
+
+    from agent.checkpoint import has_agent, load_agent
+    from agent.runtime import AgentRuntime
+
+    models_dir = Path(models_dir)
+    if has_agent(models_dir):
+        model, tokenizer = load_agent(models_dir)
+        return AgentRuntime(model, tokenizer, model_name=models_dir.name)
+    from agent.config import AgentConfig
+    from agent.corpus import seed_corpus
+    from agent.model import VoxAgentModel
+    from agent.tokenizer import train_tokenizer
+
+    log.warning("no trained agent in %s: serving a random-init model (answers will be 'no_answer')", models_dir)
+    tokenizer = train_tokenizer(seed_corpus(n=400, seed=0), vocab_size=1000)
+    torch.manual_seed(0)
+    model = VoxAgentModel(AgentConfig.from_preset("tiny", tokenizer))
+    return AgentRuntime(model, tokenizer, model_name=f"{models_dir.name} (random-init, untrained)")
 
 
 def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
-               job_id: str) -> AnalysisResult:
+               job_id: str, max_steps: int = 12, max_wall_s: float = 300.0) -> AnalysisResult:
+    """Let the agent write and run the program, step by step, in a sandbox of this job."""
+    from agent.sandbox import Sandbox
     from service.tasks import resources
 
+    from agent.runtime import RuntimeLimits
+
     runtime = resources.agent_runtime(models_dir)
-    return runtime.run(prompt, scans, client=client, output_dir=output_dir, job_id=job_id)
+    runtime.limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget
+    sandbox = Sandbox(scans, client=client, phi_bank=resources.phi_bank(models_dir), output_dir=output_dir,
+                      job_id=job_id)
+    return runtime.run(prompt, scans, sandbox=sandbox)
