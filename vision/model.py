@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vision.config import VisionConfig, get_config
-from vision.layers import Block, NativeConv3d
+from vision.layers import Block
 from vision.native import StreamPlan, plan_stream
 
 log = logging.getLogger(__name__)
@@ -83,12 +83,14 @@ class VisionNet(nn.Module):
             block(ch[-1] if n == config.levels - 1 else ch[n + 1] + ch[n], ch[n])
             for n in reversed(range(config.levels))
         )
-        self.head = NativeConv3d(ch[0], 1)
+        # Per-voxel one-channel output layer: the level's 3^3 conv has just run, and a 3^3 conv with a
+        # single output channel is a slow path for CPU convolution libraries.
+        self.head = nn.Linear(ch[0], 1)
         self.to_vector = nn.Linear(ch[-1], config.encoding_dim)
 
     @property
     def device(self) -> torch.device:
-        return self.head.weight.device
+        return self.to_vector.weight.device
 
     def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> StreamPlan:
         """The per-level grids and kernel decisions this network would use for one input grid."""
@@ -170,7 +172,7 @@ class VisionNet(nn.Module):
             hs = block(hs, [p.levels[n].flat_axes for p in plans], phis)
         out = []
         for h, plan in zip(hs, plans):
-            logits = self.head(h, plan.levels[0].flat_axes)
+            logits = F.conv3d(h, self.head.weight[:, :, None, None, None], self.head.bias)
             if plan.reduced:
                 logits = F.interpolate(logits, size=plan.input_shape, mode="trilinear", align_corners=False)
             out.append(logits.contiguous())
