@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run test test-fast bench clean
+.PHONY: venv install run test test-fast bench clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -22,7 +22,11 @@ venv install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/voxagent serve
 
-test: $(STAMP)
+# redis-server: the service's integration tests start a real one (Debian/Ubuntu package).
+system-deps:
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+
+test: $(STAMP) system-deps
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)
