@@ -76,6 +76,8 @@ class Sandbox:
         self._recorded: dict[int, Any] = {}  # id -> quantity already turned into a metric (kept alive)
         self._phis: Sequence[Any] = ()
         self._step_started = 0.0
+        self._alarm_armed = False
+        self._current_call: tuple[str, float] = ("", 0.0)
 
     @property
     def output_volumes(self) -> dict[str, Volume]:
@@ -90,7 +92,8 @@ class Sandbox:
         outcome = StepOutcome()
         self.ctx.outcome, self.ctx.step = outcome, index
         try:
-            self._run(code, phis, index)
+            with self._alarm_handler():
+                self._run(code, phis, index)
         except StopSignal:
             self.stopped = True
         except SandboxError as exc:
@@ -148,9 +151,15 @@ class Sandbox:
         if budget <= 0:
             raise SandboxTimeout(f"the analysis ran past its time limit of {self.limits.job_timeout_s:g} s")
         started = time.perf_counter()
+        self._current_call = (name, budget)
         try:
-            with self._alarm(budget, name):
+            if self._alarm_armed:
+                signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
+            try:
                 result = function.fn(self.ctx, *bound)
+            finally:
+                if self._alarm_armed:
+                    signal.setitimer(signal.ITIMER_REAL, 0)
         except (SandboxError, StopSignal):
             raise
         except MemoryError:
@@ -167,21 +176,26 @@ class Sandbox:
         return result
 
     @contextmanager
-    def _alarm(self, seconds: float, name: str) -> Iterator[None]:
-        """Preempt Python-level work of a call after `seconds` (only possible in the main thread)."""
-        if not (self.limits.use_alarm and threading.current_thread() is threading.main_thread()
-                and hasattr(signal, "setitimer")):
+    def _alarm_handler(self) -> Iterator[None]:
+        """For one step, let SIGALRM preempt Python-level work of a call (main thread only).
+
+        The handler is installed once per step (cheap per call: one timer syscall before and after).
+        """
+        if not (self.limits.use_alarm and hasattr(signal, "setitimer")
+                and threading.current_thread() is threading.main_thread()):
             yield
             return
 
         def on_alarm(signum: int, frame: Any) -> None:
-            raise SandboxTimeout(f"{name}() ran past its time limit of {seconds:.3g} s")
+            name, budget = self._current_call
+            raise SandboxTimeout(f"{name}() ran past its time limit of {budget:.3g} s")
 
         previous = signal.signal(signal.SIGALRM, on_alarm)
-        signal.setitimer(signal.ITIMER_REAL, max(seconds, 1e-3))
+        self._alarm_armed = True
         try:
             yield
         finally:
+            self._alarm_armed = False
             signal.setitimer(signal.ITIMER_REAL, 0)
             signal.signal(signal.SIGALRM, previous)
 

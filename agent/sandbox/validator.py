@@ -171,8 +171,14 @@ def check_step(tree: ast.Module, limits: SandboxLimits, library: Container[str],
         elif kind in (ast.List, ast.Tuple):
             if len(node.elts) > limits.max_seq_len:
                 raise SandboxViolation(f"a list or tuple may hold at most {limits.max_seq_len} items{where}")
-        for child in ast.iter_child_nodes(node):
-            stack.append((child, depth + 1))
+        for field in node._fields:  # inline ast.iter_child_nodes (hot path); ctx is checked via Assign/Subscript
+            if field == "ctx":
+                continue
+            child = getattr(node, field, None)
+            if isinstance(child, list):
+                stack.extend((item, depth + 1) for item in child if isinstance(item, ast.AST))
+            elif isinstance(child, ast.AST):
+                stack.append((child, depth + 1))
     if len(marked) != len(markers):
         raise SandboxViolation("<MOD> must directly follow a volume argument of encode() or generate()")
     return CheckedStep(tree=tree, call_count=calls, marked_args=marked)
