@@ -150,8 +150,8 @@ class VoxAgentModel(nn.Module):
 
 
 def _unit_rms(x: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm without its weight (the weight lives in the next linear layer)."""
-    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True).add_(eps))
+    """RMSNorm without its weight (the weight lives in the next linear layer); one fused op."""
+    return F.rms_norm(x, (x.shape[-1],), None, eps)
 
 
 class DecodeSession:
@@ -199,11 +199,11 @@ class DecodeSession:
         if T > self.remaining:
             raise OverflowError(f"sequence would exceed {self.capacity} positions")
         cfg, p0 = self.cfg, self.length
-        id_tensor = torch.tensor(ids, dtype=torch.long, device=self.k_cache.device)
-        if enc_vectors is not None or cfg.enc_id in ids:
-            x = self.model.embed(id_tensor, enc_vectors)
+        if T == 1 and enc_vectors is None and ids[0] != cfg.enc_id:
+            x = self.embed_weight[ids[0] : ids[0] + 1]  # one decoded token: a view, no index op
         else:
-            x = F.embedding(id_tensor, self.embed_weight)
+            id_tensor = torch.tensor(ids, dtype=torch.long, device=self.k_cache.device)
+            x = self.model.embed(id_tensor, enc_vectors)
         p1 = p0 + T
         H, hd, eps, half = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps, cfg.head_dim // 2
         cos, sin = self.cos[p0:p1], self.sin[p0:p1]

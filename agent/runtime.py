@@ -12,7 +12,8 @@ import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from pathlib import Path
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -21,7 +22,7 @@ from agent.model import DecodeSession, VoxAgentModel
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
 from agent.tokenizer import AgentTokenizer
-from api_schemas import AnalysisResult, Metric, OutputVolume, StepTrace
+from api_schemas import AnalysisResult, StepTrace
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,15 @@ class AgentRuntime:
         self.model_name = model_name or f"voxagent-{model.cfg.preset}"
         self.last_transcript: Transcript | None = None
         self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | Path, device: str = "cpu", **kwargs: Any) -> "AgentRuntime":
+        """Runtime over ``models/<name>/`` (agent_config.json, agent.safetensors, tokenizer.model)."""
+        from agent.checkpoint import load_agent
+
+        model, tokenizer = load_agent(directory, device=device)
+        kwargs.setdefault("model_name", Path(directory).name)
+        return cls(model, tokenizer, **kwargs)
 
     # ---- public --------------------------------------------------------------------------------
     def run(
@@ -245,4 +255,4 @@ class AgentRuntime:
         return result
 
 
-__all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript", "Metric", "OutputVolume"]
+__all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript"]

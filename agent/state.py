@@ -143,6 +143,7 @@ class TrainingSequence:
     labels: torch.Tensor  # (L,) long; IGNORE_INDEX outside eta tokens (already aligned: labels[t] = input_ids[t])
     enc_vectors: torch.Tensor  # (n_enc, d) float32, one per <ENC> in input_ids, in order
     mod_positions: torch.Tensor  # (n_mod,) long: where phi is taken (see mod_positions())
+    step_mod_counts: list[int] = field(default_factory=list)  # <MOD>s per step: split phis per sandbox step
 
     def __len__(self) -> int:
         return int(self.input_ids.numel())
@@ -163,8 +164,10 @@ def build_training_sequence(
     ids = initial_state_ids(tokenizer, prompt, scans)
     labeled = [False] * len(ids)
     vectors: list[np.ndarray] = []
+    counts: list[int] = []
     for i, step in enumerate(steps):
         code_ids = tokenizer.encode(step.code) + [tokenizer.step_id]
+        counts.append(code_ids.count(tokenizer.mod_id))
         ids += code_ids
         labeled += [True] * len(code_ids)
         if i + 1 < len(steps):
@@ -176,4 +179,5 @@ def build_training_sequence(
     labels = torch.where(torch.tensor(labeled), input_ids, torch.full_like(input_ids, IGNORE_INDEX))
     enc = torch.from_numpy(np.concatenate(vectors)) if vectors else torch.zeros(0, dim)
     mods = torch.tensor([p for p in mod_positions(ids, tokenizer.mod_id) if labeled[p]], dtype=torch.long)
-    return TrainingSequence(input_ids=input_ids, labels=labels, enc_vectors=enc.float(), mod_positions=mods)
+    return TrainingSequence(input_ids=input_ids, labels=labels, enc_vectors=enc.float(), mod_positions=mods,
+                            step_mod_counts=counts)

@@ -102,6 +102,8 @@ def test_checkpoint_round_trip(tokenizer, random_model, tmp_path):
     ids = torch.tensor(tokenizer.encode(STEP_CODE))
     with torch.no_grad():
         assert torch.equal(model(ids).logits, random_model(ids).logits)
+    runtime = AgentRuntime.from_checkpoint(tmp_path / "voxagent-test", sandbox=RecordingExecutor())
+    assert runtime.model_name == "voxagent-test" and runtime.model.cfg == random_model.cfg
     (tmp_path / "broken").mkdir()
     with pytest.raises(FileNotFoundError):
         load_agent(tmp_path / "broken")
