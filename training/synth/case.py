@@ -49,6 +49,7 @@ class LesionSpec:
     restricting_prob: float = 0.5
     growth_range: tuple[float, float] = (0.4, 2.5)  # volume ratio between sessions
     stable_prob: float = 0.2  # probability the lesion keeps its size
+    visible_on: tuple[str, ...] = ()  # sequence families on which lesions must not be isointense
 
 
 @dataclass(frozen=True)
@@ -152,8 +153,8 @@ def _design_lesions(seed: int, spec: CaseSpec, anatomy: Anatomy) -> list[les.Les
         radius = ls.radius_mm if side != "bilateral" else (max(ls.radius_mm[0], 8.0), max(ls.radius_mm[1], 12.0))
         hetero = bool(rng.random() < ls.heterogeneous_prob)
         growth = 1.0 if rng.random() < ls.stable_prob else float(np.exp(rng.uniform(*np.log(ls.growth_range))))
-        if abs(growth - 1.0) < 0.15 and growth != 1.0:
-            growth = 1.0 + np.sign(growth - 1.0) * 0.15
+        if growth != 1.0 and abs(np.log(growth)) < np.log(1.3):  # clear growth or shrinkage, or none
+            growth = float(1.3 ** np.sign(np.log(growth)))
         d = les.sample_design(rng, i, anatomy.codes, anatomy.resolution_mm, anatomy.affine, tissue=tissue, side=side,
                               radius_mm=radius, heterogeneous=hetero, edema=bool(rng.random() < ls.edema_prob),
                               enhancing=bool(rng.random() < ls.enhancing_prob),
@@ -164,7 +165,7 @@ def _design_lesions(seed: int, spec: CaseSpec, anatomy: Anatomy) -> list[les.Les
         weights = {p: float(m.sum()) for p, m in parts.items() if p != PART_EDEMA}
         if sum(weights.values()) == 0:
             weights = {PART_SOLID: 1.0}
-        les.design_signal(rng, d, weights)
+        les.design_signal(rng, d, weights, ls.visible_on)
         # keep later lesions apart from this one (grown size plus a gap)
         grow = max(1, int(np.ceil((d.radius_mm * max(1.0, growth) ** (1 / 3) * 1.6 + d.edema_mm + 6)
                                   / anatomy.resolution_mm)))

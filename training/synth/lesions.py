@@ -74,11 +74,18 @@ def _factor(rng: np.random.Generator, cls: str) -> float:
     return float(rng.uniform(*FACTOR_BANDS[cls]))
 
 
-def design_signal(rng: np.random.Generator, design: LesionDesign, part_weights: dict[int, float]) -> None:
-    """Choose per-family class and part factors; weighted mean of factors stays in the class band."""
+def design_signal(rng: np.random.Generator, design: LesionDesign, part_weights: dict[int, float],
+                  visible_on: tuple[str, ...] = ()) -> None:
+    """Choose per-family class and part factors; weighted mean of factors stays in the class band.
+
+    Families in `visible_on` never get an isointense lesion (tasks that must find the lesion there).
+    """
     parts = [PART_SOLID, PART_RIM, PART_CORE]  # every part gets a factor (a shrunk lesion may lose its core)
     for fam in ("T1", "T2", "FLAIR", "CT", "random"):
-        cls = _choice(rng, CLASS_PRIORS[fam])
+        priors = dict(CLASS_PRIORS[fam])
+        if fam in visible_on:
+            priors.pop(ISO)
+        cls = _choice(rng, priors)
         if fam == "T1" and design.enhancing and cls == HYPER:
             cls = ISO  # an enhancing lesion must not already be bright before contrast
         design.signal[fam] = cls
@@ -186,6 +193,10 @@ def render(design: LesionDesign, codes: np.ndarray, vox_mm: float, scale: float 
     parenchyma = (low == WM) | (low == GM) if design.tissue == "gm_wm" else (low == WM) | (
         ndimage.binary_dilation(low == WM, iterations=1) & (low == GM))
     mask &= parenchyma
+    labels, n = ndimage.label(mask)
+    if n > 1:  # one lesion = one connected piece, so lesion counts are well defined
+        sizes = np.bincount(labels.ravel())[1:]
+        mask = labels == (int(np.argmax(sizes)) + 1)
     parts: dict[int, np.ndarray] = {}
     if design.heterogeneous:
         core_iter = max(1, int(round(design.radius_mm * scale * 0.35 / vox_mm)))

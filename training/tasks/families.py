@@ -1,0 +1,520 @@
+"""The task families: what case each needs, its prompt templates, its ground-truth program and answer.
+
+Each family draws a case specification and its own choices (target, sequence, description), then,
+given the synthesized case, writes the prompt, the program (`training.tasks.program`) and the
+ground truth, computed independently of the sandbox with `voxel_ops` on the true masks or taken from
+the lesion design (signal class, side, enhancement, restriction, growth).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import voxel_ops as vo
+from agent.functions.types import number_text
+from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
+from training.synth.lesions import HYPER, HYPO, ISO
+from training.tasks.grammar import expand, tidy
+from training.tasks.lexicon import LEXICON
+from training.tasks.program import Program, TaskSample
+from training.tasks.targets import (BILATERAL_PAIRS, SCAN_PHRASES, SEQUENCE_NAMES, SIMPLE_TISSUE, TARGETS, TISSUE,
+                                    truth_mask)
+
+REFUSAL = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
+           "brain, gray matter, white matter, CSF, the left and right hemispheres and lesions (with their "
+           "enhancing part and edema), and describe lesion signal, side, region, contrast enhancement, "
+           "diffusion restriction and change between sessions.")
+
+
+def q(value: float, unit: str | None) -> str:
+    """A quantity as `read`/f-strings show it (agent.functions.types.Quantity.text)."""
+    number = number_text(float(value), unit)
+    return f"{number} {unit}" if unit else number
+
+
+@dataclass
+class Draw:
+    spec: CaseSpec
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+class Family:
+    name: str = ""
+    templates: tuple[str, ...] = ()
+
+    def draw(self, rng: np.random.Generator) -> Draw:
+        raise NotImplementedError
+
+    def build(self, case: Case, draw: Draw, rng: np.random.Generator, template_index: int) -> TaskSample:
+        raise NotImplementedError
+
+    # helpers shared by the families
+    def prompt(self, rng: np.random.Generator, template_index: int, bound: dict[str, Any]) -> str:
+        bound = {k: (list(v) if isinstance(v, (list, tuple)) else [str(v)]) for k, v in bound.items()}
+        return tidy(expand(self.templates[template_index], rng, LEXICON, bound))
+
+    def sample(self, program: Program, prompt: str, answer: str | None, expected: dict[str, Any],
+               template_index: int, case: Case) -> TaskSample:
+        return TaskSample(family=self.name, prompt=prompt, steps=program.finish(), answer=answer, expected=expected,
+                          generate_calls=list(program.generate_calls), outputs=list(program.outputs),
+                          template_index=template_index, seed=case.seed)
+
+
+# ---------------------------------------------------------------- case helpers
+
+TISSUE_MODALITIES = ("T1", "T1", "T2", "FLAIR", "CT", "MR")
+
+
+def _scan_name(modality: str) -> str:
+    return {"MR": "scan"}.get(modality, modality.lower())
+
+
+def tissue_spec(rng: np.random.Generator, modality: str | None = None, lesion_prob: float = 0.25) -> CaseSpec:
+    mod = modality or TISSUE_MODALITIES[int(rng.integers(len(TISSUE_MODALITIES)))]
+    scan = ScanSpec(_scan_name(mod), mod, contrast="random" if mod == "MR" else None)
+    count = (1, 2) if rng.random() < lesion_prob else (0, 0)
+    return CaseSpec(scans=(scan,), lesions=LesionSpec(count=count, visible_on=("FLAIR", "T2", "T1", "CT", "random")))
+
+
+def lesion_spec(rng: np.random.Generator, count: tuple[int, int] = (1, 1), **lesion: Any) -> CaseSpec:
+    mod = ("FLAIR", "FLAIR", "T2", "T1C")[int(rng.integers(4))]
+    vis = {"FLAIR": ("FLAIR",), "T2": ("T2",), "T1C": ("T1",)}[mod]
+    lesion.setdefault("visible_on", vis)
+    if mod == "T1C":
+        lesion.setdefault("enhancing_prob", 1.0)
+    return CaseSpec(scans=(ScanSpec(_scan_name(mod), mod),), lesions=LesionSpec(count=count, **lesion))
+
+
+def only_scan(case: Case) -> tuple[str, str]:
+    spec = case.spec.scans[0]
+    return spec.name, spec.modality
+
+
+def pick(rng: np.random.Generator, options: tuple | list) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def target_for(rng: np.random.Generator, case: Case, lesion_share: float = 0.3) -> str:
+    if case.lesions and rng.random() < lesion_share:
+        return "lesion"
+    return pick(rng, TISSUE)
+
+
+# ---------------------------------------------------------------- ROI families
+
+class Segment(Family):
+    name = "segment"
+    templates = (
+        "{opener} {please} {segment_verb} {target} {scan_in} {closing}",
+        "{segment_verb} {target}",
+        "{please} {segment_verb} {target} on {scan}.",
+        "I need a mask of {target} {scan_in}.",
+        "Can you show me where {target} is {scan_in}?",
+        "{opener} {target}: {segment_verb} it, {closing}",
+        "Give me {target} as a segmentation {scan_in}.",
+        "Which voxels belong to {target}? {segment_verb} them.",
+        "{please} {segment_phrase} {target}.",
+        "Segmentation request: {target} {scan_in}.",
+        "Could you label {target} for me {scan_in}?",
+        "I would like {target} delineated {scan_in}.",
+    )
+
+    def draw(self, rng):
+        lesion_task = rng.random() < 0.3
+        spec = lesion_spec(rng, (1, 2), edema_prob=0.4, heterogeneous_prob=0.4) if lesion_task else tissue_spec(rng)
+        return Draw(spec, {"lesion_task": lesion_task})
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        if draw.params["lesion_task"]:
+            options = ["lesion", "lesion"]
+            if any(t.has_edema for t in case.lesions) and case.mask("edema", scan).array.any():
+                options.append("edema")
+            if mod == "T1C" and any(t.enhancing for t in case.lesions) and case.mask("enhancing tumor", scan).array.any():
+                options.append("enhancing tumor")
+            target = pick(rng, options)
+        else:
+            target = pick(rng, TISSUE)
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.output(var, target)
+        answer = f"Here is the segmentation of the {target}."
+        p.respond(answer)
+        prompt = self.prompt(rng, ti, {"target": TARGETS[target].phrases, "scan": SCAN_PHRASES[mod],
+                                        "scan_in": ["", "in {scan}", "on {scan}", "from {scan}"]})
+        truth = truth_mask(case, target, scan)
+        return self.sample(p, prompt, answer, {"target": target, "target_voxels": int(truth.array.sum())}, ti, case)
+
+
+class MeasureFamily(Family):
+    """A single measurement of one target, answered with an f-string."""
+
+    def draw(self, rng):
+        return Draw(tissue_spec(rng))
+
+    def bound(self, target: str, mod: str) -> dict[str, Any]:
+        return {"target": TARGETS[target].phrases, "scan": SCAN_PHRASES[mod],
+                "scan_in": ["", "in {scan}", "on {scan}", "using {scan}"]}
+
+
+class Volume(MeasureFamily):
+    name = "volume"
+    templates = (
+        "{what_is} the {volume_word} of {target} {in_units}?",
+        "{how_big} {target}?",
+        "{please} {measure_verb} the {volume_word} of {target} {scan_in}.",
+        "{opener} {measure_verb} {target} volume {in_units}.",
+        "How many {unit_ml} does {target} occupy?",
+        "{target}: {volume_word}?",
+        "I'd like to know the {volume_word} of {target}.",
+        "Volume of {target} {scan_in}, {closing}",
+        "{report_verb} the {volume_word} of {target} {in_units}.",
+        "What volume did {target} have {scan_in}?",
+        "Quantify {target} in terms of volume {in_units}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"v = volume({var})")
+        p.respond(f"The {target} volume is {{v}}.", fstring=True)
+        ml = vo.volume_ml(truth_mask(case, target, scan))
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)), f"The {target} volume is {q(ml, 'mL')}.",
+                           {"target": target, "volume_ml": ml}, ti, case)
+
+
+EXTENT_FUNCS = {"height": ("superior_inferior", "height_word"), "width": ("left_right", "width_word"),
+                "depth": ("anterior_posterior", "depth_word")}
+
+
+class Extents(MeasureFamily):
+    name = "extents"
+    templates = (
+        "{what_is} the {which} of {target} {scan_in}?",
+        "{please} {measure_verb} the {which} of {target} in {unit_mm}.",
+        "How {adj} is {target}?",
+        "{opener} {target}: {which}?",
+        "{report_verb} the {which} of {target}.",
+        "I need the {which} of {target} {scan_in}.",
+        "Measure {target} along one axis: the {which}.",
+        "What {which} does {target} span?",
+        "{which} of {target} in {unit_mm}, {closing}",
+        "Determine the {which} of {target}.",
+        "Could you tell me the {which} of {target}?",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        kind = pick(rng, ("height", "width", "depth", "all"))
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        truth = vo.extents_mm(truth_mask(case, target, scan))
+        if kind == "all":
+            p.line(f"x = extents({var})")
+            p.respond(f"The {target} extents are {{x}}.", fstring=True)
+            answer = f"The {target} extents are " + ", ".join(
+                f"{k}={q(truth[k], 'mm')}" for k in ("left_right", "anterior_posterior", "superior_inferior")) + "."
+            which = ["{extent_word}"]
+            adj = ["large", "big"]
+            expected = {f"{k}_mm": float(truth[k]) for k in truth}
+        else:
+            key, word = EXTENT_FUNCS[kind]
+            p.line(f"x = {kind}({var})")
+            p.respond(f"The {target} {kind} is {{x}}.", fstring=True)
+            answer = f"The {target} {kind} is {q(truth[key], 'mm')}."
+            which = ["{" + word + "}"]
+            adj = {"height": ["tall", "high"], "width": ["wide", "broad"], "depth": ["deep", "long"]}[kind]
+            expected = {f"{kind}_mm": float(truth[key])}
+        bound = self.bound(target, mod) | {"which": which, "adj": adj}
+        return self.sample(p, self.prompt(rng, ti, bound), answer, {"target": target, "kind": kind, **expected}, ti,
+                           case)
+
+
+class BoundingBox(MeasureFamily):
+    name = "bounding_box"
+    templates = (
+        "{what_is} the {bbox_word} of {target}?",
+        "{please} compute the {bbox_word} of {target} {scan_in}.",
+        "Give the {bbox_word} around {target} in {unit_mm}.",
+        "{opener} {bbox_word} of {target}?",
+        "Where does {target} start and end along each axis?",
+        "{report_verb} the {bbox_word} for {target}.",
+        "I need the {bbox_word} of {target} {scan_in}.",
+        "Find the {bbox_word} enclosing {target}.",
+        "What are the min and max world coordinates of {target}?",
+        "{target}: {bbox_word}, {closing}",
+        "Determine the {bbox_word} of {target} in world coordinates.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"b = bbox({var})")
+        p.respond(f"The {target} bounding box is {{b}}.", fstring=True)
+        lo, hi = vo.bounding_box_mm(truth_mask(case, target, scan))
+        parts = [f"min_{a}={q(v, 'mm')}" for a, v in zip("xyz", lo)] + [f"max_{a}={q(v, 'mm')}" for a, v in zip("xyz", hi)]
+        expected = {f"min_{a}_mm": float(v) for a, v in zip("xyz", lo)} | {f"max_{a}_mm": float(v) for a, v in zip("xyz", hi)}
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+                           f"The {target} bounding box is {', '.join(parts)}.", {"target": target, **expected}, ti, case)
+
+
+class MeanIntensity(MeasureFamily):
+    name = "mean_intensity"
+    templates = (
+        "{what_is} the {mean_word} of {target} {scan_in}?",
+        "{please} {measure_verb} the {mean_word} inside {target}.",
+        "How bright is {target} on average {scan_in}?",
+        "{opener} {mean_word} within {target}?",
+        "{report_verb} the {mean_word} of {target}.",
+        "I need the {mean_word} over {target} {scan_in}.",
+        "Average the voxel values inside {target}.",
+        "What is {target}'s {mean_word}?",
+        "{mean_word} of {target}, {closing}",
+        "Compute the {mean_word} of {scan} within {target}.",
+        "Tell me how intense {target} is on average {scan_in}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"m = mean_intensity({scan}, {var})")
+        p.respond(f"The mean intensity of the {target} is {{m}}.", fstring=True)
+        unit = "HU" if mod == "CT" else None
+        mean = vo.intensity_stats(case.scans[scan], truth_mask(case, target, scan))["mean"]
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+                           f"The mean intensity of the {target} is {q(mean, unit)}.",
+                           {"target": target, "mean_intensity": float(mean)}, ti, case)
+
+
+class Snr(MeasureFamily):
+    name = "snr"
+    templates = (
+        "{what_is} the {snr_word} of {target} {scan_in}?",
+        "{please} {measure_verb} the {snr_word} in {target}.",
+        "How noisy is {scan} within {target}? Give the {snr_word}.",
+        "{opener} {snr_word} for {target}?",
+        "{report_verb} the {snr_word} of {target}.",
+        "I need the {snr_word} of {target} {scan_in}.",
+        "Estimate image quality as the {snr_word} inside {target}.",
+        "What {snr_word} does {target} have?",
+        "{snr_word} of {target}, {closing}",
+        "Compute {snr_word} with {target} as the signal region.",
+        "Determine the {snr_word} measured in {target} {scan_in}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case, lesion_share=0.1)
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"s = snr({scan}, {var})")
+        p.respond(f"The SNR of the {target} is {{s}}.", fstring=True)
+        value = vo.snr(case.scans[scan], truth_mask(case, target, scan))
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)), f"The SNR of the {target} is {q(value, None)}.",
+                           {"target": target, "snr": float(value)}, ti, case)
+
+
+class Crop(MeasureFamily):
+    name = "crop"
+    templates = (
+        "{please} {crop_verb} {scan} {crop_tail} {margin_phrase}.",
+        "{crop_verb} the image {crop_tail} {margin_phrase}.",
+        "{opener} I only need the field of view {crop_tail}; {crop_verb} it {margin_phrase}.",
+        "Reduce the field of view {crop_tail} {margin_phrase}.",
+        "Make a cropped copy of {scan} {crop_tail} {margin_phrase}.",
+        "Zoom in {crop_tail} {margin_phrase}, {closing}",
+        "Crop {crop_tail} {margin_phrase}.",
+        "Could you cut the volume down {crop_tail} {margin_phrase}?",
+        "Give me {scan} restricted to a box {crop_tail} {margin_phrase}.",
+        "I want a tight crop {crop_tail} {margin_phrase}.",
+        "{please} trim {scan} {crop_tail} {margin_phrase}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        margin = int(pick(rng, (0, 0, 5, 10, 15, 20)))
+        template = self.templates[ti]
+        margin_alts = [a for a in LEXICON["margin_phrase"] if ("{margin}" in a) == (margin > 0)]
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"c = crop({scan}, {var}, {margin})")
+        p.output("c", "cropped")
+        answer = f"Here is the {SEQUENCE_NAMES[mod]} scan cropped around the {target}."
+        p.respond(answer)
+        cropped = vo.crop_to_mask(case.scans[scan], truth_mask(case, target, scan), float(margin))
+        bound = self.bound(target, mod) | {"margin": str(margin), "margin_phrase": margin_alts}
+        del template
+        return self.sample(p, self.prompt(rng, ti, bound), answer,
+                           {"target": target, "margin_mm": margin, "shape": tuple(cropped.shape)}, ti, case)
+
+
+class KeepRemove(MeasureFamily):
+    name = "keep_remove"
+    templates = (
+        "{please} {verb} {target} {scan_in}.",
+        "{opener} {verb} {target}.",
+        "Produce an image where you {verb} {target}.",
+        "{verb} {target} from {scan}, {closing}",
+        "Can you {verb} {target} {scan_in}?",
+        "I need {scan} with an edit: {verb} {target}.",
+        "Make a copy of {scan} and {verb} {target}.",
+        "{please} {verb} {target} and give me the result.",
+        "Edit the image: {verb} {target}.",
+        "For display, {verb} {target} {scan_in}.",
+        "{verb} {target} in the volume.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        mode = pick(rng, ("keep", "remove"))
+        p = Program()
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"r = {mode}({scan}, {var})")
+        p.output("r", "edited")
+        answer = (f"Here is the image with only the {target} kept." if mode == "keep"
+                  else f"Here is the image with the {target} removed.")
+        p.respond(answer)
+        truth = truth_mask(case, target, scan)
+        fn = vo.keep_region if mode == "keep" else vo.remove_region
+        edited = fn(case.scans[scan], truth)
+        bound = self.bound(target, mod) | {"verb": ["{keep_verb}"] if mode == "keep" else ["{remove_verb}"]}
+        return self.sample(p, self.prompt(rng, ti, bound), answer,
+                           {"target": target, "mode": mode, "edited_sum": float(np.sum(edited.array, dtype=np.float64))},
+                           ti, case)
+
+
+class Compare(MeasureFamily):
+    name = "compare"
+    templates = (
+        "{what_is} the {how} between the volumes of {target} and {target2}?",
+        "{please} {compare_verb} {target} and {target2} by volume ({how}).",
+        "{opener} {how} of {target} volume to {target2} volume?",
+        "Give me the volume {how} of {target} versus {target2}.",
+        "{compare_verb} the size of {target} with {target2}: {how}, {closing}",
+        "How does {target} compare to {target2} in volume? Report the {how}.",
+        "{report_verb} the {how} of {target} and {target2} volumes.",
+        "I need the {how} between {target} and {target2}.",
+        "Volume {how}: {target} vs {target2}.",
+        "Compute the {how} of the {target} volume relative to {target2}.",
+        "{measure_verb} both {target} and {target2}, then their {how}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        a = target_for(rng, case, lesion_share=0.2)
+        b = pick(rng, [t for t in SIMPLE_TISSUE if t != a] + ["brain"])
+        if b == a:
+            b = "brain" if a != "brain" else "white matter"
+        how = pick(rng, ("ratio", "difference"))
+        p = Program()
+        p.encode([scan])
+        va_, vb_ = p.segment(scan, a), p.segment(scan, b)
+        p.line(f"v1 = volume({va_})")
+        p.line(f"v2 = volume({vb_})")
+        ml_a = vo.volume_ml(truth_mask(case, a, scan))
+        ml_b = vo.volume_ml(truth_mask(case, b, scan))
+        if how == "ratio":
+            p.line("r = ratio(v1, v2)")
+            p.respond(f"The ratio of the {a} volume to the {b} volume is {{r}}.", fstring=True)
+            value = float(vo.ratio(ml_a, ml_b))
+            answer = f"The ratio of the {a} volume to the {b} volume is {q(value, None)}."
+        else:
+            p.line("r = difference(v1, v2)")
+            p.respond(f"The {a} volume minus the {b} volume is {{r}}.", fstring=True)
+            value = ml_a - ml_b
+            answer = f"The {a} volume minus the {b} volume is {q(value, 'mL')}."
+        bound = self.bound(a, mod) | {"target2": TARGETS[b].phrases,
+                                      "how": ["{ratio_word}"] if how == "ratio" else ["{diff_word}"]}
+        return self.sample(p, self.prompt(rng, ti, bound), answer,
+                           {"target": a, "target2": b, "how": how, "value": value}, ti, case)
+
+
+class Asymmetry(MeasureFamily):
+    name = "asymmetry"
+    templates = (
+        "{what_is} the {asym_word} of {structure}?",
+        "{please} {measure_verb} the {asym_word} of {structure} volume.",
+        "Is {structure} symmetric? Give the {asym_word}.",
+        "{opener} {asym_word} between left and right {structure}?",
+        "Compare left and right {structure}: {asym_word}.",
+        "{report_verb} the {asym_word} for {structure}.",
+        "I need a {asym_word} of {structure} {scan_in}.",
+        "How asymmetric is {structure}?",
+        "Left versus right {structure}, {asym_word}, {closing}",
+        "Compute the {asym_word} of {structure} from the left and right volumes.",
+        "Quantify the {asym_word} in {structure}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        kind = pick(rng, tuple(BILATERAL_PAIRS))
+        left, right = BILATERAL_PAIRS[kind]
+        p = Program()
+        p.encode([scan])
+        lv, rv = p.segment(scan, left), p.segment(scan, right)
+        p.line(f"vl = volume({lv})")
+        p.line(f"vr = volume({rv})")
+        p.line("a = asymmetry(vl, vr)")
+        p.respond(f"The {kind} asymmetry index is {{a}}.", fstring=True)
+        ml_l = vo.volume_ml(truth_mask(case, left, scan))
+        ml_r = vo.volume_ml(truth_mask(case, right, scan))
+        value = float(vo.asymmetry_index(ml_l, ml_r))
+        words = {"hemisphere": ["the cerebral hemispheres", "the hemispheres", "the two hemispheres"],
+                 "gray matter": ["the gray matter", "the grey matter", "GM"],
+                 "white matter": ["the white matter", "WM", "cerebral white matter"]}[kind]
+        bound = {"structure": words, "scan": SCAN_PHRASES[mod], "scan_in": ["", "in {scan}", "on {scan}"]}
+        return self.sample(p, self.prompt(rng, ti, bound), f"The {kind} asymmetry index is {q(value, None)}.",
+                           {"structure": kind, "value": value, "left_ml": ml_l, "right_ml": ml_r}, ti, case)
+
+
+class IcvNormalized(MeasureFamily):
+    name = "icv_normalized"
+    templates = (
+        "{what_is} the volume of {target} {normalized_word} the {icv_word}?",
+        "{please} {measure_verb} {target} volume {normalized_word} {icv_word}.",
+        "{opener} {target} volume as a fraction of {icv_word}?",
+        "Normalize the {target} volume by the {icv_word}.",
+        "What share of the {icv_word} is {target}?",
+        "{report_verb} {target} volume {normalized_word} the {icv_word}.",
+        "Head-size corrected volume of {target}, {closing}",
+        "I need the {icv_word}-normalized volume of {target}.",
+        "Divide the volume of {target} by the {icv_word}.",
+        "Express {target} relative to the {icv_word}.",
+        "How big is {target} compared with the {icv_word}?",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case, lesion_share=0.2)
+        if target == "brain":
+            target = "gray matter"
+        p = Program()
+        p.encode([scan])
+        var, icv = p.segment(scan, target), p.segment(scan, "brain")
+        p.line(f"v = volume({var})")
+        p.line(f"icv = volume({icv})")
+        p.line("r = ratio(v, icv)")
+        p.respond(f"The {target} volume normalized by intracranial volume is {{r}}.", fstring=True)
+        value = float(vo.ratio(vo.volume_ml(truth_mask(case, target, scan)), vo.volume_ml(truth_mask(case, "brain", scan))))
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+                           f"The {target} volume normalized by intracranial volume is {q(value, None)}.",
+                           {"target": target, "value": value}, ti, case)
