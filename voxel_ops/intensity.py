@@ -18,10 +18,12 @@ def normalize_intensity(vol: Volume, lower_pct: float = 0.5, upper_pct: float = 
     lo, hi = np.percentile(data, [lower_pct, upper_pct])
     if not hi > lo:
         return vol.with_array(np.zeros(vol.shape, dtype=np.float32))
-    out = np.clip(data, lo, hi)  # new array: the input is never modified
-    out -= np.float32(lo)
-    out *= np.float32(1.0 / (hi - lo))
-    return vol.with_array(out.astype(np.float32, copy=False))
+    lo32, hi32 = np.float32(lo), np.float32(hi)
+    out = np.clip(data, lo32, hi32)  # new array: the input is never modified
+    out -= lo32
+    out /= hi32 - lo32  # division maps hi exactly to 1
+    np.clip(out, 0.0, 1.0, out=out)  # float32 rounding must not leave [0, 1]
+    return vol.with_array(out)
 
 
 __all__ = ["normalize_intensity"]
