@@ -34,12 +34,10 @@ class BatchRequest(BaseModel):
     @model_validator(mode="after")
     def _each_item_has_work(self) -> "BatchRequest":
         for i, item in enumerate(self.items):
-            prompt, code = item.prompt or self.prompt, item.code or self.code
-            if item.prompt is None and item.code is None and (self.prompt is None) == (self.code is None):
-                raise ValueError(f"item {i}: give exactly one of 'prompt' or 'code' (on the item or the batch)")
             if item.prompt is not None and item.code is not None:
                 raise ValueError(f"item {i}: give exactly one of 'prompt' or 'code'")
-            del prompt, code
+            if item.prompt is None and item.code is None and (self.prompt is None) == (self.code is None):
+                raise ValueError(f"item {i}: give exactly one of 'prompt' or 'code' (on the item or the batch)")
         if self.webhook_url and not self.webhook_secret:
             raise ValueError("a webhook_url needs a webhook_secret to sign deliveries")
         return self
