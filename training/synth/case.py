@@ -295,7 +295,8 @@ def _synthesize_image(rng: np.random.Generator, facts: _GridFacts, family: str, 
     image = mean_lut[codes]
     image += std_lut[codes] * pooled_normal(rng, codes.shape)
     image = cx.blur(image, rng, spec.blur_sigma_vox)
-    bias = cx.bias_field(rng, codes.shape, spec.bias_log_std)
+    # CT has no coil bias field (values are calibrated Hounsfield units)
+    bias = cx.bias_field(rng, codes.shape, 0.0 if family == "CT" else spec.bias_log_std)
     if facts.lesion_flat and facts.wm_flat.size:
         # fill is relative to normal white matter *of this scan*: undo the bias difference between
         # the lesion and the white matter so the designed signal class holds in the image

@@ -125,29 +125,40 @@ def design_signal(rng: np.random.Generator, design: LesionDesign, part_weights: 
         design.factors.setdefault(fam, {})[PART_EDEMA] = float(rng.uniform(*band))
 
 
+_TISSUE_CACHE: dict[tuple[int, bytes, str], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def _tissue_voxels(codes: np.ndarray, affine_key: bytes, tissue: str) -> tuple[np.ndarray, np.ndarray]:
+    """Flat indices and world positions of the lesion substrate (cached per template grid)."""
+    key = (id(codes), affine_key, tissue)
+    if key not in _TISSUE_CACHE:
+        low = codes.ravel() & LOW_MASK
+        flat = np.flatnonzero(low == WM) if tissue == "wm" else np.flatnonzero((low == WM) | (low == GM))
+        affine = np.frombuffer(affine_key).reshape(4, 4)
+        ijk = np.stack(np.unravel_index(flat, codes.shape), axis=1)
+        _TISSUE_CACHE[key] = (flat, (ijk @ affine[:3, :3].T + affine[:3, 3]).astype(np.float32))
+    return _TISSUE_CACHE[key]
+
+
 def sample_design(rng: np.random.Generator, index: int, codes: np.ndarray, vox_mm: float,
                   affine: np.ndarray, *, tissue: str, side: str | None, radius_mm: tuple[float, float],
                   heterogeneous: bool, edema: bool, enhancing: bool, restricting: bool,
                   growth_factor: float, taken: np.ndarray | None = None) -> LesionDesign:
     """Pick a centre in `tissue` on the requested side (or straddling the midline for "bilateral")."""
-    low = codes & LOW_MASK
-    allowed = (low == WM) if tissue == "wm" else ((low == WM) | (low == GM))
+    flat, world = _tissue_voxels(codes, affine.tobytes(), tissue)
     radius = float(rng.uniform(*radius_mm))
-    x_world = np.arange(codes.shape[0]) * affine[0, 0] + affine[0, 3]
-    y_world = np.arange(codes.shape[1]) * affine[1, 1] + affine[1, 3]
-    z_world = np.arange(codes.shape[2]) * affine[2, 2] + affine[2, 3]
+    x, y, z = world[:, 0], world[:, 1], world[:, 2]
     margin = radius + 8.0
+    ok = ~((y < -35) & (z < -15))  # supratentorial only (coarse regions are lobes)
     if side == "left":
-        allowed &= (x_world < -margin)[:, None, None]
+        ok &= x < -margin
     elif side == "right":
-        allowed &= (x_world > margin)[:, None, None]
+        ok &= x > margin
     elif side == "bilateral":
-        allowed &= (np.abs(x_world) < 3.0)[:, None, None]
-    # supratentorial only (coarse regions are lobes), away from the cerebellum/brainstem
-    allowed &= ~((y_world < -35)[None, :, None] & (z_world < -15)[None, None, :])
+        ok &= np.abs(x) < 3.0
     if taken is not None:
-        allowed &= ~taken
-    candidates = np.flatnonzero(allowed)
+        ok &= ~taken.ravel()[flat]
+    candidates = flat[ok]
     if candidates.size == 0:
         raise ValueError(f"no room for a lesion in {tissue} on side {side}")
     center = np.array(np.unravel_index(int(rng.choice(candidates)), codes.shape))
