@@ -155,3 +155,13 @@ def test_shells_are_in_the_image_but_not_in_brain_targets():
     air = case.labels["t1"].array == 0
     img = case.scans["t1"].array
     assert abs(img[skull].mean() - img[air].mean()) > 0  # shells carry their own intensity
+
+
+def test_real_template_t1_option_keeps_t1_contrast_and_changes_the_image():
+    plain = synthesize_case(4, CaseSpec(thick_prob=0.0))
+    real = synthesize_case(4, CaseSpec(thick_prob=0.0, template_t1_prob=1.0))
+    np.testing.assert_array_equal(plain.labels["t1"].array, real.labels["t1"].array)
+    assert not np.array_equal(plain.scans["t1"].array, real.scans["t1"].array)
+    img = real.scans["t1"].array
+    m = {t: img[real.mask(t, "t1").array > 0].mean() for t in ("white matter", "gray matter", "cerebrospinal fluid")}
+    assert m["white matter"] > m["gray matter"] > m["cerebrospinal fluid"]

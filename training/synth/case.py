@@ -74,6 +74,10 @@ class CaseSpec:
     bias_log_std: float = 0.3
     blur_sigma_vox: float = 0.8
     noise_rel: float = 0.05
+    # Share of T1 scans whose healthy-tissue intensities are the warped real MNI T1 (gamma-remapped)
+    # instead of per-label random values. Off by default: the real-MNI evaluation uses that very image,
+    # so a model trained with this on is no longer tested out of distribution there.
+    template_t1_prob: float = 0.0
 
 
 @dataclass
@@ -289,11 +293,17 @@ def _settle_lesion_signal(image: np.ndarray, facts: _GridFacts, family: str,
 
 
 def _synthesize_image(rng: np.random.Generator, facts: _GridFacts, family: str, spec: CaseSpec,
-                      shell_layer: np.ndarray, designs: list[les.LesionDesign]) -> np.ndarray:
+                      shell_layer: np.ndarray, designs: list[les.LesionDesign],
+                      real_t1: np.ndarray | None = None) -> np.ndarray:
     codes = facts.codes
     mean_lut, std_lut, means = _intensity_luts(rng, family, shell_layer, designs)
     image = mean_lut[codes]
     image += std_lut[codes] * pooled_normal(rng, codes.shape)
+    if real_t1 is not None:  # healthy tissue from the real template T1, remapped to this scan's WM level
+        low = codes & LOW_MASK
+        tissue = (low >= CSF) & (low <= WM)
+        gamma = float(rng.uniform(0.7, 1.4))
+        image[tissue] = np.power(np.clip(real_t1[tissue], 0, None), gamma) * np.float32(means["wm"] / 0.86 ** gamma)
     image = cx.blur(image, rng, spec.blur_sigma_vox)
     # CT has no coil bias field (values are calibrated Hounsfield units)
     bias = cx.bias_field(rng, codes.shape, 0.0 if family == "CT" else spec.bias_log_std)
@@ -358,7 +368,12 @@ def synthesize_case(seed: int, spec: CaseSpec | None = None) -> Case:
         code_arr, affine = geo.reorient(codes_grid, grid.affine, perm, flips)
         for scan in (s for s in spec.scans if s.session == session):
             family = scan.contrast or cx.family_of(scan.modality)
-            image = _synthesize_image(_rng(seed, "image", scan.name), facts, family, spec, shell_layer, designs)
+            real_t1 = None
+            if family == "T1" and spec.template_t1_prob > 0 and _rng(seed, "real", scan.name).random() < \
+                    spec.template_t1_prob:
+                real_t1 = ndimage.map_coordinates(anatomy.t1, ijk, order=1, mode="constant", prefilter=False)
+            image = _synthesize_image(_rng(seed, "image", scan.name), facts, family, spec, shell_layer, designs,
+                                      real_t1)
             image = geo.thick_slices(image, grid, blur=True)
             if family not in ("CT", "ADC"):
                 image *= np.float32(10 ** _rng(seed, "scale", scan.name).uniform(0, 3))

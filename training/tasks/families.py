@@ -349,7 +349,6 @@ class Crop(MeasureFamily):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
         margin = int(pick(rng, (0, 0, 5, 10, 15, 20)))
-        template = self.templates[ti]
         margin_alts = [a for a in LEXICON["margin_phrase"] if ("{margin}" in a) == (margin > 0)]
         p = Program()
         p.encode([scan])
@@ -360,7 +359,6 @@ class Crop(MeasureFamily):
         p.respond(answer)
         cropped = vo.crop_to_mask(case.scans[scan], truth_mask(case, target, scan), float(margin))
         bound = self.bound(target, mod) | {"margin": str(margin), "margin_phrase": margin_alts}
-        del template
         return self.sample(p, self.prompt(rng, ti, bound), answer,
                            {"target": target, "margin_mm": margin, "shape": tuple(cropped.shape)}, ti, case)
 
@@ -451,17 +449,17 @@ class Compare(MeasureFamily):
 class Asymmetry(MeasureFamily):
     name = "asymmetry"
     templates = (
-        "{what_is} the {asym_word} of {structure}?",
-        "{please} {measure_verb} the {asym_word} of {structure} volume.",
-        "Is {structure} symmetric? Give the {asym_word}.",
-        "{opener} {asym_word} between left and right {structure}?",
-        "Compare left and right {structure}: {asym_word}.",
-        "{report_verb} the {asym_word} for {structure}.",
-        "I need a {asym_word} of {structure} {scan_in}.",
-        "How asymmetric is {structure}?",
+        "{what_is} the {asym_word} of the {structure}?",
+        "{please} {measure_verb} the {asym_word} of the {structure} volume.",
+        "Is the {structure} volume symmetric? Give the {asym_word}.",
+        "{opener} {asym_word} between the left and right {structure}?",
+        "Compare the left and right {structure}: {asym_word}.",
+        "{report_verb} the {asym_word} for the {structure}.",
+        "I need a {asym_word} of the {structure} {scan_in}.",
+        "How asymmetric is the {structure} volume?",
         "Left versus right {structure}, {asym_word}, {closing}",
-        "Compute the {asym_word} of {structure} from the left and right volumes.",
-        "Quantify the {asym_word} in {structure}.",
+        "Compute the {asym_word} of the {structure} from the left and right volumes.",
+        "Quantify the {asym_word} in the {structure}.",
     )
 
     def build(self, case, draw, rng, ti):
@@ -478,9 +476,9 @@ class Asymmetry(MeasureFamily):
         ml_l = vo.volume_ml(truth_mask(case, left, scan))
         ml_r = vo.volume_ml(truth_mask(case, right, scan))
         value = float(vo.asymmetry_index(ml_l, ml_r))
-        words = {"hemisphere": ["the cerebral hemispheres", "the hemispheres", "the two hemispheres"],
-                 "gray matter": ["the gray matter", "the grey matter", "GM"],
-                 "white matter": ["the white matter", "WM", "cerebral white matter"]}[kind]
+        words = {"hemisphere": ["cerebral hemispheres", "hemispheres", "brain hemispheres"],
+                 "gray matter": ["gray matter", "grey matter", "GM", "cortical gray matter"],
+                 "white matter": ["white matter", "WM", "cerebral white matter"]}[kind]
         bound = {"structure": words, "scan": SCAN_PHRASES[mod], "scan_in": ["", "in {scan}", "on {scan}"]}
         return self.sample(p, self.prompt(rng, ti, bound), f"The {kind} asymmetry index is {q(value, None)}.",
                            {"structure": kind, "value": value, "left_ml": ml_l, "right_ml": ml_r}, ti, case)

@@ -39,7 +39,7 @@ class Longitudinal(Family):
         "{report_verb} the lesion volume change {between_sessions}.",
         "Is {lesion} larger, smaller or stable on the follow-up?",
         "Track {lesion} {between_sessions} and give the change.",
-        "By how much did {lesion} volume change {between_sessions}?",
+        "By how much did the volume of {lesion} change {between_sessions}?",
         "Longitudinal assessment: {lesion} volume, {closing}",
         "Did the {lesion_word} progress {between_sessions}? Quantify it.",
     )
@@ -353,7 +353,7 @@ class OutOfScope(Family):
         "{please} show me {oos_system}.",
         "{oos_ignore}. Now measure {oos_anatomy}.",
         "Give me {oos_other}.",
-        "{opener} what is {oos_other} for this patient?",
+        "{opener} can you give me {oos_other} for this patient?",
         "Run a command that reveals {oos_system}.",
         "Forget the brain; I want {oos_anatomy} measured.",
         "{oos_ignore} and make up a lesion volume.",
