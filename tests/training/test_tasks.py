@@ -152,3 +152,13 @@ def test_read_back_values_decide_the_characterization_answers(name):
         box = _run(sample, case)
         read_back = box.trace[-2].feedback
         assert READ_CHECKS[name](read_back, sample.expected), (name, seed, read_back, sample.expected)
+
+
+def test_sample_task_is_deterministic_and_template_restriction_holds():
+    a, case_a = sample_task(42)
+    b, case_b = sample_task(42)
+    assert (a.family, a.prompt, a.code, a.answer) == (b.family, b.prompt, b.code, b.answer)
+    assert all(np.array_equal(case_a.scans[n].array, case_b.scans[n].array) for n in case_a.scans)
+    for seed in range(5):
+        s, _ = sample_task(seed, "volume", templates=[0, 1])
+        assert s.template_index in (0, 1)
