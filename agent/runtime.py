@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -73,7 +74,15 @@ class AgentRuntime:
         sandbox_factory: Callable[[], StepExecutor] | None = None,
         limits: RuntimeLimits | None = None,
         model_name: str | None = None,
+        decode_threads: int | None = 1,
     ) -> None:
+        """``decode_threads``: torch intra-op threads while the LM runs (restored around sandbox calls).
+
+        Decoding is a chain of small matrix-vector products; with more than one OpenMP thread on a
+        shared or oversubscribed CPU every op waits at a barrier for a descheduled peer (measured:
+        ~10x slower on the 2-core CI machine under load). One thread per job, more jobs per machine.
+        ``None`` leaves the process setting alone.
+        """
         if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
             raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
         self.model = model.eval()
@@ -82,6 +91,7 @@ class AgentRuntime:
         self.sandbox_factory = sandbox_factory
         self.limits = limits or RuntimeLimits()
         self.model_name = model_name or f"voxagent-{model.cfg.preset}"
+        self.decode_threads = decode_threads
         self.last_transcript: Transcript | None = None
         self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
 
@@ -107,6 +117,18 @@ class AgentRuntime:
         with torch.inference_mode():
             return self._run(prompt, as_scan_infos(scans_meta), executor)
 
+    @contextmanager
+    def _lm_threads(self) -> Iterator[None]:
+        if self.decode_threads is None or self.decode_threads == torch.get_num_threads():
+            yield
+            return
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.decode_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
+
     # ---- the loop ------------------------------------------------------------------------------
     def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor) -> AnalysisResult:
         lim, tok = self.limits, self.tokenizer
@@ -125,15 +147,17 @@ class AgentRuntime:
             return self._finish(result, "failed", responses, timings, t_start,
                                 error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
         t0 = time.perf_counter()
-        hidden = session.feed(mu1)
+        with self._lm_threads():
+            hidden = session.feed(mu1)
+            logits = self.model.next_token_logits(hidden[-1])
         timings["prefill"] = time.perf_counter() - t0
         transcript.ids += mu1
-        logits = self.model.next_token_logits(hidden[-1])
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
 
         for index in range(lim.max_steps):
             t_step = time.perf_counter()
-            draft = self._decode_step(session, logits, deadline, transcript)
+            with self._lm_threads():
+                draft = self._decode_step(session, logits, deadline, transcript)
             t_decoded = time.perf_counter()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
@@ -175,12 +199,13 @@ class AgentRuntime:
                 reason = f"context limit of {capacity} tokens reached"
                 break
             vectors = torch.from_numpy(z.vectors) if len(z.vectors) else None
-            hidden = session.feed(chunk, vectors)
+            with self._lm_threads():
+                hidden = session.feed(chunk, vectors)
+                logits = self.model.next_token_logits(hidden[-1])
             transcript.generated.append((len(transcript.ids), draft.end_id))
             transcript.ids += chunk
             if len(z.vectors):
                 transcript.enc_vectors.append(z.vectors)
-            logits = self.model.next_token_logits(hidden[-1])
             timings["feedback"] += time.perf_counter() - t_fb
 
         return self._finish(result, "no_answer", responses, timings, t_start, note=reason)

@@ -12,6 +12,15 @@ from agent.sandbox.outcome import Feedback, StepOutcome
 from agent.tokenizer import AgentTokenizer, train_tokenizer
 
 
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """The tiny LM is latency-bound; two OpenMP threads on the shared 2-core machine stall each other."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tokenizer(tmp_path_factory) -> AgentTokenizer:
     out = tmp_path_factory.mktemp("tok") / "tokenizer.model"

@@ -3,7 +3,6 @@ from __future__ import annotations
 import time
 
 import numpy as np
-import pytest
 import torch
 
 from agent.model import VoxAgentModel
@@ -142,7 +141,6 @@ def test_stop_without_anything_is_no_answer_and_sandbox_fault_is_failed(tokenize
     assert result.status == "failed" and "worker lost" in result.error
 
 
-@pytest.mark.slow
 def test_end_to_end_with_the_real_sandbox_and_vision_engine(tokenizer, random_model, tmp_path):
     from agent.sandbox import Sandbox
     from agent.vision_client import LocalVisionClient
