@@ -12,12 +12,14 @@ from voxel_ops.volume import Volume
 
 
 def as_bool(mask: Volume) -> np.ndarray:
-    """The inside of ``mask`` as a boolean array (memory layout of the input kept)."""
+    """The inside of ``mask`` as a boolean array (layout kept; may share memory: never write to it)."""
     array = mask.array
     if array.dtype == np.bool_:
         return array
     if array.dtype.kind == "f":
         return array > 0.5
+    if array.dtype == np.uint8 and array.size and int(array.max()) <= 1:
+        return array.view(np.bool_)  # 0/1 bytes already are booleans: skip a full pass (read-only use)
     return array != 0
 
 
@@ -34,12 +36,33 @@ def require_nonempty(inside: np.ndarray, what: str) -> None:
         raise MeasurementError(f"{what} is undefined for an empty mask")
 
 
-def index_box(inside: np.ndarray) -> tuple[slice, slice, slice] | None:
+def axis_counts(inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Inside-voxel count per index along each array axis, from two cheap reductions.
+
+    numpy reduces fastest over the axis with the largest stride (it adds whole contiguous rows),
+    so the outer axis is summed away first and the middle one second; uint16 accumulators hold
+    any count up to the 2048-voxel axis limit.
+    """
+    u = inside.view(np.uint8)
+    order = np.argsort(np.abs(u.strides))  # contiguous, middle, outer
+    inner, middle, outer = (int(a) for a in order)
+    acc = np.uint16 if max(inside.shape) < 65536 else np.int64
+    counts: list[np.ndarray | None] = [None, None, None]
+    plane = u.sum(axis=outer, dtype=acc)  # axes (min(inner, middle), max(...)) remain
+    kept = sorted((inner, middle))
+    counts[kept[0]] = plane.sum(axis=1, dtype=np.int64)
+    counts[kept[1]] = plane.sum(axis=0, dtype=np.int64)
+    side = u.sum(axis=middle, dtype=acc)  # axes inner and outer remain
+    counts[outer] = side.sum(axis=0 if inner < outer else 1, dtype=np.int64)
+    return counts[0], counts[1], counts[2]  # type: ignore[return-value]
+
+
+def index_box(inside: np.ndarray, counts: tuple[np.ndarray, ...] | None = None) -> tuple[slice, slice, slice] | None:
     """Smallest index box holding every inside voxel, or None for an empty mask."""
+    counts = axis_counts(inside) if counts is None else counts
     box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(inside.any(axis=others))
+    for per_index in counts:
+        hits = np.flatnonzero(per_index)
         if hits.size == 0:
             return None
         box.append(slice(int(hits[0]), int(hits[-1]) + 1))
@@ -48,7 +71,8 @@ def index_box(inside: np.ndarray) -> tuple[slice, slice, slice] | None:
 
 def to_mask_volume(like: Volume, inside: np.ndarray) -> Volume:
     """A uint8 0/1 mask on ``like``'s grid."""
-    return Volume(inside.astype(np.uint8, copy=False), like.affine.copy(), like.meta)
+    array = inside.view(np.uint8) if inside.dtype == np.bool_ else inside.astype(np.uint8)  # bool bytes are 0/1
+    return Volume(array, like.affine.copy(), like.meta)
 
 
 def values_at(array: np.ndarray, inside: np.ndarray) -> np.ndarray:

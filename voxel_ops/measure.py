@@ -28,7 +28,7 @@ from __future__ import annotations
 import cc3d
 import numpy as np
 
-from voxel_ops._mask import as_bool, index_box, require_nonempty, require_same_grid, to_mask_volume, values_at
+from voxel_ops._mask import as_bool, axis_counts, index_box, require_same_grid, to_mask_volume, values_at
 from voxel_ops.errors import MeasurementError
 from voxel_ops.volume import Volume
 
@@ -43,7 +43,6 @@ def volume_ml(mask: Volume) -> float:
 def bounding_box_mm(mask: Volume) -> tuple[Vec3, Vec3]:
     """(min_xyz, max_xyz) world corners of the box around all inside voxel cells (see module doc)."""
     inside = as_bool(mask)
-    require_nonempty(inside, "a bounding box")
     lo, hi = _centre_ranges(inside, mask.affine)
     half = 0.5 * np.abs(mask.affine[:3, :3]).sum(axis=1)
     return _vec(lo - half), _vec(hi + half)
@@ -62,38 +61,29 @@ def extents_mm(mask: Volume) -> dict[str, float]:
 
 def centroid_mm(mask: Volume) -> Vec3:
     """World coordinates (mm) of the mask's centre of mass (unweighted)."""
-    inside = as_bool(mask)
-    count = np.count_nonzero(inside)
-    if count == 0:
+    counts = axis_counts(as_bool(mask))
+    total = int(counts[0].sum())
+    if total == 0:
         raise MeasurementError("a centroid is undefined for an empty mask")
-    mean_ijk = np.empty(3)
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        per_index = np.count_nonzero(inside, axis=others)
-        mean_ijk[axis] = float(per_index @ np.arange(per_index.size)) / count
+    mean_ijk = np.array([float(c @ np.arange(c.size)) / total for c in counts])
     return _vec(mask.affine[:3, :3] @ mean_ijk + mask.affine[:3, 3])
 
 
 def intensity_stats(image: Volume, mask: Volume) -> dict[str, float]:
-    """mean, median, std (population), min and max of ``image`` inside ``mask``."""
-    values = _values_in(image, mask, "intensity statistics")
-    return {
-        "mean": float(np.mean(values, dtype=np.float64)),
-        "median": float(np.median(values)),
-        "std": float(np.std(values, dtype=np.float64)),
-        "min": float(values.min()),
-        "max": float(values.max()),
-    }
+    """mean, median, std (population), min and max of ``image`` inside ``mask``.
+
+    The median of an even count is the mean of the two middle values (as ``numpy.median``).
+    """
+    return _region_stats(_values_in(image, mask, "intensity statistics"), with_median=True)
 
 
 def snr(image: Volume, mask: Volume, background: Volume | None = None) -> float:
     """Signal-to-noise ratio (definition in the module docstring)."""
-    signal = _values_in(image, mask, "SNR")
-    noise_values = signal if background is None else _values_in(image, background, "SNR background")
-    noise = float(np.std(noise_values, dtype=np.float64))
+    signal = _region_stats(_values_in(image, mask, "SNR"))
+    noise = signal["std"] if background is None else _region_stats(_values_in(image, background, "SNR background"))["std"]
     if noise == 0.0:
         raise MeasurementError("SNR is undefined: the noise region has no intensity variation")
-    return float(np.mean(signal, dtype=np.float64)) / noise
+    return signal["mean"] / noise
 
 
 def asymmetry_index(left_value: float, right_value: float) -> float:
@@ -121,35 +111,34 @@ class Components:
     """Connected components, largest first: label 1 is the largest, ``volumes_ml[0]`` its volume.
 
     ``labels`` (int32 Volume, 0 outside, 1..count by decreasing size) is built on first access,
-    so counting and sizing pieces never pays for a full-size label image.
+    so counting and sizing pieces never pays for a relabelled full-size image.
     """
 
-    def __init__(self, count: int, volumes_ml: tuple[float, ...], grid: Volume, box: tuple[slice, ...] | None,
-                 sub_labels: np.ndarray | None, lut: np.ndarray | None) -> None:
+    def __init__(self, count: int, volumes_ml: tuple[float, ...], grid: Volume,
+                 raw_labels: np.ndarray | None, lut: np.ndarray | None) -> None:
         self.count = count
         self.volumes_ml = volumes_ml
         self._grid = grid
-        self._box = box
-        self._sub_labels = sub_labels
-        self._lut = lut
+        self._raw = raw_labels  # labels in discovery order
+        self._lut = lut  # discovery label -> rank by size
         self._labels: Volume | None = None
 
     @property
     def labels(self) -> Volume:
         if self._labels is None:
-            array = np.zeros(self._grid.shape, dtype=np.int32)
-            if self._box is not None and self._sub_labels is not None and self._lut is not None:
-                array[self._box] = self._lut[self._sub_labels]
+            if self._raw is None or self._lut is None:
+                array = np.zeros(self._grid.shape, dtype=np.int32)
+            else:
+                array = self._lut[self._raw]
             self._labels = Volume(array, self._grid.affine.copy(), self._grid.meta)
         return self._labels
 
     def component(self, rank: int = 1) -> np.ndarray:
         """Boolean array of the ``rank``-th largest piece (1 = largest) on the full grid."""
-        out = np.zeros(self._grid.shape, dtype=bool)
-        if self._box is not None and self._sub_labels is not None and self._lut is not None and 1 <= rank <= self.count:
-            raw = int(np.flatnonzero(self._lut == rank)[0])
-            out[self._box] = self._sub_labels == raw
-        return out
+        if self._raw is None or self._lut is None or not 1 <= rank <= self.count:
+            return np.zeros(self._grid.shape, dtype=bool)
+        raw = int(np.flatnonzero(self._lut == rank)[0])
+        return self._raw == self._raw.dtype.type(raw)
 
     def __repr__(self) -> str:
         shown = ", ".join(f"{v:.4g}" for v in self.volumes_ml[:5])
@@ -162,24 +151,24 @@ def connected_components(mask: Volume, connectivity: int = 26) -> Components:
     if connectivity not in (6, 18, 26):
         raise MeasurementError(f"connectivity must be 6, 18 or 26, got {connectivity}")
     inside = as_bool(mask)
-    box = index_box(inside)
-    if box is None:
-        return Components(0, (), mask, None, None, None)
-    sub = inside[box]
-    sub = np.asfortranarray(sub) if inside.flags.f_contiguous else np.ascontiguousarray(sub)
-    sub_labels, count = cc3d.connected_components(sub, connectivity=connectivity, return_N=True)
-    sizes = np.bincount(values_at(sub_labels, sub), minlength=count + 1)[1:]
+    if not inside.any():
+        return Components(0, (), mask, None, None)
+    labels, count = cc3d.connected_components(inside, connectivity=connectivity, return_N=True, binary_image=True)
+    sizes = np.bincount(values_at(labels, inside), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     lut = np.zeros(count + 1, dtype=np.int32)
     lut[order + 1] = np.arange(1, count + 1, dtype=np.int32)
     voxel_ml = mask.voxel_volume_mm3 / 1000.0
     volumes = tuple(float(s) * voxel_ml for s in sizes[order])
-    return Components(int(count), volumes, mask, box, sub_labels, lut)
+    return Components(int(count), volumes, mask, labels, lut)
 
 
 def largest_component(mask: Volume, connectivity: int = 26) -> Volume:
     """uint8 mask of the largest connected piece (empty in, empty out)."""
-    return to_mask_volume(mask, connected_components(mask, connectivity).component(1))
+    comps = connected_components(mask, connectivity)
+    if comps.count <= 1:  # the mask is its own largest piece
+        return to_mask_volume(mask, as_bool(mask).copy())
+    return to_mask_volume(mask, comps.component(1))
 
 
 def hemisphere(mask: Volume, midline_x_mm: float = 0.0, tolerance: float = 0.05) -> str:
@@ -188,7 +177,8 @@ def hemisphere(mask: Volume, midline_x_mm: float = 0.0, tolerance: float = 0.05)
     Voxel centres exactly on the plane count half to each side.
     """
     inside = as_bool(mask)
-    count = np.count_nonzero(inside)
+    counts = axis_counts(inside)
+    count = int(counts[0].sum())
     if count == 0:
         raise MeasurementError("hemisphere is undefined for an empty mask")
     row = mask.affine[0, :3]
@@ -196,8 +186,7 @@ def hemisphere(mask: Volume, midline_x_mm: float = 0.0, tolerance: float = 0.05)
     axes = np.flatnonzero(np.abs(row) > 1e-9 * np.abs(row).max())
     if axes.size == 1:  # x depends on one array axis: count per index along it
         axis = int(axes[0])
-        others = tuple(a for a in range(3) if a != axis)
-        per_index = np.count_nonzero(inside, axis=others)
+        per_index = counts[axis]
         x = row[axis] * np.arange(per_index.size) + offset
         left = float(per_index[x < 0].sum()) + 0.5 * float(per_index[x == 0].sum())
     else:
@@ -227,11 +216,85 @@ def _values_in(image: Volume, mask: Volume, what: str) -> np.ndarray:
     return values
 
 
-def _centre_ranges(inside: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Exact min/max world coordinate of inside voxel centres, for any affine.
+_HISTOGRAM_TYPES = {np.dtype(np.uint8), np.dtype(np.int8), np.dtype(np.uint16), np.dtype(np.int16)}
 
-    World coordinates are linear in (i, j, k), so along each line of voxels parallel to one array
-    axis only the first and last inside voxel can be extreme. Scanning the axis that is
+
+def _region_stats(values: np.ndarray, with_median: bool = False) -> dict[str, float]:
+    """mean, std (population, float64), min, max and optionally median of ``values``.
+
+    Small integer types (most stored MRI/CT) go through one histogram: a single counting pass
+    replaces the float64 copy, the squared deviations and the partition a median needs.
+    """
+    if values.dtype in _HISTOGRAM_TYPES:
+        return _histogram_stats(values) if with_median else _integer_moments(values)
+    as64 = values.astype(np.float64, copy=False)
+    mean = float(as64.sum()) / as64.size
+    centred = as64 - mean
+    np.square(centred, out=centred)
+    out = {"mean": mean, "std": float(np.sqrt(centred.sum() / as64.size)), "min": float(values.min()), "max": float(values.max())}
+    if with_median:
+        n = values.size
+        lower, upper = (n - 1) // 2, n // 2
+        middle = np.partition(values, [lower, upper] if lower != upper else lower)
+        out["median"] = 0.5 * (float(middle[lower]) + float(middle[upper]))
+    return out
+
+
+def _integer_moments(values: np.ndarray) -> dict[str, float]:
+    """Exact mean/std of <= 16-bit integers from integer sums (no histogram, no float copy)."""
+    # twice the width holds every square exactly (255^2, 32768^2, 65535^2); sums go to 64 bits
+    wide = values.astype(f"{values.dtype.kind}{2 * values.dtype.itemsize}")
+    acc = np.int64 if values.dtype.kind == "i" else np.uint64
+    s1 = int(wide.sum(dtype=acc))
+    np.square(wide, out=wide)
+    s2 = int(wide.sum(dtype=acc))
+    n = values.size
+    variance = (n * s2 - s1 * s1) / (n * n)  # exact integer numerator
+    return {"mean": s1 / n, "std": float(np.sqrt(max(variance, 0.0))), "min": float(values.min()), "max": float(values.max())}
+
+
+def _histogram_stats(values: np.ndarray) -> dict[str, float]:
+    bits = values.dtype.itemsize * 8
+    if values.dtype.kind == "i":  # order-preserving map of signed onto unsigned codes
+        codes = values.view(f"u{values.dtype.itemsize}") ^ np.array(1 << (bits - 1), dtype=f"u{values.dtype.itemsize}")
+        first_level = -(1 << (bits - 1))
+    else:
+        codes, first_level = values, 0
+    counts = np.bincount(codes, minlength=1 << bits)
+    levels = np.arange(counts.size, dtype=np.float64) + first_level
+    n = values.size
+    mean = float(counts @ levels) / n
+    std = float(np.sqrt(counts @ (levels - mean) ** 2 / n))
+    present = np.flatnonzero(counts)
+    cumulative = np.cumsum(counts)
+    lower, upper = (n - 1) // 2, n // 2
+    at = np.searchsorted(cumulative, [lower + 1, upper + 1])  # first level whose count reaches rank
+    median = 0.5 * (float(levels[at[0]]) + float(levels[at[1]]))
+    return {"mean": mean, "std": std, "min": float(levels[present[0]]), "max": float(levels[present[-1]]), "median": median}
+
+
+def _centre_ranges(inside: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Exact min/max world coordinate of inside voxel centres, for any affine."""
+    lin = affine[:3, :3]
+    nonzero = np.abs(lin) > 1e-12 * np.abs(lin).max()
+    if np.all(nonzero.sum(axis=1) == 1) and np.all(nonzero.sum(axis=0) == 1):
+        # each world axis follows one array axis: the index box decides everything
+        box = index_box(inside)
+        if box is None:
+            raise MeasurementError("a bounding box is undefined for an empty mask")
+        corners = np.array([[b.start, b.stop - 1] for b in box], dtype=np.float64)  # (3, 2)
+        world = lin[:, :, None] * corners[None, :, :]  # contribution of each array axis
+        lo = world.min(axis=2).sum(axis=1) + affine[:3, 3]
+        hi = world.max(axis=2).sum(axis=1) + affine[:3, 3]
+        return lo, hi
+    if not inside.any():
+        raise MeasurementError("a bounding box is undefined for an empty mask")
+    return _centre_ranges_oblique(inside, affine)
+
+
+def _centre_ranges_oblique(inside: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """World coordinates are linear in (i, j, k), so along each line of voxels parallel to one
+    array axis only the first and last inside voxel can be extreme. Scanning the axis that is
     contiguous in memory keeps this at a few passes over the array with no index lists.
     """
     axis = int(np.argmin(np.abs(inside.strides)))

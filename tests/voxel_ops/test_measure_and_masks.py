@@ -194,3 +194,47 @@ def test_normalize_intensity():
     assert norm.array.dtype == np.float32 and norm.array.min() == 0.0 and norm.array.max() == 1.0
     assert 0.4 < float(np.median(norm.array)) < 0.6
     assert np.all(vo.normalize_intensity(_grid(np.ones(SHAPE))).array == 0)
+
+
+@pytest.mark.parametrize("rot_deg", [0.0, 17.0])
+@pytest.mark.parametrize("codes", ["RAS", "SPL"])
+def test_bounding_box_equals_brute_force_over_voxel_centres(rot_deg, codes):
+    from tests.voxel_ops.phantoms import rotation
+
+    rng = np.random.default_rng(3)
+    array = (ndimage.gaussian_filter(rng.random((30, 26, 14)), 2) > 0.52).astype(np.uint8)
+    vol = reoriented(vo.Volume(array, grid_affine(SPACING, array.shape, rotation=rotation("z", rot_deg))), codes)
+    xyz = vol.voxel_to_world(np.stack(np.nonzero(vol.array), axis=1))
+    half = 0.5 * np.abs(vol.affine[:3, :3]).sum(axis=1)
+    lo, hi = vo.bounding_box_mm(vol)
+    assert np.allclose(lo, xyz.min(axis=0) - half) and np.allclose(hi, xyz.max(axis=0) + half)
+    assert np.allclose(vo.centroid_mm(vol), xyz.mean(axis=0))
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32])
+@pytest.mark.parametrize("n_inside", [1, 2, 7, 1000])
+def test_intensity_stats_match_numpy_for_every_type(dtype, n_inside):
+    rng = np.random.default_rng(n_inside)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-1e3, 1e3)
+    image = rng.uniform(lo, hi, SHAPE).astype(dtype)
+    inside = np.zeros(SHAPE, dtype=bool)
+    inside.ravel()[rng.choice(inside.size, n_inside, replace=False)] = True
+    stats = vo.intensity_stats(_grid(image), _grid(inside.astype(np.uint8)))
+    values = image[inside].astype(np.float64)
+    expected = {"mean": values.mean(), "median": np.median(values), "std": values.std(), "min": values.min(), "max": values.max()}
+    assert stats == pytest.approx(expected, rel=1e-9, abs=1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int16, np.float32])
+def test_snr_matches_numpy_definition(dtype):
+    rng = np.random.default_rng(5)
+    image = rng.normal(300, 40, SHAPE).astype(dtype)
+    inside = _box((5, 5, 5), (25, 25, 15)).astype(bool)
+    background = _box((40, 30, 2), (55, 45, 20)).astype(bool)
+    img = _grid(image)
+    signal, noise = image[inside].astype(np.float64), image[background].astype(np.float64)
+    assert vo.snr(img, _grid(inside.astype(np.uint8)), _grid(background.astype(np.uint8))) == pytest.approx(
+        signal.mean() / noise.std(), rel=1e-9
+    )
+    assert vo.snr(img, _grid(inside.astype(np.uint8))) == pytest.approx(signal.mean() / signal.std(), rel=1e-9)
