@@ -36,6 +36,8 @@ class NativeConv3d(nn.Module):
         for axis in flat_axes:
             weight = weight.narrow(2 + axis, 1, 1)
             padding[axis] = 0
+        # channels-last keeps CPU (oneDNN) convolutions, forward and backward, on their fast path.
+        x = x.contiguous(memory_format=torch.channels_last_3d)
         return F.conv3d(x, weight, self.bias, padding=tuple(padding))
 
 

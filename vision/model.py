@@ -114,11 +114,8 @@ class VisionNet(nn.Module):
                 raise ValueError("all streams of one call must have the same batch size")
         plans = [self.plan(x.shape[2:], sp) for x, sp in zip(streams, spacings)]
         phis = [_as_batch_phi(p, batch, self.config.phi_dim).to(self.device, streams[0].dtype) for p in phis]
-        # channels-last keeps the CPU (oneDNN) convolutions on their fast path (~3x here).
         xs = [
-            (F.interpolate(x, size=plan.working_shape, mode="area") if plan.reduced else x).contiguous(
-                memory_format=torch.channels_last_3d
-            )
+            F.interpolate(x, size=plan.working_shape, mode="area") if plan.reduced else x
             for x, plan in zip(streams, plans)
         ]
 
