@@ -22,12 +22,7 @@ from vision.cache import CacheEntry, EncodingCache, EncodingNotCached
 from vision.checkpoint import load_vision, resolve_paths
 from vision.config import VisionConfig, get_config
 from vision.model import Encoding, VisionNet, build_vision_net
-from voxel_ops.volume import Volume
-
-try:  # the shared implementations, once voxel_ops exports them
-    from voxel_ops import conform_ras, normalize_intensity, unconform
-except ImportError:  # pragma: no cover - interim path until voxel_ops lands
-    from vision._geometry import conform_ras, normalize_intensity, unconform
+from voxel_ops import Volume, conform_ras, normalize_intensity, unconform
 
 log = logging.getLogger(__name__)
 
