@@ -9,6 +9,9 @@ Run: ``.venv/bin/python -m bench.voxel_ops``
 from __future__ import annotations
 
 import os
+import statistics
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import nilearn
@@ -21,12 +24,25 @@ MNI_DIR = Path(nilearn.__file__).parent / "datasets" / "data"
 T1 = MNI_DIR / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 
+def cpu_median(fn: Callable[[], object], repeats: int = 7) -> float:
+    """Median CPU seconds of ``fn``: on a shared, oversubscribed machine wall time also counts
+    the time spent waiting for a core, CPU time does not (all timed code is single-threaded)."""
+    fn()
+    samples = []
+    for _ in range(repeats):
+        t0 = time.process_time()
+        fn()
+        samples.append(time.process_time() - t0)
+    return statistics.median(samples)
+
+
 def main() -> None:
     results: dict[str, float | int | str] = {}
     goals: dict[str, str] = {"load_conform_s": "<= 0.5", "measure_max_s": "<= 0.05"}
 
     load_s, _ = time_median(lambda: vo.conform_ras(vo.load_volume(T1)), repeats=7)
     results["load_conform_s"] = load_s
+    results["load_conform_cpu_s"] = cpu_median(lambda: vo.conform_ras(vo.load_volume(T1)))
 
     t1, _ = vo.conform_ras(vo.load_volume(T1))
     gm = vo.load_volume(MNI_DIR / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")
@@ -48,13 +64,16 @@ def main() -> None:
         "largest_component": lambda: vo.largest_component(brain),
         "hemisphere": lambda: vo.hemisphere(brain),
     }
-    worst = 0.0
+    worst = worst_cpu = 0.0
     for name, fn in measurements.items():
         seconds, _ = time_median(fn, repeats=7)
+        cpu = cpu_median(fn)
         results[f"measure_{name}_ms"] = seconds * 1000
+        results[f"measure_{name}_cpu_ms"] = cpu * 1000
         goals[f"measure_{name}_ms"] = "<= 50"
-        worst = max(worst, seconds)
+        worst, worst_cpu = max(worst, seconds), max(worst_cpu, cpu)
     results["measure_max_s"] = worst
+    results["measure_max_cpu_s"] = worst_cpu
 
     operations = {
         "dilate_2mm": lambda: vo.dilate_mm(brain, 2.0),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 
+import cc3d
 import numpy as np
 from scipy import ndimage
 
@@ -66,8 +67,10 @@ def fill_holes(mask: Volume) -> Volume:
     box = index_box(inside)
     if box is None:
         return to_mask_volume(mask, out)
-    sub = np.pad(inside[box], 1)  # zero shell: the background outside the box stays connected
-    out[box] = ndimage.binary_fill_holes(sub)[1:-1, 1:-1, 1:-1]
+    sub = np.pad(inside[box], 1)  # zero shell: all background reaching the box edge joins it
+    background = cc3d.connected_components(~sub, connectivity=6, binary_image=True)
+    outside = background[0, 0, 0]  # the shell's label; every other background piece is a hole
+    out[box] = (background != outside)[1:-1, 1:-1, 1:-1]
     return to_mask_volume(mask, out)
 
 

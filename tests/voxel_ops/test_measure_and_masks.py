@@ -238,3 +238,12 @@ def test_snr_matches_numpy_definition(dtype):
         signal.mean() / noise.std(), rel=1e-9
     )
     assert vo.snr(img, _grid(inside.astype(np.uint8))) == pytest.approx(signal.mean() / signal.std(), rel=1e-9)
+
+
+def test_fill_holes_matches_scipy_on_a_porous_blob():
+    rng = np.random.default_rng(11)
+    blob = ndimage.gaussian_filter(rng.random(SHAPE), 1.5) > 0.5
+    mask = _grid(blob.astype(np.uint8))
+    expected = ndimage.binary_fill_holes(blob)
+    assert expected.sum() > blob.sum()  # the blob really has cavities
+    assert np.array_equal(vo.fill_holes(mask).array.astype(bool), expected)
