@@ -14,8 +14,8 @@ def normalize_intensity(vol: Volume, lower_pct: float = 0.5, upper_pct: float = 
     """
     if not 0.0 <= lower_pct < upper_pct <= 100.0:
         raise VolumeError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower_pct}, {upper_pct}")
+    lo, hi = percentiles(vol.array, (lower_pct, upper_pct))
     data = np.asarray(vol.array, dtype=np.float32)
-    lo, hi = np.percentile(data, [lower_pct, upper_pct])
     if not hi > lo:
         return vol.with_array(np.zeros(vol.shape, dtype=np.float32))
     lo32, hi32 = np.float32(lo), np.float32(hi)
@@ -26,4 +26,26 @@ def normalize_intensity(vol: Volume, lower_pct: float = 0.5, upper_pct: float = 
     return vol.with_array(out)
 
 
-__all__ = ["normalize_intensity"]
+def percentiles(array: np.ndarray, pcts: tuple[float, ...]) -> tuple[float, ...]:
+    """``numpy.percentile`` (linear method) of all voxels; one histogram for <= 16-bit integers
+    instead of a float copy and a partition (several times faster on whole scans)."""
+    flat = array.ravel(order="K")
+    if flat.dtype not in (np.dtype(np.uint8), np.dtype(np.uint16), np.dtype(np.int8), np.dtype(np.int16)):
+        return tuple(float(v) for v in np.percentile(flat, pcts))
+    unsigned = np.dtype(f"u{flat.dtype.itemsize}")
+    shift = (1 << (8 * flat.dtype.itemsize - 1)) if flat.dtype.kind == "i" else 0
+    codes = flat.view(unsigned) ^ np.array(shift, dtype=unsigned) if shift else flat
+    cumulative = np.cumsum(np.bincount(codes, minlength=1 << (8 * flat.dtype.itemsize)))
+    n = flat.size
+    out = []
+    for pct in pcts:
+        position = (n - 1) * pct / 100.0
+        below = int(np.floor(position))
+        above = min(below + 1, n - 1)
+        at = np.searchsorted(cumulative, [below + 1, above + 1])  # value of the k-th smallest voxel
+        low, high = float(at[0]) - shift, float(at[1]) - shift
+        out.append(low + (position - below) * (high - low))
+    return tuple(out)
+
+
+__all__ = ["normalize_intensity", "percentiles"]

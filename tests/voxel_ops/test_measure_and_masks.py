@@ -247,3 +247,17 @@ def test_fill_holes_matches_scipy_on_a_porous_blob():
     expected = ndimage.binary_fill_holes(blob)
     assert expected.sum() > blob.sum()  # the blob really has cavities
     assert np.array_equal(vo.fill_holes(mask).array.astype(bool), expected)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.uint16, np.int16, np.float32])
+def test_percentiles_match_numpy(dtype):
+    from voxel_ops.intensity import percentiles
+
+    rng = np.random.default_rng(7)
+    info = np.iinfo(dtype) if np.dtype(dtype).kind in "iu" else None
+    lo, hi = (info.min, info.max) if info else (-50.0, 50.0)
+    array = rng.uniform(lo, hi, (17, 13, 11)).astype(dtype)
+    pcts = (0.0, 0.5, 13.7, 50.0, 99.5, 100.0)
+    assert percentiles(array, pcts) == pytest.approx(tuple(np.percentile(array, pcts)), rel=1e-9, abs=1e-9)
+    norm = vo.normalize_intensity(_grid(array))
+    assert norm.array.min() == 0.0 and norm.array.max() == 1.0
