@@ -13,10 +13,9 @@ import pkgutil
 import sys
 
 import service.commands as commands_pkg
+from service.commands import CommandError
 
-
-class CommandError(Exception):
-    """A user-facing failure: printed as one clear line, exit status 2."""
+__all__ = ["CommandError", "build_parser", "main"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,7 +48,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run the imported module's main so that commands raise the same CommandError class it catches.
-    from service.cli import main as _main
-
-    sys.exit(_main())
+    sys.exit(main())
