@@ -114,20 +114,21 @@ class AgentRuntime:
         executor = sandbox or self.sandbox or (self.sandbox_factory() if self.sandbox_factory else None)
         if executor is None:
             raise ValueError("AgentRuntime needs a sandbox (argument, constructor or sandbox_factory)")
-        with torch.inference_mode():
-            return self._run(prompt, as_scan_infos(scans_meta), executor)
+        return self._run(prompt, as_scan_infos(scans_meta), executor)
 
     @contextmanager
-    def _lm_threads(self) -> Iterator[None]:
-        if self.decode_threads is None or self.decode_threads == torch.get_num_threads():
-            yield
-            return
+    def _lm(self) -> Iterator[None]:
+        """Inference mode and the decode thread count, only while the language model runs."""
         previous = torch.get_num_threads()
-        torch.set_num_threads(self.decode_threads)
+        switch = self.decode_threads is not None and self.decode_threads != previous
+        if switch:
+            torch.set_num_threads(self.decode_threads)
         try:
-            yield
+            with torch.inference_mode():
+                yield
         finally:
-            torch.set_num_threads(previous)
+            if switch:
+                torch.set_num_threads(previous)
 
     # ---- the loop ------------------------------------------------------------------------------
     def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor) -> AnalysisResult:
@@ -147,7 +148,7 @@ class AgentRuntime:
             return self._finish(result, "failed", responses, timings, t_start,
                                 error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
         t0 = time.perf_counter()
-        with self._lm_threads():
+        with self._lm():
             hidden = session.feed(mu1)
             logits = self.model.next_token_logits(hidden[-1])
         timings["prefill"] = time.perf_counter() - t0
@@ -156,7 +157,7 @@ class AgentRuntime:
 
         for index in range(lim.max_steps):
             t_step = time.perf_counter()
-            with self._lm_threads():
+            with self._lm():
                 draft = self._decode_step(session, logits, deadline, transcript)
             t_decoded = time.perf_counter()
             timings["decode"] += t_decoded - t_step
@@ -199,7 +200,7 @@ class AgentRuntime:
                 reason = f"context limit of {capacity} tokens reached"
                 break
             vectors = torch.from_numpy(z.vectors) if len(z.vectors) else None
-            with self._lm_threads():
+            with self._lm():
                 hidden = session.feed(chunk, vectors)
                 logits = self.model.next_token_logits(hidden[-1])
             transcript.generated.append((len(transcript.ids), draft.end_id))

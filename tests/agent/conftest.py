@@ -46,9 +46,13 @@ class RecordingExecutor:
         self.outcomes = list(outcomes or [])
         self.default = default or StepOutcome(error="name 'x' is not defined")
         self.calls: list[tuple[str, list[torch.Tensor]]] = []
+        self.inference_mode: list[bool] = []  # the sandbox must run outside the LM's inference mode
+        self.threads: list[int] = []
 
     def execute_step(self, code, phis=None):
         self.calls.append((code, list(phis or [])))
+        self.inference_mode.append(torch.is_inference_mode_enabled())
+        self.threads.append(torch.get_num_threads())
         outcome = self.outcomes.pop(0) if self.outcomes else self.default
         outcome.phis_used = outcome.phis_used or len(phis or [])
         return outcome

@@ -44,8 +44,9 @@ def test_random_model_terminates_with_a_clean_no_answer(tokenizer, random_model)
     limits = RuntimeLimits(max_steps=3, max_step_tokens=48, max_wall_s=30)
     executor = RecordingExecutor()
     started = time.perf_counter()
-    runtime = AgentRuntime(random_model, tokenizer, executor, limits=limits)
+    runtime = AgentRuntime(random_model, tokenizer, executor, limits=limits, decode_threads=2)
     result = runtime.run("How large is the lesion?", SCANS)
+    assert torch.get_num_threads() == 1 and set(executor.threads) <= {1}  # LM threads only while it runs
     assert time.perf_counter() - started < 30
     assert result.status == "no_answer"
     assert result.text.startswith("No answer: ") and result.error is None
@@ -78,6 +79,7 @@ def test_scripted_policy_end_to_end_with_reads(tokenizer, random_model):
     assert result.text == "The lesion measures 12.5 mL."
     assert [c for c, _ in executor.calls] == [STEP_1, STEP_2]
     assert [len(p) for _, p in executor.calls] == [3, 1]
+    assert executor.inference_mode == [False, False]
     assert all(p.shape == (32,) for _, phis in executor.calls for p in phis)
     assert [t.code for t in result.trace] == [STEP_1, STEP_2]
     assert result.trace[0].feedback == ["12.5 mL", "[encoding: 2 vectors]"]
