@@ -159,7 +159,8 @@ class DecodeSession:
 
     Each ``feed`` returns the final hidden states of the fed positions, so the caller takes logits
     of the last one and phi at ``<MOD>`` positions without recomputing anything already cached.
-    Keys are cached transposed, (heads, head_dim, positions), so attention is two plain bmm calls.
+    Per layer and token this is ~20 torch calls: q, k and v are rotated in one go (v with the
+    identity rotation) and k, v are written to the cache with one copy.
     """
 
     def __init__(self, model: VoxAgentModel, capacity: int) -> None:
@@ -173,15 +174,16 @@ class DecodeSession:
         self.layers = model.fused_weights()
         device, dtype = model.device, model.llama.lm_head.weight.dtype
         H, hd = cfg.num_heads, cfg.head_dim
-        self.k_cache = torch.zeros((cfg.num_layers, H, hd, capacity), device=device, dtype=dtype)
-        self.v_cache = torch.zeros((cfg.num_layers, H, capacity, hd), device=device, dtype=dtype)
+        # (layer, k|v, head, position, head_dim)
+        self.kv_cache = torch.zeros((cfg.num_layers, 2, H, capacity, hd), device=device, dtype=dtype)
         positions = torch.arange(capacity, device=device)[None]
         with torch.no_grad():
-            cos, sin = model.llama.model.rotary_emb(self.v_cache[0], positions)
-        half = hd // 2
-        # rotate_half(x) * sin == roll(x, half) * [-sin_low, sin_high]
-        self.cos = cos[0].unsqueeze(1)  # (capacity, 1, hd)
-        self.sin = torch.cat([-sin[0, :, :half], sin[0, :, half:]], dim=-1).unsqueeze(1)
+            cos, sin = model.llama.model.rotary_emb(self.kv_cache[0, 0], positions)
+        cos, sin, half = cos[0], sin[0], hd // 2
+        # rotate_half(x) * sin == roll(x, half) * [-sin_low, sin_high]; rows q, k, v (v: identity)
+        sin = torch.cat([-sin[:, :half], sin[:, half:]], dim=-1)
+        self.cos = torch.stack([cos, cos, torch.ones_like(cos)], dim=1).unsqueeze(2)  # (capacity, 3, 1, hd)
+        self.sin = torch.stack([sin, sin, torch.zeros_like(sin)], dim=1).unsqueeze(2)
         self.final_norm = model.llama.model.norm.weight.detach()
         self.embed_weight = model.llama.model.embed_tokens.weight.detach()
         self.ids: list[int] = []
@@ -202,7 +204,7 @@ class DecodeSession:
         if T == 1 and enc_vectors is None and ids[0] != cfg.enc_id:
             x = self.embed_weight[ids[0] : ids[0] + 1]  # one decoded token: a view, no index op
         else:
-            id_tensor = torch.tensor(ids, dtype=torch.long, device=self.k_cache.device)
+            id_tensor = torch.tensor(ids, dtype=torch.long, device=self.kv_cache.device)
             x = self.model.embed(id_tensor, enc_vectors)
         p1 = p0 + T
         H, hd, eps, half = cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps, cfg.head_dim // 2
@@ -210,19 +212,17 @@ class DecodeSession:
         blocked = None
         if T > 1:
             blocked = ~torch.ones(T, p1, dtype=torch.bool, device=x.device).tril(diagonal=p0)
-        for li, w in enumerate(self.layers):
-            qkv = F.linear(_unit_rms(x, eps), w["qkv"])
-            qk = qkv[:, : 2 * H * hd].view(T, 2 * H, hd)
-            qk = torch.addcmul(qk * cos, torch.roll(qk, half, dims=-1), sin)
-            self.k_cache[li, :, :, p0:p1] = qk[:, H:].permute(1, 2, 0)
-            self.v_cache[li, :, p0:p1] = qkv[:, 2 * H * hd :].view(T, H, hd).transpose(0, 1)
-            scores = torch.bmm(qk[:, :H].transpose(0, 1), self.k_cache[li, :, :, :p1])  # (H, T, p1)
+        for w, kv in zip(self.layers, self.kv_cache):
+            qkv = F.linear(_unit_rms(x, eps), w["qkv"]).view(T, 3, H, hd)
+            qkv = torch.addcmul(qkv * cos, torch.roll(qkv, half, dims=-1), sin)
+            kv[:, :, p0:p1] = qkv[:, 1:].permute(1, 2, 0, 3)
+            scores = torch.bmm(qkv[:, 0].transpose(0, 1), kv[0, :, :p1].transpose(1, 2))  # (H, T, p1)
             if blocked is not None:
                 scores.masked_fill_(blocked, float("-inf"))
-            att = torch.bmm(scores.softmax(-1), self.v_cache[li, :, :p1])  # (H, T, hd)
+            att = torch.bmm(scores.softmax(-1), kv[1, :, :p1])  # (H, T, hd)
             x = torch.addmm(x, att.transpose(0, 1).reshape(T, H * hd), w["o_t"])
             gate, up = F.linear(_unit_rms(x, eps), w["gate_up"]).chunk(2, dim=-1)
             x = torch.addmm(x, F.silu(gate).mul_(up), w["down_t"])
         self.length = p1
-        self.ids.extend(int(i) for i in ids)
-        return _unit_rms(x, eps) * self.final_norm
+        self.ids.extend(ids)
+        return F.rms_norm(x, (x.shape[-1],), self.final_norm, eps)
