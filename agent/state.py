@@ -181,3 +181,27 @@ def build_training_sequence(
     mods = torch.tensor([p for p in mod_positions(ids, tokenizer.mod_id) if labeled[p]], dtype=torch.long)
     return TrainingSequence(input_ids=input_ids, labels=labels, enc_vectors=enc.float(), mod_positions=mods,
                             step_mod_counts=counts)
+
+
+@dataclass
+class TrainingBatch:
+    input_ids: torch.Tensor  # (B, L) long, right-padded with pad_id
+    labels: torch.Tensor  # (B, L) long, IGNORE_INDEX on padding
+    attention_mask: torch.Tensor  # (B, L) long, 0 on padding
+    enc_vectors: torch.Tensor  # (N, d): every sequence's vectors in row-major order of the <ENC> positions
+
+
+def collate_sequences(sequences: Sequence[TrainingSequence], pad_id: int) -> TrainingBatch:
+    """Right-pad episodes into one batch for ``VoxAgentModel.forward``; the encoding vectors are
+    concatenated in the same order ``embed`` consumes them (row by row, left to right)."""
+    if not sequences:
+        raise ValueError("no sequences to collate")
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    labels = torch.full_like(ids, IGNORE_INDEX)
+    mask = torch.zeros_like(ids)
+    for row, seq in enumerate(sequences):
+        n = len(seq)
+        ids[row, :n], labels[row, :n], mask[row, :n] = seq.input_ids, seq.labels, 1
+    enc = torch.cat([s.enc_vectors for s in sequences])
+    return TrainingBatch(input_ids=ids, labels=labels, attention_mask=mask, enc_vectors=enc)

@@ -8,7 +8,7 @@ from agent.checkpoint import has_agent, load_agent, save_agent
 from agent.config import AgentConfig
 from agent.model import VoxAgentModel
 from agent.runtime import AgentRuntime, RuntimeLimits
-from agent.state import StepRecord, build_training_sequence
+from agent.state import StepRecord, build_training_sequence, collate_sequences
 from tests.agent.conftest import RecordingExecutor, text_and_vector_outcome, vectors
 from tests.agent.test_state import SCANS, STEP_CODE
 
@@ -107,3 +107,23 @@ def test_checkpoint_round_trip(tokenizer, random_model, tmp_path):
     (tmp_path / "broken").mkdir()
     with pytest.raises(FileNotFoundError):
         load_agent(tmp_path / "broken")
+
+
+def test_padded_batch_matches_single_sequences(tokenizer, random_model):
+    d = random_model.cfg.hidden_size
+    long_steps = [StepRecord(STEP_CODE, feedback=text_and_vector_outcome(d, 3).feedback), StepRecord("stop()\n")]
+    short_steps = [StepRecord("e = encode(t1<MOD>)\nread(e)\n", feedback=text_and_vector_outcome(d, 4).feedback[1:]),
+                   StepRecord("stop()\n")]
+    seqs = [build_training_sequence(tokenizer, "a longer prompt about the lesion volume", SCANS, long_steps, d),
+            build_training_sequence(tokenizer, "short", SCANS[:1], short_steps, d)]
+    batch = collate_sequences(seqs, tokenizer.pad_id)
+    with torch.no_grad():
+        out = random_model(batch.input_ids, batch.enc_vectors, labels=batch.labels, attention_mask=batch.attention_mask)
+        phis = random_model.phis(out.hidden, batch.input_ids)
+        singles = [random_model(s.input_ids, s.enc_vectors) for s in seqs]
+    assert phis.shape == (sum(s.mod_positions.numel() for s in seqs), 32)
+    for row, (seq, single) in enumerate(zip(seqs, singles)):
+        torch.testing.assert_close(out.hidden[row, : len(seq)], single.hidden[0], atol=2e-5, rtol=1e-4)
+    expected = torch.cat([random_model.phi_head(single.hidden[0, s.mod_positions]) for s, single in zip(seqs, singles)])
+    torch.testing.assert_close(phis, expected, atol=2e-5, rtol=1e-4)
+    assert torch.isfinite(out.loss)
