@@ -1,0 +1,44 @@
+"""`voxagent train --preset tiny|paper [--minutes N] [--steps N] [--resume] [--out DIR] [--seed S]`.
+
+Joint training of the agent and the vision network (training.trainer). The run directory holds the
+tokenizer, the latest checkpoint (atomic), `log.csv` and, at the end, the exported model
+(`<out>/model`, the `models/<name>/` layout) ready for `voxagent eval --model <out>/model`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train the agent and vision network jointly (teacher forcing)")
+    p.add_argument("--preset", choices=("tiny", "paper"), default="tiny")
+    p.add_argument("--minutes", type=float, default=None, help="wall-time budget (stops after the step in flight)")
+    p.add_argument("--steps", type=int, default=None, help="optimizer steps to reach (counted from step 0)")
+    p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint")
+    p.add_argument("--out", type=Path, default=Path("runs/train"), help="run directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--lr", type=float, default=None, help="override the preset's learning rate")
+    p.add_argument("--accum", type=int, default=None, help="tasks per optimizer step (gradient accumulation)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
+    p.add_argument("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints")
+    p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.cli import CommandError
+
+    if args.minutes is None and args.steps is None:
+        raise CommandError("give --minutes or --steps (or both) so the run ends")
+    if args.steps is not None and args.steps < 1:
+        raise CommandError("--steps must be positive")
+    from training.trainer import TrainConfig, train
+
+    cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
+                                 checkpoint_minutes=args.checkpoint_minutes)
+    result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
+                   export=not args.no_export)
+    print(f"trained to step {result.step} ({result.tasks_seen} tasks); run dir {result.out}"
+          + (f"; model {result.model_dir}" if result.model_dir else ""))
+    return 0

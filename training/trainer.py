@@ -1,0 +1,384 @@
+"""Joint training of the agent LM and the vision network (VoxelPrompt 3.3, eq. 2).
+
+loss = CE(eta tokens) + lambda * soft Dice(generated volumes), lambda = 0.1, teacher forcing over
+whole trajectories with execution of the ground-truth code (`training.trajectory`). One optimizer
+(Adam) holds both networks. Tasks are drawn on the fly: step k of run seed s uses task seed
+`train_task_seed(s, k)` (always < 10**9; evaluation uses seeds >= 10**9) and templates below
+`HELD_OUT_TEMPLATE_START` (evaluation uses the rest).
+
+Run directory layout::
+
+    <out>/tokenizer.model          trained once, before step 0
+    <out>/checkpoint/              latest state: agent_*, vision_*, tokenizer.model, train_state.pt
+    <out>/model/                   exported models/<name> layout (+ phi_bank.safetensors)
+    <out>/log.csv                  one row per optimizer step
+
+Checkpoints are written to a temporary directory and renamed into place, so an interruption never
+leaves a half-written checkpoint; `--resume` restores weights, optimizer, step and RNG states.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from agent.checkpoint import load_agent, save_agent
+from agent.config import AgentConfig
+from agent.model import VoxAgentModel
+from agent.phi_bank import DEFAULT_MODALITIES, DEFAULT_TARGETS, PhiBank, normalize_target
+from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
+from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
+from vision.checkpoint import load_vision, save_vision
+from vision.model import VisionNet, build_vision_net
+
+logger = logging.getLogger(__name__)
+
+EVAL_SEED_START = 10**9  # task seeds >= this are never used for training
+HELD_OUT_TEMPLATE_START = 9  # template indices >= this are evaluation-only (families have 11-12)
+TRAIN_TEMPLATES = list(range(HELD_OUT_TEMPLATE_START))
+STATE_FILE = "train_state.pt"
+CONFIG_FILE = "train_config.json"
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    preset: str = "tiny"
+    lr: float = 1e-3
+    warmup_steps: int = 5
+    accum: int = 1
+    lm_only_tasks: int = 5  # extra language-only tasks per optimizer step (CE only; cheap on CPU)
+    clip: float = 1.0
+    dice_lambda: float = DICE_LAMBDA
+    seed: int = 0
+    vision_min_spacing: float | None = 4.0  # working spacing of the tiny vision net (CPU budget)
+    vocab_size: int = TINY_VOCAB
+    corpus_tasks: int = 120  # tasks executed (oracle masks) to build the tokenizer corpus
+    feedback: str = "truth"  # values read during training come from ground-truth masks
+    checkpoint_minutes: float = 4.0
+    threads: int = 2
+
+    @classmethod
+    def for_preset(cls, preset: str, **overrides) -> "TrainConfig":
+        if preset == "paper":
+            base = cls(preset="paper", lr=1e-4, accum=8, lm_only_tasks=0, vision_min_spacing=None, vocab_size=32000,
+                       corpus_tasks=2000, warmup_steps=500)
+        elif preset == "tiny":
+            base = cls()
+        else:
+            raise ValueError(f"unknown preset {preset!r} (tiny or paper)")
+        return replace(base, **{k: v for k, v in overrides.items() if v is not None})
+
+
+def train_task_seed(run_seed: int, index: int) -> int:
+    """Task seed for the index-th task of a run: deterministic, always below EVAL_SEED_START."""
+    return int(np.random.default_rng([int(run_seed), int(index), 7]).integers(0, EVAL_SEED_START))
+
+
+def sample_training_task(run_seed: int, index: int):
+    from training.tasks import sample_task
+
+    return sample_task(train_task_seed(run_seed, index), templates=TRAIN_TEMPLATES)
+
+
+# ---------------------------------------------------------------- tokenizer corpus
+
+def task_corpus(n_tasks: int, seed: int = 0) -> Iterator[str]:
+    """Prompts + scan metadata, ground-truth code, read values and answers of executed training tasks."""
+    from agent.sandbox import Sandbox
+    from agent.state import initial_state_text, scan_infos_from_volumes
+    from training.oracle import OracleVisionClient
+
+    for i in range(n_tasks):
+        try:
+            sample, case = sample_training_task(seed + 100_003, i)
+        except Exception:  # a synthesis defect must not stop tokenizer training
+            logger.exception("corpus task %d failed to synthesize", i)
+            continue
+        yield initial_state_text(sample.prompt, scan_infos_from_volumes(case.scans))
+        sandbox = Sandbox(case.scans, client=OracleVisionClient(case))
+        for step in sample.steps:
+            yield step
+            outcome = sandbox.execute_step(step)
+            for fb in outcome.feedback:
+                if fb.text:
+                    yield fb.text + "\n"
+        if sample.answer:
+            yield sample.answer
+
+
+def build_tokenizer(cfg: TrainConfig, path: Path) -> AgentTokenizer:
+    if path.is_file():
+        return AgentTokenizer.load(path)
+    from agent.corpus import seed_corpus
+
+    texts = list(task_corpus(cfg.corpus_tasks, cfg.seed)) + list(seed_corpus(300, cfg.seed))
+    tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size, out_path=path)
+    logger.info("tokenizer trained on %d texts: %d pieces", len(texts), tokenizer.vocab_size)
+    return tokenizer
+
+
+# ---------------------------------------------------------------- state on disk
+
+def _atomic_dir(final: Path, write) -> None:
+    """Write into a sibling temp dir, then swap it into place (never a half-written directory)."""
+    tmp = final.with_name(final.name + ".tmp")
+    old = final.with_name(final.name + ".old")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    write(tmp)
+    if final.exists():
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state() -> dict:
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+
+
+def _set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+
+
+def save_checkpoint(out: Path, model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionNet,
+                    optimizer: torch.optim.Optimizer, step: int, tasks_seen: int, cfg: TrainConfig) -> Path:
+    def write(tmp: Path) -> None:
+        save_agent(model, tokenizer, tmp)
+        save_vision(net, tmp)
+        torch.save({"step": step, "tasks_seen": tasks_seen, "optimizer": optimizer.state_dict(),
+                    "rng": _rng_state(), "config": asdict(cfg)}, tmp / STATE_FILE)
+
+    final = out / "checkpoint"
+    _atomic_dir(final, write)
+    logger.info("checkpoint at step %d -> %s", step, final)
+    return final
+
+
+def export_model(directory: Path, model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionNet,
+                 bank: PhiBank) -> Path:
+    """The `models/<name>/` layout: agent + tokenizer + vision + phi bank."""
+    def write(tmp: Path) -> None:
+        save_agent(model, tokenizer, tmp)
+        save_vision(net, tmp)
+        bank.save(tmp / "phi_bank.safetensors")
+
+    _atomic_dir(directory, write)
+    return directory
+
+
+# ---------------------------------------------------------------- phi bank
+
+CANONICAL_TARGETS = ("brain", "gray matter", "white matter", "cerebrospinal fluid", "left hemisphere",
+                     "right hemisphere", "lesion", "edema", "enhancing tumor", "necrosis")
+CANONICAL_MODALITIES = ("T1", "T1C", "T2", "FLAIR", "CT", "DWI", "ADC")
+
+
+def _canonical_sample(target: str, scan: str, seed: int):
+    from training.tasks import TaskSample
+    from training.tasks.program import Program
+
+    program = Program()
+    program.encode([scan])
+    var = program.generate(scan, target)
+    name = target.replace(" ", "_")
+    program.output(var, name)
+    program.respond(f"Here is the segmentation of the {target}.")
+    return TaskSample(family="segment", prompt=f"Segment the {target} on the {scan}.", steps=program.finish(),
+                      answer=None, expected={}, generate_calls=list(program.generate_calls), outputs=[name],
+                      seed=seed)
+
+
+def build_phi_bank(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionNet, seed: int = 0,
+                   cases_per_modality: int = 1) -> PhiBank:
+    """Average the phis the trained agent emits on canonical prompts: one per target, per modality.
+
+    Teacher forced on canonical segmentation programs (no grad). Targets or modalities never
+    reached fall back to the default (seeded) vectors, so the bank always covers the library.
+    """
+    from training.synth import CaseSpec, LesionSpec, ScanSpec, synthesize_case
+    from training.trajectory import phi_summary
+
+    collected = []
+    model.eval()
+    net.eval()
+    with torch.no_grad():
+        for mi, modality in enumerate(CANONICAL_MODALITIES):
+            for k in range(cases_per_modality):
+                scan = modality.lower()
+                spec = CaseSpec(scans=(ScanSpec(scan, modality),),
+                                lesions=LesionSpec(count=(1, 1), edema_prob=1.0, enhancing_prob=1.0,
+                                                   heterogeneous_prob=1.0))
+                case_seed = EVAL_SEED_START - 1 - 1000 * mi - k  # a fixed corner of the training range
+                try:
+                    case = synthesize_case(case_seed, spec)
+                except Exception:
+                    logger.exception("phi-bank case for %s failed", modality)
+                    continue
+                for target in CANONICAL_TARGETS:
+                    if not case.mask(target, scan).array.any():
+                        continue
+                    sample = _canonical_sample(target, scan, case_seed)
+                    try:
+                        collected += run_trajectory(model, tokenizer, net, sample, case).phis
+                    except TrajectoryError:
+                        logger.warning("canonical %s on %s failed", target, modality)
+    model.train()
+    net.train()
+    means = phi_summary(collected)
+    default = PhiBank.default()
+    encode = {m: means.get(f"encode:{m}", default.encode_phi(m)) for m in DEFAULT_MODALITIES}
+    generate = {t: means.get(f"generate:{normalize_target(t)}", default.generate_phi(t)) for t in DEFAULT_TARGETS}
+    logger.info("phi bank: %d learned generate phis, %d learned encode phis",
+                sum(f"generate:{normalize_target(t)}" in means for t in DEFAULT_TARGETS),
+                sum(f"encode:{m}" in means for m in DEFAULT_MODALITIES))
+    return PhiBank(encode, generate)
+
+
+# ---------------------------------------------------------------- the loop
+
+@dataclass
+class TrainResult:
+    step: int
+    tasks_seen: int
+    out: Path
+    model_dir: Path | None
+    losses: list[float]
+
+
+def _lr_at(cfg: TrainConfig, step: int) -> float:
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    return cfg.lr
+
+
+def build_networks(cfg: TrainConfig, tokenizer: AgentTokenizer) -> tuple[VoxAgentModel, VisionNet]:
+    torch.manual_seed(cfg.seed)
+    model = VoxAgentModel(AgentConfig.from_preset(cfg.preset, tokenizer))
+    overrides = {} if cfg.vision_min_spacing is None else {"min_spacing": cfg.vision_min_spacing}
+    net = build_vision_net(cfg.preset, **overrides)
+    return model, net
+
+
+def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes: float | None = None,
+          resume: bool = False, export: bool = True, progress: bool = True,
+          task_source=None) -> TrainResult:
+    """Train until ``max_steps`` optimizer steps or ``minutes`` of wall time, whichever comes first.
+
+    ``task_source(index) -> (TaskSample, Case)`` replaces the on-the-fly task stream (tests use a
+    fixed instance to check that the loss decreases).
+    """
+    from tqdm import tqdm
+
+    torch.set_num_threads(max(1, cfg.threads))
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / "checkpoint"
+    if resume and (ckpt / STATE_FILE).is_file():
+        model, tokenizer = load_agent(ckpt)
+        net = load_vision(ckpt)
+        state = torch.load(ckpt / STATE_FILE, weights_only=False)
+        saved = TrainConfig(**state["config"])
+        cfg = replace(saved, **{k: getattr(cfg, k) for k in ("checkpoint_minutes", "threads")})
+        step, tasks_seen = int(state["step"]), int(state["tasks_seen"])
+        logger.info("resuming from step %d", step)
+    else:
+        if resume:
+            logger.warning("no checkpoint in %s; starting fresh", out)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed % 2**32)
+        tokenizer = build_tokenizer(cfg, out / "tokenizer.model")
+        model, net = build_networks(cfg, tokenizer)
+        state, step, tasks_seen = None, 0, 0
+    (out / CONFIG_FILE).write_text(json.dumps(asdict(cfg), indent=2) + "\n")
+    model.train()
+    net.train()
+    params = [p for p in model.parameters()] + [p for p in net.parameters()]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr)
+    if state is not None:
+        optimizer.load_state_dict(state["optimizer"])
+        _set_rng_state(state["rng"])
+    source = task_source or (lambda index: sample_training_task(cfg.seed, index))
+
+    log_path = out / "log.csv"
+    new_log = not log_path.exists() or not resume
+    log_file = log_path.open("w" if new_log else "a", newline="")
+    writer = csv.writer(log_file)
+    if new_log:
+        writer.writerow(["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr", "grad_norm",
+                         "seconds", "families"])
+    deadline = time.monotonic() + 60.0 * minutes if minutes else math.inf
+    total = max_steps if max_steps is not None else None
+    bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
+    last_ckpt = time.monotonic()
+    losses: list[float] = []
+    try:
+        while (max_steps is None or step < max_steps) and time.monotonic() < deadline:
+            t0 = time.monotonic()
+            for group in optimizer.param_groups:
+                group["lr"] = _lr_at(cfg, step)
+            ce_sum = dice_sum = 0.0
+            hits = tokens = done = 0
+            families = []
+            lm_done = 0
+            while done < cfg.accum or lm_done < cfg.lm_only_tasks * cfg.accum:
+                joint = done < cfg.accum
+                index = tasks_seen
+                tasks_seen += 1
+                try:
+                    sample, case = source(index)
+                    traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint)
+                except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
+                    logger.warning("task %d skipped: %s", index, exc)
+                    continue
+                if joint:
+                    (traj.loss(cfg.dice_lambda) / cfg.accum).backward()
+                    ce_sum += float(traj.ce.detach())
+                    dice_sum += float(traj.dice_loss.detach())
+                    done += 1
+                else:
+                    (traj.ce / cfg.accum).backward()
+                    lm_done += 1
+                hits += traj.correct_tokens
+                tokens += traj.code_tokens
+                families.append(sample.family + ("" if joint else "(lm)"))
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            ce, dice = ce_sum / cfg.accum, dice_sum / cfg.accum
+            total_loss = ce + cfg.dice_lambda * dice
+            losses.append(total_loss)
+            writer.writerow([step, tasks_seen, f"{total_loss:.5f}", f"{ce:.5f}", f"{dice:.5f}",
+                             f"{hits / max(tokens, 1):.4f}", f"{_lr_at(cfg, step - 1):.2e}", f"{grad_norm:.3f}",
+                             f"{time.monotonic() - t0:.2f}", "+".join(families)])
+            log_file.flush()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss:.3f}", ce=f"{ce:.3f}", dice=f"{dice:.3f}",
+                            acc=f"{hits / max(tokens, 1):.2f}")
+            if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
+                save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg)
+                last_ckpt = time.monotonic()
+    finally:
+        bar.close()
+        log_file.close()
+    save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg)
+    model_dir = None
+    if export:
+        bank = build_phi_bank(model, tokenizer, net, seed=cfg.seed)
+        model_dir = export_model(out / "model", model, tokenizer, net, bank)
+        logger.info("exported model to %s", model_dir)
+    return TrainResult(step=step, tasks_seen=tasks_seen, out=out, model_dir=model_dir, losses=losses)
