@@ -1,0 +1,53 @@
+"""`voxagent eval [--cases N] [--seed S] [--model DIR] [--json] [--report DIR]`: held-out evaluation.
+
+Runs the real agent runtime, sandbox and vision engine of a checkpoint on held-out synthesized tasks
+(seeds >= 10**9, held-out prompt templates) and on the real MNI152 T1; prints the figures as flat
+JSON keys in [0, 1] with --json, and writes eval.json + eval.md into --report.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "voxagent-tiny"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="evaluate a checkpoint on held-out synthesized cases and the MNI T1")
+    p.add_argument("--cases", type=int, default=20, help="held-out synthesized tasks (family i mod 20)")
+    p.add_argument("--seed", type=int, default=0, help="evaluation seed (cases use task seeds >= 10**9)")
+    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="checkpoint directory")
+    p.add_argument("--json", action="store_true", help="print the flat figures as JSON")
+    p.add_argument("--report", type=Path, default=None, help="directory for eval.json and eval.md")
+    p.add_argument("--no-mni", action="store_true", help="skip the MNI152 T1 figures (reported as 0)")
+    p.add_argument("--baselines", type=Path, default=None,
+                   help="baselines.json from `python -m training.baselines` to put next to the joint figures")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from service.cli import CommandError
+
+    if args.cases < 1:
+        raise CommandError("--cases must be positive")
+    if not (args.model / "agent.safetensors").is_file() or not (args.model / "vision.safetensors").is_file():
+        raise CommandError(f"{args.model} is not a checkpoint directory (agent.safetensors + vision.safetensors)")
+    from training.evaluate import evaluate
+    from training.report import markdown, write_report
+
+    figures, report = evaluate(args.model, cases=args.cases, seed=args.seed, mni=not args.no_mni,
+                               progress=not args.json)
+    if args.baselines is not None:
+        if not args.baselines.is_file():
+            raise CommandError(f"no baselines file at {args.baselines}")
+        from training.baselines import joint_rows
+
+        report["baselines"] = joint_rows(json.loads(args.baselines.read_text()), report)
+    if args.report is not None:
+        write_report(report, args.report)
+    if args.json:
+        print(json.dumps(figures, indent=2))
+    else:
+        print(markdown(report))
+    return 0

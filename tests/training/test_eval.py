@@ -1,0 +1,66 @@
+"""`voxagent eval` with the shipped checkpoint: the contract keys, and the issue's figures.
+
+The figures test asserts the targets of issue 6 on a CI-sized held-out set. It is expected to fail
+until a checkpoint that reaches them is shipped (see models/voxagent-tiny/MODEL_CARD.md).
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from training.evaluate import FLAT_KEYS, answer_matches, dice, generated_masks
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = ROOT / "models" / "voxagent-tiny"
+GOALS = {"code_exact_match": 0.95, "task_success": 0.90, "dice_brain": 0.90, "dice_gm": 0.80, "dice_wm": 0.80,
+         "dice_lesion": 0.75, "mni_dice_brain": 0.90, "mni_dice_gm": 0.80, "mni_dice_wm": 0.80,
+         "characterization_accuracy": 0.89}
+MAX_VOLUME_ERROR = 0.05
+
+
+def _eval(*args: str) -> dict[str, float]:
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--model", str(SHIPPED), "--json", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)
+
+
+def test_answer_matching_tolerates_ten_percent_and_nothing_else():
+    assert answer_matches("The brain volume is 1050.0 mL.", "The brain volume is 1000.0 mL.")
+    assert not answer_matches("The brain volume is 1200.0 mL.", "The brain volume is 1000.0 mL.")
+    assert not answer_matches("The lesion is hypointense on T1.", "The lesion is hyperintense on T1.")
+    assert answer_matches("No, the lesion does not enhance.", "No, the lesion does not enhance.")
+
+
+def test_generated_masks_follow_code_order_and_dice():
+    import numpy as np
+
+    from voxel_ops import Volume
+
+    a = Volume(np.ones((2, 2, 2), np.float32), np.eye(4))
+    b = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    codes = ['e = encode(t1<MOD>)\nread(e)', 'gm = generate(e, t1<MOD>, "grey matter")\nb = generate(e, t1<MOD>, "brain")']
+    masks = generated_masks(codes, [a, b])
+    assert masks[("t1", "gray matter")] is a and masks[("t1", "brain")] is b
+    assert dice(a.array, a.array) == 1.0 and dice(a.array, b.array) == 0.0
+
+
+@pytest.mark.slow
+def test_eval_with_shipped_checkpoint_prints_every_key_in_unit_interval():
+    figures = _eval("--cases", "2")
+    assert set(FLAT_KEYS) <= set(figures)
+    for key in FLAT_KEYS:
+        assert 0.0 <= figures[key] <= 1.0, (key, figures[key])
+
+
+@pytest.mark.slow
+def test_shipped_checkpoint_meets_issue_figures():
+    figures = _eval("--cases", "20", "--seed", "1")
+    misses = {k: figures[k] for k, goal in GOALS.items() if figures[k] < goal}
+    if figures["volume_error_median"] > MAX_VOLUME_ERROR:
+        misses["volume_error_median"] = figures["volume_error_median"]
+    assert not misses, f"figures below the issue's targets: {misses}"

@@ -1,0 +1,191 @@
+"""Single-task baselines (VoxelPrompt 5.2, 5.3): no-phi UNets per target and a lesion-side classifier.
+
+* Segmentation: one `VisionNet` with ``baseline=True`` (phi mixing ignores phi) per target, trained
+  with soft Dice on the same synthesized training stream (seeds < 10**9) as the joint model.
+* Characterization: the baseline encoder's interpretable vectors -> Linear -> {left, right, bilateral}
+  for the lesion side, trained with cross-entropy.
+
+Both are scored on the held-out evaluation cases of `training.evaluate` (same seeds, same families),
+so their numbers sit next to the joint model's in the report.
+
+    python -m training.baselines --minutes 6 --out runs/baselines [--eval-cases 20]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from training.trainer import EVAL_SEED_START, train_task_seed
+from vision.losses import soft_dice_loss
+from vision.model import VisionNet, build_vision_net
+from voxel_ops import conform_ras, normalize_intensity
+
+logger = logging.getLogger(__name__)
+
+SEG_TARGETS = ("brain", "gray matter", "white matter")
+SIDES = ("left", "right", "bilateral")
+MIN_SPACING = 4.0  # the same working grid as the shipped tiny joint model
+
+
+def _tensor(vol) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    ras, _ = conform_ras(vol)
+    arr = normalize_intensity(ras).array
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None], tuple(ras.spacing)
+
+
+def _mask_tensor(vol) -> torch.Tensor:
+    ras, _ = conform_ras(vol)
+    return torch.from_numpy(np.ascontiguousarray(ras.array, dtype=np.float32))[None, None]
+
+
+def _tissue_case(seed: int):
+    from training.synth import synthesize_case
+    from training.tasks.families import tissue_spec
+
+    rng = np.random.default_rng([seed, 11])
+    case = synthesize_case(seed, tissue_spec(rng))
+    return case, next(iter(case.scans))
+
+
+def _lesion_case(seed: int):
+    from training.synth import synthesize_case
+    from training.tasks.families import lesion_spec
+
+    rng = np.random.default_rng([seed, 13])
+    case = synthesize_case(seed, lesion_spec(rng))
+    return case, next(iter(case.scans))
+
+
+def _zero_phi() -> torch.Tensor:
+    return torch.zeros(32)
+
+
+def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3) -> tuple[VisionNet, int]:
+    torch.manual_seed(seed)
+    net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
+    opt = torch.optim.Adam(net.parameters(), lr=lr)
+    deadline, steps = time.monotonic() + 60 * minutes, 0
+    while time.monotonic() < deadline:
+        case, scan = _tissue_case(train_task_seed(seed + 500, steps))
+        x, sp = _tensor(case.scans[scan])
+        truth = _mask_tensor(case.mask(target, scan))
+        enc = net.encode([x], [sp], [_zero_phi()])
+        loss = soft_dice_loss(net.generate(enc, 0, _zero_phi()), truth)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return net, steps
+
+
+class SideClassifier(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
+        self.head = nn.Linear(self.net.config.encoding_dim, len(SIDES))
+
+    def forward(self, x: torch.Tensor, spacing) -> torch.Tensor:
+        return self.head(self.net.encode([x], [spacing], [_zero_phi()]).vectors[0])
+
+
+def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3) -> tuple[SideClassifier, int]:
+    torch.manual_seed(seed)
+    model = SideClassifier()
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
+    deadline, steps = time.monotonic() + 60 * minutes, 0
+    while time.monotonic() < deadline:
+        case, scan = _lesion_case(train_task_seed(seed + 700, steps))
+        if not case.lesions:
+            steps += 1
+            continue
+        x, sp = _tensor(case.scans[scan])
+        label = torch.tensor(SIDES.index(case.lesions[0].side))
+        loss = nn.functional.cross_entropy(model(x, sp)[None], label[None])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        steps += 1
+    return model, steps
+
+
+@torch.no_grad()
+def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier, cases: int, seed: int = 0
+                       ) -> dict[str, Any]:
+    """Dice per target on the held-out eval cases' ground-truth generate calls; side accuracy."""
+    from training.evaluate import dice, eval_seed
+    from training.tasks import FAMILIES, sample_task
+    from training.trainer import HELD_OUT_TEMPLATE_START
+
+    families = list(FAMILIES)
+    per_target: dict[str, list[float]] = {t: [] for t in nets}
+    side_hits: list[bool] = []
+    for i in range(cases):
+        fam = families[i % len(families)]
+        sample, case = sample_task(eval_seed(seed, i), fam, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+        for scan, target in sample.generate_calls:
+            if target in nets:
+                x, sp = _tensor(case.scans[scan])
+                net = nets[target].eval()
+                probs = torch.sigmoid(net.generate(net.encode([x], [sp], [_zero_phi()]), 0, _zero_phi()))
+                per_target[target].append(dice(probs[0, 0].numpy(), _mask_tensor(case.mask(target, scan))[0, 0].numpy()))
+        if fam == "lesion_side":
+            scan = next(iter(case.scans))
+            x, sp = _tensor(case.scans[scan])
+            pred = SIDES[int(classifier.eval()(x, sp).argmax())]
+            side_hits.append(pred == sample.expected["side"])
+    return {"dice": {t: (float(np.mean(v)) if v else None) for t, v in per_target.items()},
+            "counts": {t: len(v) for t, v in per_target.items()},
+            "lesion_side_accuracy": float(np.mean(side_hits)) if side_hits else None,
+            "lesion_side_cases": len(side_hits)}
+
+
+def joint_rows(baselines: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """Rows of joint-vs-baseline for the evaluation report."""
+    rows = []
+    budget = baselines.get("budget", "")
+    for target, value in baselines["eval"]["dice"].items():
+        if value is not None:
+            rows.append({"task": f"Dice {target}", "joint": report["dice_all_targets"].get(target, 0.0),
+                         "baseline": value, "budget": budget})
+    side = baselines["eval"].get("lesion_side_accuracy")
+    if side is not None:
+        fam = report["by_family"].get("lesion_side", {})
+        rows.append({"task": "lesion side accuracy", "joint": fam.get("task_success", 0.0), "baseline": side,
+                     "budget": budget})
+    return {"rows": rows, **baselines}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--minutes", type=float, default=6.0, help="budget per baseline")
+    parser.add_argument("--targets", default=",".join(SEG_TARGETS))
+    parser.add_argument("--eval-cases", type=int, default=20)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--out", type=Path, default=Path("runs/baselines"))
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    torch.set_num_threads(args.threads)
+    nets, steps = {}, {}
+    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+        nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed)
+        logger.info("baseline %s: %d steps", target, steps[target])
+    classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed)
+    result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps,
+              "eval": evaluate_baselines(nets, classifier, args.eval_cases, args.seed)}
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

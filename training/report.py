@@ -1,0 +1,48 @@
+"""Evaluation reports on disk: `eval.json` (everything) and `eval.md` (the tables for the model card)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+GOALS = {"code_exact_match": (">=", 0.95), "task_success": (">=", 0.90), "dice_brain": (">=", 0.90),
+         "dice_gm": (">=", 0.80), "dice_wm": (">=", 0.80), "dice_lesion": (">=", 0.75),
+         "mni_dice_brain": (">=", 0.90), "mni_dice_gm": (">=", 0.80), "mni_dice_wm": (">=", 0.80),
+         "characterization_accuracy": (">=", 0.89), "volume_error_median": ("<=", 0.05)}
+
+
+def meets(key: str, value: float) -> bool:
+    op, goal = GOALS[key]
+    return value >= goal if op == ">=" else value <= goal
+
+
+def markdown(report: dict[str, Any]) -> str:
+    fig = report["figures"]
+    lines = ["# voxagent evaluation", "", f"model: `{report.get('model_dir')}`; held-out cases: "
+             f"{report['counts']['cases']} (seed {report.get('seed')})", "",
+             "| figure | value | goal | met |", "|---|---|---|---|"]
+    for key, (op, goal) in GOALS.items():
+        lines.append(f"| {key} | {fig[key]:.3f} | {op} {goal} | {'yes' if meets(key, fig[key]) else 'no'} |")
+    base = report.get("baselines")
+    if base:
+        lines += ["", "## Joint model vs single-task baselines (same synthetic held-out cases)", "",
+                  "| task | joint | baseline | baseline budget |", "|---|---|---|---|"]
+        for row in base.get("rows", []):
+            lines.append(f"| {row['task']} | {row['joint']:.3f} | {row['baseline']:.3f} | {row['budget']} |")
+    lines += ["", "## By family", "", "| family | cases | code exact match | task success |", "|---|---|---|---|"]
+    for fam, f in sorted(report["by_family"].items()):
+        lines.append(f"| {fam} | {f['cases']} | {f['code_exact_match']:.2f} | {f['task_success']:.2f} |")
+    lines += ["", "## Dice, every generated target", "", "| target | Dice | generate calls |", "|---|---|---|"]
+    for t, d in sorted(report["dice_all_targets"].items()):
+        lines.append(f"| {t} | {d:.3f} | {report['counts'].get('dice_' + t, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    js = directory / "eval.json"
+    md = directory / "eval.md"
+    js.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    md.write_text(markdown(report))
+    return js, md
