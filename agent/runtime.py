@@ -5,6 +5,12 @@ each step is decoded greedily token by token, and the step's closing ``<STEP>`` 
 are appended in a single forward (``<ENC>`` positions carrying projected encoding vectors). Nothing
 already in the cache is ever recomputed. The sandbox is reached only through
 ``execute_step(code, phis) -> StepOutcome``.
+
+Termination: a run ends with ``succeeded`` when a step calls ``stop()`` after producing a response,
+metric or output; ``no_answer`` when it stops without any, or when a limit is hit (steps, context
+tokens, wall time, or a step that does not close with ``<STEP>`` within ``max_step_tokens``: such
+code is incomplete and is not executed); ``failed`` only when the sandbox itself breaks or the
+prompt does not fit.
 """
 from __future__ import annotations
 
@@ -135,15 +141,17 @@ class AgentRuntime:
         lim, tok = self.limits, self.tokenizer
         t_start = time.perf_counter()
         deadline = t_start + lim.max_wall_s
-        timings = {"prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
+        timings = {"setup": 0.0, "prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
         result = AnalysisResult(status="no_answer", model=self.model_name)
         transcript = Transcript()
         self.last_transcript = transcript
         responses: list[str] = []
 
         capacity = min(lim.max_total_tokens, self.model.cfg.max_positions)
-        session = self.model.start_session(capacity)
+        with self._lm():
+            session = self.model.start_session(capacity)
         mu1 = initial_state_ids(tok, prompt, scans)
+        timings["setup"] = time.perf_counter() - t_start
         if len(mu1) + 2 > capacity:
             return self._finish(result, "failed", responses, timings, t_start,
                                 error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
