@@ -57,7 +57,7 @@ class VisionEngine:
         preset: str | VisionConfig = "tiny",
         weights: Path | str | None = None,
         device: str | None = None,
-        cache_mb: int = 2048,
+        cache_mb: float = 2048,
         batch_window_ms: float = 3.0,
         max_batch: int = 8,
     ) -> None:

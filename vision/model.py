@@ -114,8 +114,9 @@ class VisionNet(nn.Module):
                 raise ValueError("all streams of one call must have the same batch size")
         plans = [self.plan(x.shape[2:], sp) for x, sp in zip(streams, spacings)]
         phis = [_as_batch_phi(p, batch, self.config.phi_dim).to(self.device, streams[0].dtype) for p in phis]
+        # .contiguous(): arrays straight from NIfTI are Fortran-ordered, a slow path for every op.
         xs = [
-            F.interpolate(x, size=plan.working_shape, mode="area") if plan.reduced else x
+            F.interpolate(x.contiguous(), size=plan.working_shape, mode="area") if plan.reduced else x.contiguous()
             for x, plan in zip(streams, plans)
         ]
 
