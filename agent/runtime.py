@@ -15,6 +15,7 @@ prompt does not fit.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -32,6 +33,31 @@ from agent.tokenizer import AgentTokenizer
 from api_schemas import AnalysisResult, StepTrace
 
 logger = logging.getLogger(__name__)
+
+
+_threads_lock = threading.Lock()
+_threads_users = 0
+_threads_saved = 0
+
+
+@contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Process-wide torch thread count while any run decodes; the first entrant saves the setting and
+    the last one restores it, so concurrent runs (thread pool workers) cannot leave it changed."""
+    global _threads_users, _threads_saved
+    with _threads_lock:
+        if _threads_users == 0:
+            _threads_saved = torch.get_num_threads()
+            if _threads_saved != n:
+                torch.set_num_threads(n)
+        _threads_users += 1
+    try:
+        yield
+    finally:
+        with _threads_lock:
+            _threads_users -= 1
+            if _threads_users == 0 and torch.get_num_threads() != _threads_saved:
+                torch.set_num_threads(_threads_saved)
 
 
 class StepExecutor(Protocol):
@@ -116,29 +142,28 @@ class AgentRuntime:
         prompt: str,
         scans_meta: Sequence[ScanInfo] | Mapping[str, object],
         sandbox: StepExecutor | None = None,
+        limits: RuntimeLimits | None = None,
     ) -> AnalysisResult:
+        """One analysis; ``sandbox`` and ``limits`` override the constructor's for this run only
+        (a runtime shared by concurrent jobs keeps no per-run state except ``last_transcript``)."""
         executor = sandbox or self.sandbox or (self.sandbox_factory() if self.sandbox_factory else None)
         if executor is None:
             raise ValueError("AgentRuntime needs a sandbox (argument, constructor or sandbox_factory)")
-        return self._run(prompt, as_scan_infos(scans_meta), executor)
+        return self._run(prompt, as_scan_infos(scans_meta), executor, limits or self.limits)
 
     @contextmanager
     def _lm(self) -> Iterator[None]:
         """Inference mode and the decode thread count, only while the language model runs."""
-        previous = torch.get_num_threads()
-        switch = self.decode_threads is not None and self.decode_threads != previous
-        if switch:
-            torch.set_num_threads(self.decode_threads)
-        try:
+        if self.decode_threads is None:
             with torch.inference_mode():
                 yield
-        finally:
-            if switch:
-                torch.set_num_threads(previous)
+            return
+        with _torch_threads(self.decode_threads), torch.inference_mode():
+            yield
 
     # ---- the loop ------------------------------------------------------------------------------
-    def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor) -> AnalysisResult:
-        lim, tok = self.limits, self.tokenizer
+    def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor, lim: RuntimeLimits) -> AnalysisResult:
+        tok = self.tokenizer
         t_start = time.perf_counter()
         deadline = t_start + lim.max_wall_s
         timings = {"setup": 0.0, "prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
@@ -166,7 +191,7 @@ class AgentRuntime:
         for index in range(lim.max_steps):
             t_step = time.perf_counter()
             with self._lm():
-                draft = self._decode_step(session, logits, deadline, transcript)
+                draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens)
             t_decoded = time.perf_counter()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
@@ -176,7 +201,7 @@ class AgentRuntime:
             if not draft.ended:
                 trace.error = "step did not end (token, context or time limit); not executed"
                 trace.duration_s = time.perf_counter() - t_step
-                reason = self._limit_reason(session, deadline, draft)
+                reason = self._limit_reason(session, deadline, lim)
                 break
 
             try:
@@ -220,13 +245,13 @@ class AgentRuntime:
         return self._finish(result, "no_answer", responses, timings, t_start, note=reason)
 
     def _decode_step(
-        self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript
+        self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int
     ) -> _StepDraft:
         """Greedy tokens until <STEP>/eos; phi from the hidden state at every fed <MOD>."""
         tokens: list[int] = []
         phis: list[torch.Tensor] = []
         mod_id = self.tokenizer.mod_id
-        for _ in range(self.limits.max_step_tokens):
+        for _ in range(max_tokens):
             next_id = int(torch.argmax(logits))
             if next_id in self._stop_ids:
                 return _StepDraft(tokens, phis, ended=True, end_id=next_id)
@@ -243,12 +268,13 @@ class AgentRuntime:
             logits = self.model.next_token_logits(hidden[-1])
         return _StepDraft(tokens, phis, ended=False)
 
-    def _limit_reason(self, session: DecodeSession, deadline: float, draft: _StepDraft) -> str:
+    @staticmethod
+    def _limit_reason(session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
         if time.perf_counter() > deadline:
-            return f"wall-time limit of {self.limits.max_wall_s:g} s reached"
+            return f"wall-time limit of {lim.max_wall_s:g} s reached"
         if session.remaining <= 2:
             return f"context limit of {session.capacity} tokens reached"
-        return f"a step exceeded {self.limits.max_step_tokens} tokens without ending"
+        return f"a step exceeded {lim.max_step_tokens} tokens without ending"
 
     # ---- result assembly -----------------------------------------------------------------------
     @staticmethod

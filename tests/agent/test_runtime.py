@@ -170,3 +170,29 @@ def test_end_to_end_with_the_real_sandbox_and_vision_engine(tokenizer, random_mo
     assert any(m.unit == "mL" for m in result.metrics)
     tr = runtime.last_transcript
     assert tr.ids.count(tokenizer.enc_id) == 2 and tr.enc_vectors[0].shape == (2, 256)
+
+
+def test_concurrent_runs_share_a_runtime_and_restore_torch_threads(tokenizer, random_model):
+    from concurrent.futures import ThreadPoolExecutor
+
+    def job(_):
+        model = scripted(tokenizer, random_model, [STEP_1, STEP_2])
+        executor = RecordingExecutor([StepOutcome(feedback=[Feedback(text="4 mL")]),
+                                      StepOutcome(stopped=True, responses=["4 mL"])])
+        result = AgentRuntime(model, tokenizer, executor, decode_threads=1).run("p", SCANS)
+        return result.status, [p for _, phis in executor.calls for p in phis]
+
+    torch.set_num_threads(2)
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        outcomes = list(pool.map(job, range(3)))
+    assert torch.get_num_threads() == 2
+    assert all(status == "succeeded" for status, _ in outcomes)
+    # same values; bitwise equality is not promised across OpenMP thread pools (reduction order)
+    assert all(torch.allclose(a, b, atol=1e-5) for _, phis in outcomes[1:] for a, b in zip(outcomes[0][1], phis))
+
+
+def test_limits_can_be_given_per_run(tokenizer, random_model):
+    runtime = AgentRuntime(random_model, tokenizer, RecordingExecutor(), limits=RuntimeLimits(max_steps=5))
+    result = runtime.run("p", SCANS, limits=RuntimeLimits(max_steps=1, max_step_tokens=5))
+    assert result.status == "no_answer" and len(result.trace) == 1
+    assert len(runtime.last_transcript.generated) <= 6 and runtime.limits.max_steps == 5
