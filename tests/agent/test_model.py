@@ -9,7 +9,7 @@ from agent.config import AgentConfig
 from agent.model import VoxAgentModel
 from agent.runtime import AgentRuntime, RuntimeLimits
 from agent.state import StepRecord, build_training_sequence, collate_sequences
-from tests.agent.conftest import RecordingExecutor, text_and_vector_outcome, vectors
+from tests.agent.conftest import RecordingExecutor, text_and_vector_outcome
 from tests.agent.test_state import SCANS, STEP_CODE
 
 
