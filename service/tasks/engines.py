@@ -57,8 +57,8 @@ def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir
 
     from agent.runtime import RuntimeLimits
 
-    runtime = resources.agent_runtime(models_dir)
-    runtime.limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget
+    runtime = resources.agent_runtime(models_dir)  # shared by concurrent jobs: never mutate it per job
+    limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget
     sandbox = Sandbox(scans, client=client, phi_bank=resources.phi_bank(models_dir), output_dir=output_dir,
                       job_id=job_id)
-    return runtime.run(prompt, scans, sandbox=sandbox)
+    return runtime.run(prompt, scans, sandbox=sandbox, limits=limits)
