@@ -185,6 +185,7 @@ def export_model(directory: Path, model: VoxAgentModel, tokenizer: AgentTokenize
 CANONICAL_TARGETS = ("brain", "gray matter", "white matter", "cerebrospinal fluid", "left hemisphere",
                      "right hemisphere", "lesion", "edema", "enhancing tumor", "necrosis")
 CANONICAL_MODALITIES = ("T1", "T1C", "T2", "FLAIR", "CT", "DWI", "ADC")
+FULL_TARGET_MODALITIES = ("T1", "FLAIR", "T1C")
 
 
 def _canonical_sample(target: str, scan: str, seed: int):
@@ -228,7 +229,9 @@ def build_phi_bank(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
                 except Exception:
                     logger.exception("phi-bank case for %s failed", modality)
                     continue
-                for target in CANONICAL_TARGETS:
+                # every modality gives its encode phi; generate phis are averaged over a few of them
+                targets = CANONICAL_TARGETS if modality in FULL_TARGET_MODALITIES else CANONICAL_TARGETS[:1]
+                for target in targets:
                     if not case.mask(target, scan).array.any():
                         continue
                     sample = _canonical_sample(target, scan, case_seed)
@@ -275,11 +278,12 @@ def build_networks(cfg: TrainConfig, tokenizer: AgentTokenizer) -> tuple[VoxAgen
 
 def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes: float | None = None,
           resume: bool = False, export: bool = True, progress: bool = True,
-          task_source=None) -> TrainResult:
+          task_source=None, keep_on_resume: tuple[str, ...] = ()) -> TrainResult:
     """Train until ``max_steps`` optimizer steps or ``minutes`` of wall time, whichever comes first.
 
     ``task_source(index) -> (TaskSample, Case)`` replaces the on-the-fly task stream (tests use a
-    fixed instance to check that the loss decreases).
+    fixed instance to check that the loss decreases). On resume the saved configuration wins, except
+    for ``checkpoint_minutes``, ``threads`` and the fields named in ``keep_on_resume``.
     """
     from tqdm import tqdm
 
@@ -292,7 +296,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
         net = load_vision(ckpt)
         state = torch.load(ckpt / STATE_FILE, weights_only=False)
         saved = TrainConfig(**state["config"])
-        cfg = replace(saved, **{k: getattr(cfg, k) for k in ("checkpoint_minutes", "threads")})
+        cfg = replace(saved, **{k: getattr(cfg, k) for k in ("checkpoint_minutes", "threads", *keep_on_resume)})
         step, tasks_seen = int(state["step"]), int(state["tasks_seen"])
         logger.info("resuming from step %d", step)
     else:
