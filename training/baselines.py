@@ -168,7 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=6.0, help="budget per baseline")
     parser.add_argument("--targets", default=",".join(SEG_TARGETS))
     parser.add_argument("--eval-cases", type=int, default=20)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="training seed")
+    parser.add_argument("--eval-seed", type=int, default=None,
+                        help="held-out case seed, as `voxagent eval --seed` (default: --seed)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/baselines"))
     args = parser.parse_args(argv)
@@ -180,7 +182,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.info("baseline %s: %d steps", target, steps[target])
     classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed)
     result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps,
-              "eval": evaluate_baselines(nets, classifier, args.eval_cases, args.seed)}
+              "eval_seed": args.seed if args.eval_seed is None else args.eval_seed,
+              "eval": evaluate_baselines(nets, classifier, args.eval_cases,
+                                         args.seed if args.eval_seed is None else args.eval_seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
