@@ -70,7 +70,14 @@ def test_exec_runs_a_program_and_writes_outputs(scan_file, tmp_path):
     saved = nib.load(doc["outputs"][0]["path"])
     assert saved.get_data_dtype() == np.uint8 and np.allclose(saved.affine, phantom().affine)
     assert len(doc["trace"]) == 3 and doc["trace"][0]["feedback"] == ["<1 encoding vectors>"]
-    assert "untrained" in result.stderr  # no shipped weights in a clean checkout: said so, not hidden
+    # the shipped checkpoint is used by default; without weights the untrained network is announced
+    assert "untrained" not in result.stderr and "untrained" not in (doc["model"] or "")
+    empty = tmp_path / "no-model"
+    empty.mkdir()
+    bare = voxagent("exec", "--scan", f"t1={scan_file}", "--modality", "t1=T1", "--code", str(program),
+                    "--out", str(tmp_path / "out2"), "--model", str(empty), "--json")
+    assert bare.returncode == 0, bare.stderr
+    assert "untrained" in bare.stderr and "untrained" in json.loads(bare.stdout)["model"]
 
 
 def test_exec_reads_stdin_and_reports_code_errors(scan_file, tmp_path):
