@@ -44,13 +44,7 @@ class OracleVisionClient:
         self.calls: list[tuple[str, str]] = []  # (scan, target) of every generate, for inspection
 
     def _scan_name(self, volume: Volume) -> str:
-        for name, scan in self.case.scans.items():
-            if scan is volume:
-                return name
-        for name, scan in self.case.scans.items():
-            if scan.same_grid(volume) and scan.meta.source_name == volume.meta.source_name:
-                return name
-        raise KeyError("the oracle only knows the scans of its case")
+        return self.case.scan_name(volume)
 
     def target_of(self, phi: Any) -> str:
         vec = np.asarray(phi.detach().cpu().numpy() if hasattr(phi, "detach") else phi, dtype=np.float32).ravel()

@@ -81,13 +81,7 @@ class TrainingVisionClient:
 
     # -- helpers --------------------------------------------------------------------------
     def _scan_name(self, volume: Volume) -> str:
-        for name, scan in self.case.scans.items():
-            if scan is volume:
-                return name
-        for name, scan in self.case.scans.items():
-            if scan.same_grid(volume) and scan.meta.source_name == volume.meta.source_name:
-                return name
-        raise KeyError("the training client only encodes the scans of its case")
+        return self.case.scan_name(volume)
 
     def _input(self, name: str) -> tuple[torch.Tensor, tuple[float, float, float], Any]:
         """Conformed, normalised tensor of a case scan, exactly as `VisionEngine.encode` prepares it."""

@@ -119,6 +119,20 @@ class Case:
         return codes.with_array(lut.astype(np.uint8)[codes.array], modality="mask",
                                 series_description=target)
 
+    def scan_name(self, volume: Volume) -> str:
+        """Which of this case's scans ``volume`` is: the same object, else the same grid and source.
+
+        Vision clients used in training and evaluation receive Volumes from the sandbox and must map
+        them back to the case's ground truth.
+        """
+        for name, scan in self.scans.items():
+            if scan is volume:
+                return name
+        for name, scan in self.scans.items():
+            if scan.same_grid(volume) and scan.meta.source_name == volume.meta.source_name:
+                return name
+        raise KeyError("this volume is not one of the case's scans")
+
     def scans_of_session(self, session: int) -> list[str]:
         return [s.name for s in self.spec.scans if s.session == session]
 
