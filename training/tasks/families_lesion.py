@@ -216,6 +216,27 @@ class LesionRegion(Family):
         return self.sample(p, self.prompt(rng, ti, LESION_BOUND), answer, {"side": t.side, "region": t.region}, ti, case)
 
 
+
+def _paired_signal_program(first: tuple[str, str], second: tuple[str, str], answer: str) -> Program:
+    """Lesion signal on two paired sequences (pre/post contrast, DWI/ADC) against white matter.
+
+    ``first``/``second`` are (scan, variable) pairs; the lesion is found on FLAIR, white matter on the
+    first scan of the pair, both signals are read back and the answer follows in the next step.
+    """
+    (scan_a, var_a), (scan_b, var_b) = first, second
+    p = Program()
+    p.encode(["flair", scan_a, scan_b])
+    lesion = p.generate("flair", "lesion")
+    wm = p.generate(scan_a, "white matter")
+    p.line(f"{var_a} = signal({scan_a}, {lesion}, {wm})")
+    p.line(f"{var_b} = signal({scan_b}, {lesion}, {wm})")
+    p.line(f"read({var_a})")
+    p.line(f"read({var_b})")
+    p.end_step()
+    p.respond(answer)
+    return p
+
+
 class Enhancement(Family):
     name = "enhancement"
     templates = (
@@ -237,18 +258,9 @@ class Enhancement(Family):
         return Draw(_flair_lesion_spec(rng, extra, count=(1, 1), enhancing_prob=0.5, radius_mm=(6.0, 15.0)))
 
     def build(self, case, draw, rng, ti):
-        p = Program()
-        p.encode(["flair", "t1", "t1c"])
-        lesion = p.generate("flair", "lesion")
-        wm = p.generate("t1", "white matter")
-        p.line(f"pre = signal(t1, {lesion}, {wm})")
-        p.line(f"post = signal(t1c, {lesion}, {wm})")
-        p.line("read(pre)")
-        p.line("read(post)")
-        p.end_step()
         enh = case.lesions[0].enhancing
         answer = "Yes, the lesion enhances after contrast." if enh else "No, the lesion does not enhance."
-        p.respond(answer)
+        p = _paired_signal_program(("t1", "pre"), ("t1c", "post"), answer)
         return self.sample(p, self.prompt(rng, ti, LESION_BOUND), answer, {"enhancing": enh}, ti, case)
 
 
@@ -273,18 +285,9 @@ class Restriction(Family):
         return Draw(_flair_lesion_spec(rng, extra, count=(1, 1), restricting_prob=0.5, radius_mm=(6.0, 15.0)))
 
     def build(self, case, draw, rng, ti):
-        p = Program()
-        p.encode(["flair", "dwi", "adc"])
-        lesion = p.generate("flair", "lesion")
-        wm = p.generate("dwi", "white matter")
-        p.line(f"d = signal(dwi, {lesion}, {wm})")
-        p.line(f"a = signal(adc, {lesion}, {wm})")
-        p.line("read(d)")
-        p.line("read(a)")
-        p.end_step()
         res = case.lesions[0].restricting
         answer = "Yes, the lesion restricts diffusion." if res else "No, the lesion does not restrict diffusion."
-        p.respond(answer)
+        p = _paired_signal_program(("dwi", "d"), ("adc", "a"), answer)
         return self.sample(p, self.prompt(rng, ti, LESION_BOUND), answer, {"restricting": res}, ti, case)
 
 
