@@ -87,8 +87,10 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
         if mods:
             prefix = torch.tensor(ids, dtype=torch.long, device=device)
             vectors = torch.cat(enc_chunks) if enc_chunks else None
-            hidden = model(prefix, enc_vectors=vectors).hidden[0]
-            phis = list(model.phi_head(hidden[mods]))
+            # language-only: phi only feeds a no-grad encode (generate answers the truth), so no graph
+            with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
+                hidden = model(prefix, enc_vectors=vectors).hidden[0]
+                phis = list(model.phi_head(hidden[mods]))
         n_gen_before = len(client.generates)
         outcome = sandbox.execute_step(code, phis)
         if outcome.error:
