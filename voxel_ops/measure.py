@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import cc3d
 import numpy as np
+from scipy import ndimage
 
 from voxel_ops._mask import as_bool, axis_counts, index_box, require_same_grid, to_mask_volume, values_at
 from voxel_ops.errors import MeasurementError
@@ -169,6 +170,48 @@ def largest_component(mask: Volume, connectivity: int = 26) -> Volume:
     if comps.count <= 1:  # the mask is its own largest piece
         return to_mask_volume(mask, as_bool(mask).copy())
     return to_mask_volume(mask, comps.component(1))
+
+
+# RAS world axis and sign of each direction a piece can be picked by
+DIRECTIONS: dict[str, tuple[int, int]] = {
+    "left": (0, -1), "right": (0, 1), "posterior": (1, -1), "anterior": (1, 1),
+    "inferior": (2, -1), "superior": (2, 1),
+}
+
+
+def _pick_component(mask: Volume, comps: Components, score: np.ndarray) -> Volume:
+    """The piece with the highest score (ties: the larger piece, i.e. the lower rank)."""
+    return to_mask_volume(mask, comps.component(int(np.argmax(score)) + 1))
+
+
+def extreme_component(mask: Volume, direction: str, connectivity: int = 26) -> Volume:
+    """uint8 mask of the piece whose world centroid lies furthest toward ``direction`` (RAS).
+
+    "The most superior lesion" is decided by centroids in scanner space, so the answer does not
+    depend on how the array is stored (any orientation, oblique grids included).
+    """
+    if direction not in DIRECTIONS:
+        raise MeasurementError(f"direction must be one of {sorted(DIRECTIONS)}, got {direction!r}")
+    comps = connected_components(mask, connectivity)
+    if comps.count <= 1:
+        return to_mask_volume(mask, as_bool(mask).copy())
+    ranks = comps.labels.array
+    index = np.arange(1, comps.count + 1)
+    centres = np.asarray(ndimage.center_of_mass(np.ones(ranks.shape, dtype=np.uint8), ranks, index))  # (n, 3)
+    world = centres @ mask.affine[:3, :3].T + mask.affine[:3, 3]
+    axis, sign = DIRECTIONS[direction]
+    return _pick_component(mask, comps, sign * world[:, axis])
+
+
+def brightest_component(image: Volume, mask: Volume, connectivity: int = 26) -> Volume:
+    """uint8 mask of the piece with the highest mean intensity in ``image`` (same grid)."""
+    require_same_grid(image, mask)
+    comps = connected_components(mask, connectivity)
+    if comps.count <= 1:
+        return to_mask_volume(mask, as_bool(mask).copy())
+    index = np.arange(1, comps.count + 1)
+    means = np.asarray(ndimage.mean(np.asarray(image.array, dtype=np.float64), comps.labels.array, index))
+    return _pick_component(mask, comps, means)
 
 
 def hemisphere(mask: Volume, midline_x_mm: float = 0.0, tolerance: float = 0.05) -> str:
@@ -316,12 +359,15 @@ def _centre_ranges_oblique(inside: np.ndarray, affine: np.ndarray) -> tuple[np.n
 
 __all__ = [
     "Components",
+    "DIRECTIONS",
     "asymmetry_index",
+    "brightest_component",
     "bounding_box_mm",
     "centroid_mm",
     "change",
     "connected_components",
     "extents_mm",
+    "extreme_component",
     "hemisphere",
     "intensity_stats",
     "largest_component",

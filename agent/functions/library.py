@@ -259,6 +259,20 @@ def largest_component(ctx: CallContext, mask: Mask) -> Mask:
     return Mask(vo.largest_component(mask.volume), f"largest component of {mask.name}", mask.source)
 
 
+def extreme_component(ctx: CallContext, mask: Mask, direction: str) -> Mask:
+    if direction not in vo.DIRECTIONS:
+        raise SandboxRuntimeError(
+            f"extreme_component(): direction must be one of {', '.join(sorted(vo.DIRECTIONS))}, got {direction!r}")
+    return Mask(vo.extreme_component(mask.volume, direction), f"most {direction} component of {mask.name}",
+                mask.source)
+
+
+def brightest_component(ctx: CallContext, scan: ImageValue, mask: Mask) -> Mask:
+    on_scan = _mask_on_grid(mask, scan)
+    return Mask(vo.brightest_component(scan.volume, on_scan), f"brightest component of {mask.name} in {scan.name}",
+                mask.source)
+
+
 def hemisphere(ctx: CallContext, mask: Mask) -> str:
     return str(vo.hemisphere(mask.volume))
 
@@ -375,6 +389,11 @@ def build_registry() -> Registry:
             "Asymmetry index of a left and a right value.", asymmetry),
         _fn("count_components", [m], "quantity", "Number of connected components of a mask.", count_components),
         _fn("largest_component", [m], "mask", "The largest connected component of a mask.", largest_component),
+        _fn("extreme_component", [m, Param("direction", TEXT)], "mask",
+            "The connected component lying furthest toward a direction: superior, inferior, left, right, "
+            "anterior or posterior (by world centroid).", extreme_component),
+        _fn("brightest_component", [s, m], "mask",
+            "The connected component of a mask with the highest mean intensity in a scan.", brightest_component),
         _fn("hemisphere", [m], "text", "Side of a mask: 'left', 'right' or 'bilateral'.", hemisphere),
         _fn("union", [Param("a", MASK), Param("b", MASK)], "mask", "Voxels in a or b.", union),
         _fn("intersection", [Param("a", MASK), Param("b", MASK)], "mask", "Voxels in both a and b.", intersection),

@@ -38,7 +38,8 @@ def test_every_function_is_listed_with_signature_and_description():
     registry = default_registry()
     expected = {"encode", "generate", "read", "respond", "output", "stop", "volume", "extents", "height", "width",
                 "depth", "bbox", "centroid", "mean_intensity", "intensity_stats", "snr", "ratio", "difference",
-                "change", "percent_change", "asymmetry", "count_components", "largest_component", "hemisphere",
+                "change", "percent_change", "asymmetry", "count_components", "largest_component", "extreme_component",
+                "brightest_component", "hemisphere",
                 "union", "intersection", "subtract", "dilate", "erode", "fill_holes", "crop", "keep", "remove",
                 "threshold", "signal"}
     assert set(registry) == expected
@@ -143,6 +144,24 @@ def test_components_hemisphere_largest(make_sandbox, t1):
     assert box.env["v"].value == pytest.approx(64 * 0.008)
     assert (box.env["side"], box.env["both"]) == ("left", "bilateral")
     assert "must be a mask" in box.execute_step("count_components(two)").error
+
+
+def test_components_picked_by_direction_and_brightness(make_sandbox, t1):
+    """Pieces told apart by where they lie (world axes) and by their mean intensity in a scan."""
+    pieces = np.zeros_like(t1.array)
+    pieces[2:6, 2:6, 2:6] = 1.0  # 64 voxels, low x/y/z corner: left, posterior, inferior
+    pieces[14:17, 14:17, 14:17] = 1.0  # 27 voxels, high corner: right, anterior, superior
+    bright = t1.array * 0 + 10.0
+    bright[14:17, 14:17, 14:17] = 90.0
+    box = make_sandbox(scans={"t1": t1, "two": t1.with_array(pieces), "img": t1.with_array(bright)})
+    ok(box, "m = threshold(two, 0.5)\nup = volume(extreme_component(m, 'superior'))\n"
+            "low = volume(extreme_component(m, 'inferior'))\nleft = volume(extreme_component(m, 'left'))\n"
+            "hot = volume(brightest_component(img, m))")
+    env = box.env
+    assert env["up"].value == pytest.approx(27 * 0.008) and env["hot"].value == pytest.approx(27 * 0.008)
+    assert env["low"].value == pytest.approx(64 * 0.008) and env["left"].value == pytest.approx(64 * 0.008)
+    assert "direction must be one of" in box.execute_step("extreme_component(m, 'upwards')").error
+    assert "must be a mask" in box.execute_step("brightest_component(img, two)").error
 
 
 def test_morphology_and_fill(box, t1):

@@ -7,6 +7,8 @@ import re
 import numpy as np
 import pytest
 
+import voxel_ops as vo
+
 from agent.phi_bank import DEFAULT_TARGETS, PhiBank
 from agent.sandbox import Sandbox
 from training.oracle import OracleVisionClient
@@ -152,6 +154,25 @@ def test_read_back_values_decide_the_characterization_answers(name):
         box = _run(sample, case)
         read_back = box.trace[-2].feedback
         assert READ_CHECKS[name](read_back, sample.expected), (name, seed, read_back, sample.expected)
+
+
+def test_lesion_targeting_covers_every_description_and_measures_the_named_lesion():
+    """Largest, left/right-sided, most superior and hyperintense: the program picks the recorded lesion."""
+    seen = {}
+    for seed in range(300, 340):
+        sample, case = sample_task(seed, "target_lesion")
+        seen.setdefault(sample.expected["description"], (sample, case))
+        if len(seen) == 5:
+            break
+    assert set(seen) == {"largest", "left", "right", "superior", "hyperintense"}
+    for desc, (sample, case) in seen.items():
+        box = _run(sample, case)
+        assert box.responses[-1] == sample.answer, (desc, box.responses)
+        got = box.env["v"].value
+        truth = case.mask("lesion", "flair", lesion=sample.expected["lesion_index"])
+        assert got == pytest.approx(vo.volume_ml(truth), rel=1e-6), desc
+        others = [t.index for t in case.lesions if t.index != sample.expected["lesion_index"]]
+        assert all(abs(vo.volume_ml(case.mask("lesion", "flair", lesion=i)) - got) > 1e-9 for i in others)
 
 
 def test_sample_task_is_deterministic_and_template_restriction_holds():

@@ -103,6 +103,26 @@ def test_hemisphere_follows_world_x_not_array_axes(codes):
     assert vo.hemisphere(reoriented(left, codes), midline_x_mm=-20.0) == "right"
 
 
+@pytest.mark.parametrize("codes", ["RAS", "LPI", "PSR"])
+def test_components_are_picked_by_world_direction_and_brightness_in_any_orientation(codes):
+    affine = grid_affine(SPACING, SHAPE)
+    high = ellipsoid(affine, SHAPE, (8.0, -5.0, 12.0), (4.0, 4.0, 6.0))  # right, posterior, superior
+    low = ellipsoid(affine, SHAPE, (-8.0, 6.0, -12.0), (5.0, 5.0, 7.0))  # left, anterior, inferior (larger)
+    both = reoriented(vo.union(high, low), codes)
+    high_r, low_r = reoriented(high, codes), reoriented(low, codes)
+    expect = {"superior": high_r, "right": high_r, "posterior": high_r,
+              "inferior": low_r, "left": low_r, "anterior": low_r}
+    for direction, piece in expect.items():
+        picked = vo.extreme_component(both, direction)
+        assert picked.array.dtype == np.uint8 and np.array_equal(picked.array, piece.array), direction
+    image = both.with_array(np.where(high_r.array > 0, 80.0, 0.0) + np.where(low_r.array > 0, 40.0, 0.0))
+    assert np.array_equal(vo.brightest_component(image, both).array, high_r.array)
+    with pytest.raises(vo.MeasurementError):
+        vo.extreme_component(both, "up")
+    single = reoriented(low, codes)
+    assert np.array_equal(vo.extreme_component(single, "superior").array, single.array)
+
+
 def test_union_intersection_difference():
     a, b = _grid(_box((0, 0, 0), (10, 10, 10))), _grid(_box((5, 5, 5), (15, 15, 15)))
     assert int(vo.union(a, b).array.sum()) == 2000 - 125

@@ -50,6 +50,7 @@ class LesionSpec:
     growth_range: tuple[float, float] = (0.4, 2.5)  # volume ratio between sessions
     stable_prob: float = 0.2  # probability the lesion keeps its size
     visible_on: tuple[str, ...] = ()  # sequence families on which lesions must not be isointense
+    flair_classes: tuple[str, ...] | None = None  # per-lesion FLAIR signal class (cycled); None = drawn
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,8 @@ def _design_lesions(seed: int, spec: CaseSpec, anatomy: Anatomy) -> list[les.Les
         weights = {p: float(m.sum()) for p, m in parts.items() if p != PART_EDEMA}
         if sum(weights.values()) == 0:
             weights = {PART_SOLID: 1.0}
-        les.design_signal(rng, d, weights, ls.visible_on)
+        forced = {"FLAIR": ls.flair_classes[i % len(ls.flair_classes)]} if ls.flair_classes else None
+        les.design_signal(rng, d, weights, ls.visible_on, forced)
         # keep later lesions apart from this one (grown size plus a gap)
         grow = max(1, int(np.ceil((d.radius_mm * max(1.0, growth) ** (1 / 3) * 1.6 + d.edema_mm + 6)
                                   / anatomy.resolution_mm)))

@@ -75,17 +75,18 @@ def _factor(rng: np.random.Generator, cls: str) -> float:
 
 
 def design_signal(rng: np.random.Generator, design: LesionDesign, part_weights: dict[int, float],
-                  visible_on: tuple[str, ...] = ()) -> None:
+                  visible_on: tuple[str, ...] = (), forced: dict[str, str] | None = None) -> None:
     """Choose per-family class and part factors; weighted mean of factors stays in the class band.
 
-    Families in `visible_on` never get an isointense lesion (tasks that must find the lesion there).
+    Families in `visible_on` never get an isointense lesion (tasks that must find the lesion there);
+    `forced` fixes the class of some families (tasks that need lesions told apart by their signal).
     """
     parts = [PART_SOLID, PART_RIM, PART_CORE]  # every part gets a factor (a shrunk lesion may lose its core)
     for fam in ("T1", "T2", "FLAIR", "CT", "random"):
         priors = dict(CLASS_PRIORS[fam])
         if fam in visible_on:
             priors.pop(ISO)
-        cls = _choice(rng, priors)
+        cls = forced[fam] if forced and fam in forced else _choice(rng, priors)
         if fam == "T1" and design.enhancing and cls == HYPER:
             cls = ISO  # an enhancing lesion must not already be bright before contrast
         design.signal[fam] = cls

@@ -10,7 +10,7 @@ import numpy as np
 
 import voxel_ops as vo
 from training.synth import CaseSpec, LesionSpec, ScanSpec
-from training.synth.lesions import HYPER
+from training.synth.lesions import HYPER, HYPO
 from training.tasks.families import Draw, Family, pick, q
 from training.tasks.program import Program
 from training.tasks.targets import SCAN_PHRASES, SEQUENCE_NAMES, truth_mask
@@ -308,40 +308,87 @@ class TargetLesion(Family):
     )
     DESCRIPTIONS = {"largest": ["largest", "biggest", "dominant", "largest-volume"],
                     "left": ["left-sided", "left hemisphere", "left"],
-                    "right": ["right-sided", "right hemisphere", "right"]}
+                    "right": ["right-sided", "right hemisphere", "right"],
+                    "superior": ["most superior", "uppermost", "highest", "most cranial"],
+                    "hyperintense": ["hyperintense", "FLAIR-bright", "bright", "FLAIR-hyperintense"]}
+    ANSWER_NAMES = {"superior": "most superior"}  # how the answer names the chosen lesion
+    # the library call that picks each description's lesion out of the lesion mask
+    PICKERS = {"largest": "largest_component({lesion})",
+               "superior": 'extreme_component({lesion}, "superior")',
+               "hyperintense": "brightest_component(flair, {lesion})"}
 
     def draw(self, rng):
-        desc = pick(rng, ("largest", "left", "right"))
-        if desc == "largest":
+        desc = pick(rng, ("largest", "left", "right", "superior", "hyperintense"))
+        if desc in ("left", "right"):
+            spec = _flair_lesion_spec(rng, count=(2, 2), sides=("left", "right"), radius_mm=(5.0, 13.0))
+        elif desc == "hyperintense":  # one bright lesion among dark ones, on either side
+            sides = (pick(rng, ("left", "right")), pick(rng, ("left", "right")))
+            classes = (HYPER, HYPO) if rng.random() < 0.5 else (HYPO, HYPER)
+            spec = _flair_lesion_spec(rng, count=(2, 2), sides=sides, radius_mm=(5.0, 13.0), flair_classes=classes)
+        else:
             sides = (pick(rng, ("left", "right")), pick(rng, ("left", "right")))
             spec = _flair_lesion_spec(rng, count=(2, 3), sides=sides, radius_mm=(5.0, 15.0))
-        else:
-            spec = _flair_lesion_spec(rng, count=(2, 2), sides=("left", "right"), radius_mm=(5.0, 13.0))
         return Draw(spec, {"desc": desc})
 
-    def build(self, case, draw, rng, ti):
-        desc = draw.params["desc"]
-        vols = {t.index: t.volume_ml["flair"] for t in case.lesions}
+    @staticmethod
+    def _picked_by_library(case, desc: str) -> int | None:
+        """The lesion the description's library call selects on the true mask, if it is one whole lesion."""
+        union = case.mask("lesion", "flair")
+        if vo.connected_components(union).count != len(case.lesions):
+            return None  # touching lesions: "the most superior one" is not well defined
+        if desc == "superior":
+            picked = vo.extreme_component(union, "superior")
+        else:
+            picked = vo.brightest_component(case.scans["flair"], union)
+        for t in case.lesions:
+            if np.array_equal(picked.array > 0, case.mask("lesion", "flair", lesion=t.index).array > 0):
+                return t.index
+        return None
+
+    def _usable(self, case, desc: str, vols: dict[int, float]) -> int | None:
+        """Index of the lesion ``desc`` names unambiguously on this case, else None."""
         if desc == "largest":
             ordered = sorted(vols.values())
-            if len(ordered) > 1 and ordered[-1] < 1.15 * ordered[-2]:
-                desc = pick(rng, ("left", "right")) if {t.side for t in case.lesions} >= {"left", "right"} \
-                    and sum(t.side == "left" for t in case.lesions) == 1 else "largest"
+            return max(vols, key=vols.get) if len(ordered) == 1 or ordered[-1] >= 1.15 * ordered[-2] else None
+        if desc in ("left", "right"):
+            on_side = [t.index for t in case.lesions if t.side == desc]
+            return on_side[0] if len(on_side) == 1 else None
+        if desc == "superior":
+            heights = sorted((t.centroid_mm["flair"][2], t.index) for t in case.lesions)
+            if len(heights) < 2 or heights[-1][0] - heights[-2][0] < 10.0:
+                return None
+            chosen = heights[-1][1]
+        else:  # hyperintense: exactly one lesion bright on FLAIR, the others dark
+            bright = [t.index for t in case.lesions if t.signal["FLAIR"] == HYPER]
+            if len(bright) != 1 or any(t.signal["FLAIR"] != HYPO for t in case.lesions if t.index != bright[0]):
+                return None
+            chosen = bright[0]
+        return chosen if self._picked_by_library(case, desc) == chosen else None
+
+    def build(self, case, draw, rng, ti):
+        vols = {t.index: t.volume_ml["flair"] for t in case.lesions}
+        desc = draw.params["desc"]
+        chosen = self._usable(case, desc, vols)
+        for fallback in ("largest", *rng.permutation(["left", "right"])):
+            if chosen is not None:
+                break
+            desc, chosen = str(fallback), self._usable(case, str(fallback), vols)
+        if chosen is None:  # nothing names one lesion unambiguously: ask for the largest anyway
+            desc, chosen = "largest", max(vols, key=vols.get)
         p = Program()
         p.encode(["flair"])
         lesion = p.generate("flair", "lesion")
-        if desc == "largest":
-            chosen = max(vols, key=vols.get)
-            p.line(f"target = largest_component({lesion})")
+        if desc in self.PICKERS:
+            p.line(f"target = {self.PICKERS[desc].format(lesion=lesion)}")
         else:
             hemi = p.generate("flair", f"{desc} hemisphere")
-            chosen = next(t.index for t in case.lesions if t.side == desc)
             p.line(f"target = intersection({lesion}, {hemi})")
         p.line("v = volume(target)")
-        p.respond(f"The {desc} lesion measures {{v}}.", fstring=True)
+        name = self.ANSWER_NAMES.get(desc, desc)
+        p.respond(f"The {name} lesion measures {{v}}.", fstring=True)
         ml = vo.volume_ml(case.mask("lesion", "flair", lesion=chosen))
         bound = LESION_BOUND | {"desc": self.DESCRIPTIONS[desc]}
-        return self.sample(p, self.prompt(rng, ti, bound), f"The {desc} lesion measures {q(ml, 'mL')}.",
+        return self.sample(p, self.prompt(rng, ti, bound), f"The {name} lesion measures {q(ml, 'mL')}.",
                            {"description": desc, "lesion_index": chosen, "volume_ml": ml}, ti, case)
 
 
