@@ -35,7 +35,7 @@ ANY = ArgType("any", (object,), phrase="any value")
 
 MAX_MORPHOLOGY_MM = 50.0
 MAX_MARGIN_MM = 100.0
-SIGNAL_CONTRAST = 0.05  # |mean difference| / robust intensity range above which signal is hyper/hypo
+SIGNAL_CONTRAST = 0.15  # |mean difference| / reference mean above which signal is hyper/hypo
 OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
 
 
@@ -279,10 +279,12 @@ def hemisphere(ctx: CallContext, mask: Mask) -> str:
 
 def signal(ctx: CallContext, scan: ImageValue, mask: Mask, reference_mask: Mask) -> str:
     inside = _stats(scan, mask)["mean"]
-    reference = _stats(scan, reference_mask)["mean"]
-    data = np.asarray(scan.volume.array, dtype=np.float64)
-    low, high = np.percentile(data, [1.0, 99.0])
-    contrast = (inside - reference) / max(float(high - low), 1e-6)
+    ref = _stats(scan, reference_mask)
+    # relative to the reference tissue itself, not to the whole image: on CT, air and bone span
+    # thousands of HU and would make every lesion "isointense". The reference's own spread stands in
+    # for its mean when that is near zero (zero-centred intensities).
+    scale = max(abs(ref["mean"]), ref["std"], 1e-6)
+    contrast = (inside - ref["mean"]) / scale
     if contrast > SIGNAL_CONTRAST:
         return "hyperintense"
     if contrast < -SIGNAL_CONTRAST:

@@ -146,6 +146,22 @@ def test_components_hemisphere_largest(make_sandbox, t1):
     assert "must be a mask" in box.execute_step("count_components(two)").error
 
 
+@pytest.mark.parametrize("lesion_hu, expected", [(15.0, "hypointense"), (45.0, "hyperintense"), (28.5, "isointense")])
+def test_signal_on_ct_is_relative_to_the_reference_tissue(make_sandbox, t1, lesion_hu, expected):
+    """Air (-1000 HU) and bone (+1500 HU) must not swamp a 13 HU difference within brain tissue."""
+    array = np.full(t1.shape, -1000.0, dtype=np.float32)
+    array[1:-1, 1:-1, 1:-1] = 1500.0  # skull
+    array[3:-3, 3:-3, 3:-3] = 28.0  # white matter
+    lesion = np.zeros(t1.shape, dtype=np.float32)
+    lesion[8:12, 8:12, 8:12] = 1.0
+    array[lesion > 0] = lesion_hu
+    wm = (array == 28.0).astype(np.float32)
+    ct = make_sandbox(scans={"ct": t1.with_array(array), "lesion_map": t1.with_array(lesion),
+                             "wm_map": t1.with_array(wm)})
+    ok(ct, "s = signal(ct, threshold(lesion_map, 0.5), threshold(wm_map, 0.5))")
+    assert ct.env["s"] == expected
+
+
 def test_components_picked_by_direction_and_brightness(make_sandbox, t1):
     """Pieces told apart by where they lie (world axes) and by their mean intensity in a scan."""
     pieces = np.zeros_like(t1.array)
