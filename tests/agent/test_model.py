@@ -40,6 +40,28 @@ def test_cached_session_matches_full_forward_with_encodings(tokenizer, random_mo
     torch.testing.assert_close(got, ref, atol=2e-5, rtol=1e-4)
 
 
+def test_scripted_decoder_layers_equal_the_eager_function(tokenizer, random_model):
+    """The TorchScript kernel is the Python function compiled, not a second implementation."""
+    from agent.decode_kernel import compiled_decoder_layers, decoder_layers
+
+    scripted = compiled_decoder_layers()
+    assert isinstance(scripted, torch.jit.ScriptFunction)
+    cfg = random_model.cfg
+    weights = [[w[k] for w in random_model.fused_weights()] for k in ("qkv_t", "o_t", "gate_up_t", "down_t")]
+    session = random_model.start_session(64)
+    torch.manual_seed(0)
+    x = torch.randn(5, cfg.hidden_size)
+    blocked = ~torch.ones(5, 5, dtype=torch.bool).tril()
+    outs = []
+    for fn in (decoder_layers, scripted):
+        cache = torch.zeros_like(session.kv_cache)
+        outs.append((fn(x, *weights, cache, session.rotation[:5], blocked, session.final_norm, 0,
+                        cfg.num_heads, cfg.head_dim, cfg.rms_norm_eps), cache))
+    torch.testing.assert_close(outs[0][0], outs[1][0], atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(outs[0][1], outs[1][1], atol=1e-6, rtol=1e-5)
+    assert outs[0][1][:, :, :, :5].abs().sum() > 0 and outs[0][1][:, :, :, 5:].abs().sum() == 0
+
+
 class StepEveryN(VoxAgentModel):
     """The random model, except that every n-th decision is forced to <STEP> so steps end and
     feedback (text and encoding vectors) gets appended; it records the hidden state of each decision."""
