@@ -38,6 +38,7 @@ from agent.config import AgentConfig
 from agent.model import VoxAgentModel
 from agent.phi_bank import DEFAULT_MODALITIES, DEFAULT_TARGETS, PhiBank, normalize_target
 from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
+from training.phi_probe import PhiProbe
 from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
 from vision.checkpoint import load_vision, save_vision
 from vision.model import VisionNet, build_vision_net
@@ -60,6 +61,7 @@ class TrainConfig:
     lm_only_tasks: int = 5  # extra language-only tasks per optimizer step (CE only; cheap on CPU)
     clip: float = 1.0
     dice_lambda: float = DICE_LAMBDA
+    phi_lambda: float = 0.1  # weight of the phi-probe loss (training/phi_probe.py); 0 = paper eq. 2 only
     seed: int = 0
     vision_min_spacing: float | None = 4.0  # working spacing of the tiny vision net (CPU budget)
     vocab_size: int = TINY_VOCAB
@@ -155,12 +157,14 @@ def _set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(out: Path, model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionNet,
-                    optimizer: torch.optim.Optimizer, step: int, tasks_seen: int, cfg: TrainConfig) -> Path:
+                    optimizer: torch.optim.Optimizer, step: int, tasks_seen: int, cfg: TrainConfig,
+                    probe: PhiProbe | None = None) -> Path:
     def write(tmp: Path) -> None:
         save_agent(model, tokenizer, tmp)
         save_vision(net, tmp)
+        extra = {"phi_probe": probe.to_state()} if probe is not None else {}
         torch.save({"step": step, "tasks_seen": tasks_seen, "optimizer": optimizer.state_dict(),
-                    "rng": _rng_state(), "config": asdict(cfg)}, tmp / STATE_FILE)
+                    "rng": _rng_state(), "config": asdict(cfg), **extra}, tmp / STATE_FILE)
 
     final = out / "checkpoint"
     _atomic_dir(final, write)
@@ -315,6 +319,11 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         _set_rng_state(state["rng"])
+    # the probe has its own optimizer so checkpoints from before it existed still resume
+    probe = PhiProbe(model.cfg.phi_dim) if cfg.phi_lambda > 0 else None
+    if probe is not None and state is not None and "phi_probe" in state:
+        probe.load_from_state(state["phi_probe"])
+    probe_optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr) if probe is not None else None
     source = task_source or (lambda index: sample_training_task(cfg.seed, index))
 
     log_path = out / "log.csv"
@@ -323,7 +332,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr", "grad_norm",
-                         "seconds", "families"])
+                         "seconds", "families", "phi_loss", "phi_probe_acc"])
     deadline = time.monotonic() + 60.0 * minutes if minutes else math.inf
     total = max_steps if max_steps is not None else None
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
@@ -334,7 +343,8 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
             t0 = time.monotonic()
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            ce_sum = dice_sum = 0.0
+            ce_sum = dice_sum = phi_sum = 0.0
+            phi_hits = phi_seen = 0
             hits = tokens = done = 0
             families = []
             lm_done = 0
@@ -348,13 +358,21 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                 except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
                     logger.warning("task %d skipped: %s", index, exc)
                     continue
+                phi_loss = traj.ce.new_zeros(())
+                if probe is not None and traj.mod_phis is not None and traj.mod_labels is not None:
+                    phi_loss = probe.loss(traj.mod_phis, traj.mod_labels)
+                    acc = probe.accuracy(traj.mod_phis, traj.mod_labels)
+                    if acc == acc:  # not NaN
+                        phi_hits += acc * len(traj.mod_labels)
+                        phi_seen += len(traj.mod_labels)
+                    phi_sum += float(phi_loss.detach())
                 if joint:
-                    (traj.loss(cfg.dice_lambda) / cfg.accum).backward()
+                    ((traj.loss(cfg.dice_lambda) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
                     ce_sum += float(traj.ce.detach())
                     dice_sum += float(traj.dice_loss.detach())
                     done += 1
                 else:
-                    (traj.ce / cfg.accum).backward()
+                    ((traj.ce + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
                     lm_done += 1
                 hits += traj.correct_tokens
                 tokens += traj.code_tokens
@@ -362,24 +380,29 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if probe_optimizer is not None:
+                probe_optimizer.step()
+                probe_optimizer.zero_grad(set_to_none=True)
             step += 1
+            n_tasks = max(done + lm_done, 1)
             ce, dice = ce_sum / cfg.accum, dice_sum / cfg.accum
             total_loss = ce + cfg.dice_lambda * dice
             losses.append(total_loss)
             writer.writerow([step, tasks_seen, f"{total_loss:.5f}", f"{ce:.5f}", f"{dice:.5f}",
                              f"{hits / max(tokens, 1):.4f}", f"{_lr_at(cfg, step - 1):.2e}", f"{grad_norm:.3f}",
-                             f"{time.monotonic() - t0:.2f}", "+".join(families)])
+                             f"{time.monotonic() - t0:.2f}", "+".join(families), f"{phi_sum / n_tasks:.4f}",
+                             f"{phi_hits / phi_seen:.3f}" if phi_seen else ""])
             log_file.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}", ce=f"{ce:.3f}", dice=f"{dice:.3f}",
-                            acc=f"{hits / max(tokens, 1):.2f}")
+                            acc=f"{hits / max(tokens, 1):.2f}", phi=f"{phi_sum / n_tasks:.3f}")
             if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
-                save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg)
+                save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg, probe)
                 last_ckpt = time.monotonic()
     finally:
         bar.close()
         log_file.close()
-    save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg)
+    save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg, probe)
     model_dir = None
     if export:
         bank = build_phi_bank(model, tokenizer, net, seed=cfg.seed)

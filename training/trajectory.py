@@ -23,6 +23,7 @@ from agent.sandbox import Sandbox
 from agent.sandbox.limits import SandboxLimits
 from agent.state import IGNORE_INDEX, feedback_tokens, initial_state_ids, scan_infos_from_volumes
 from agent.tokenizer import AgentTokenizer
+from training.phi_probe import mod_labels
 from training.synth import Case
 from training.tasks import TaskSample
 from training.vision_client_train import GenerateRecord, TrainingVisionClient
@@ -44,6 +45,10 @@ class Trajectory:
     code_tokens: int
     correct_tokens: int  # teacher-forced argmax hits on eta tokens (a cheap accuracy signal)
     phis: list[tuple[str, torch.Tensor]] = field(default_factory=list)  # ("encode:<modality>"|"generate:<target>", phi)
+    # every <MOD>'s phi from the final forward (with grad) and what it instructs, for the phi probe;
+    # labels None when some marker could not be labelled
+    mod_phis: torch.Tensor | None = None
+    mod_labels: list[str] | None = None
 
     @property
     def dice_loss(self) -> torch.Tensor:
@@ -77,6 +82,8 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
     labeled = [False] * len(ids)
     enc_chunks: list[torch.Tensor] = []
     phi_log: list[tuple[str, torch.Tensor]] = []
+    modality_of = {name: case.modality(name) for name in case.scans}
+    labels_of_mods: list[str] | None = []
     for i, code in enumerate(sample.steps):
         code_ids = tok.encode(code) + [tok.step_id]
         start = len(ids)
@@ -84,6 +91,10 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
         labeled += [True] * len(code_ids)
         phis = None
         mods = [p for p in range(start, len(ids)) if ids[p] == tok.mod_id]
+        step_labels = mod_labels(code, modality_of)
+        if labels_of_mods is not None:
+            ok = step_labels is not None and len(step_labels) == len(mods)
+            labels_of_mods = labels_of_mods + step_labels if ok else None
         if mods:
             prefix = torch.tensor(ids, dtype=torch.long, device=device)
             vectors = torch.cat(enc_chunks) if enc_chunks else None
@@ -118,8 +129,14 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
         hits = int(((pred == target) & (target != IGNORE_INDEX)).sum())
         n_code = int((target != IGNORE_INDEX).sum())
     dice = [soft_dice_loss(g.logits.float(), g.truth) for g in client.generates]
+    # phi at every labelled <MOD> from this final forward: same values as the prefix forwards (causal),
+    # with grad into the agent even on language-only passes
+    mod_at = [p for p in range(len(ids)) if ids[p] == tok.mod_id and labeled[p]]
+    mod_phis = model.phi_head(out.hidden[0][mod_at]) if mod_at else None
     return Trajectory(ce=out.loss, dice_losses=dice, generates=client.generates, code_tokens=n_code,
-                      correct_tokens=hits, phis=phi_log)
+                      correct_tokens=hits, phis=phi_log, mod_phis=mod_phis,
+                      mod_labels=labels_of_mods if labels_of_mods is not None and len(labels_of_mods) == len(mod_at)
+                      else None)
 
 
 def _label_phis(code: str, phis: list[torch.Tensor], generates: list[GenerateRecord], case: Case

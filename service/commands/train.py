@@ -22,6 +22,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--accum", type=int, default=None, help="tasks per optimizer step (gradient accumulation)")
     p.add_argument("--lm-tasks", type=int, default=None,
                    help="language-only tasks per optimizer step next to each joint task (tiny default 5)")
+    p.add_argument("--phi-lambda", type=float, default=None,
+                   help="weight of the phi-probe loss that keeps instructions apart (default 0.1; 0 = paper eq. 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints")
     p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
@@ -38,8 +40,10 @@ def run(args: argparse.Namespace) -> int:
     from training.trainer import TrainConfig, train
 
     cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
-                                 checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks)
-    keep = ("lm_only_tasks",) if args.lm_tasks is not None else ()
+                                 checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
+                                 phi_lambda=args.phi_lambda)
+    keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda))
+                 if value is not None)
     result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
                    export=not args.no_export, keep_on_resume=keep)
     print(f"trained to step {result.step} ({result.tasks_seen} tasks); run dir {result.out}"
