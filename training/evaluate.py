@@ -211,9 +211,32 @@ def evaluate(model_dir: Path, cases: int = 20, seed: int = 0, *, mni: bool = Tru
             results.append(CaseResult(eval_seed(seed, i), fam, "", False, False, f"error: {exc}", None))
     mni_dice = ev.mni() if mni else {}
     figures, report = summarize(results, mni_dice)
+    report["phi_separation"] = phi_separation(model_dir)
     report["model_dir"] = str(model_dir)
     report["seed"] = seed
     return figures, report
+
+
+def phi_separation(model_dir: Path) -> dict[str, Any]:
+    """How far apart the agent's generate instructions are: cosine between the phi-bank vectors of
+    the trained targets (the mean phi the agent emits for each). Near 1 for every pair means the
+    generator cannot tell targets apart, whatever its own weights (the collapse training/phi_probe.py
+    counters)."""
+    from agent.phi_bank import PhiBank
+    from training.trainer import CANONICAL_TARGETS
+
+    path = Path(model_dir) / "phi_bank.safetensors"
+    if not path.is_file():
+        return {}
+    bank = PhiBank.load(path)
+    vectors = np.stack([bank.generate_phi(t) for t in CANONICAL_TARGETS]).astype(np.float64)
+    unit = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+    cos = unit @ unit.T
+    pairs = [(CANONICAL_TARGETS[i], CANONICAL_TARGETS[j], float(cos[i, j]))
+             for i in range(len(CANONICAL_TARGETS)) for j in range(i + 1, len(CANONICAL_TARGETS))]
+    closest = max(pairs, key=lambda p: p[2])
+    return {"targets": list(CANONICAL_TARGETS), "max_cosine": closest[2], "closest_pair": list(closest[:2]),
+            "mean_cosine": float(np.mean([p[2] for p in pairs]))}
 
 
 def _mean(values: Sequence[float]) -> float:

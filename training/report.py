@@ -29,6 +29,13 @@ def markdown(report: dict[str, Any]) -> str:
                   "| task | joint | baseline | baseline budget |", "|---|---|---|---|"]
         for row in base.get("rows", []):
             lines.append(f"| {row['task']} | {row['joint']:.3f} | {row['baseline']:.3f} | {row['budget']} |")
+    sep = report.get("phi_separation") or {}
+    if sep:
+        lines += ["", "## Instruction (phi) separation", "",
+                  f"Cosine between the agent's generate phis for {len(sep['targets'])} trained targets: "
+                  f"mean {sep['mean_cosine']:.3f}, max {sep['max_cosine']:.3f} "
+                  f"({sep['closest_pair'][0]} vs {sep['closest_pair'][1]}). Near 1 = one instruction for every "
+                  "target: the generator cannot tell what to segment."]
     lines += ["", "## By family", "", "| family | cases | code exact match | task success |", "|---|---|---|---|"]
     for fam, f in sorted(report["by_family"].items()):
         lines.append(f"| {fam} | {f['cases']} | {f['code_exact_match']:.2f} | {f['task_success']:.2f} |")

@@ -57,3 +57,24 @@ def test_probe_loss_separates_collapsed_phis():
     assert probe.accuracy(phis, labels) == 1.0
     assert float(cos[~torch.eye(3, dtype=torch.bool)].max()) < 0.99
     assert probe.loss(phis[:0], []) == 0.0
+
+
+def test_eval_reports_phi_separation_of_the_bank(tmp_path):
+    import numpy as np
+
+    from agent.phi_bank import DEFAULT_MODALITIES, DEFAULT_TARGETS, PhiBank
+    from training.evaluate import phi_separation
+
+    default = PhiBank.default()
+    encode = {m: default.encode_phi(m) for m in DEFAULT_MODALITIES}
+    apart = tmp_path / "apart"
+    apart.mkdir()
+    PhiBank(encode, {t: default.generate_phi(t) for t in DEFAULT_TARGETS}).save(apart / "phi_bank.safetensors")
+    collapsed = tmp_path / "collapsed"
+    collapsed.mkdir()
+    one = np.linspace(0.1, 2.0, 32).astype(np.float32)
+    PhiBank(encode, {t: one * (1 + 0.001 * i) for i, t in enumerate(DEFAULT_TARGETS)}).save(
+        collapsed / "phi_bank.safetensors")
+    assert phi_separation(apart)["max_cosine"] < 0.9
+    assert phi_separation(collapsed)["mean_cosine"] > 0.999
+    assert phi_separation(tmp_path) == {}
