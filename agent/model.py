@@ -187,8 +187,8 @@ class DecodeSession:
         self.cfg = cfg
         self.capacity = capacity
         self.length = 0
-        self.layers = model.fused_weights()
-        self._weights = tuple([w[name] for w in self.layers] for name in ("qkv_t", "o_t", "gate_up_t", "down_t"))
+        layers = model.fused_weights()
+        self._weights = tuple([w[name] for w in layers] for name in ("qkv_t", "o_t", "gate_up_t", "down_t"))
         self._layers = compiled_decoder_layers()
         device, dtype = model.device, model.llama.lm_head.weight.dtype
         H, hd = cfg.num_heads, cfg.head_dim

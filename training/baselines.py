@@ -181,10 +181,9 @@ def main(argv: list[str] | None = None) -> int:
         nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed)
         logger.info("baseline %s: %d steps", target, steps[target])
     classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed)
-    result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps,
-              "eval_seed": args.seed if args.eval_seed is None else args.eval_seed,
-              "eval": evaluate_baselines(nets, classifier, args.eval_cases,
-                                         args.seed if args.eval_seed is None else args.eval_seed)}
+    eval_seed = args.seed if args.eval_seed is None else args.eval_seed
+    result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps, "eval_seed": eval_seed,
+              "eval": evaluate_baselines(nets, classifier, args.eval_cases, eval_seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -102,12 +102,11 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
             with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
                 hidden = model(prefix, enc_vectors=vectors).hidden[0]
                 phis = list(model.phi_head(hidden[mods]))
-        n_gen_before = len(client.generates)
         outcome = sandbox.execute_step(code, phis)
         if outcome.error:
             raise TrajectoryError(f"{sample.family} seed {sample.seed} step {i}: {outcome.error}")
-        if phis:
-            phi_log.extend(_label_phis(code, phis, client.generates[n_gen_before:], case))
+        if phis and step_labels is not None and len(step_labels) == len(phis):
+            phi_log.extend((label, phi.detach()) for label, phi in zip(step_labels, phis))
         if i + 1 == len(sample.steps):
             break
         z = feedback_tokens(tok, outcome.feedback, None, dim)
@@ -137,27 +136,6 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
                       correct_tokens=hits, phis=phi_log, mod_phis=mod_phis,
                       mod_labels=labels_of_mods if labels_of_mods is not None and len(labels_of_mods) == len(mod_at)
                       else None)
-
-
-def _label_phis(code: str, phis: list[torch.Tensor], generates: list[GenerateRecord], case: Case
-                ) -> list[tuple[str, torch.Tensor]]:
-    """Name each phi of a step by what it instructed (for building the phi bank after training).
-
-    Markers in an encode call come first in the ground-truth code's steps (one encode per step at
-    most); markers of generate calls follow in call order.
-    """
-    import re
-
-    labels: list[str] = []
-    enc = re.search(r"encode\(([^)]*)\)", code)
-    if enc:
-        for arg in enc.group(1).split(","):
-            name = arg.replace("<MOD>", "").strip()
-            labels.append(f"encode:{case.modality(name) if name in case.scans else 'unknown'}")
-    labels += [f"generate:{g.target}" for g in generates]
-    if len(labels) != len(phis):
-        return []
-    return [(lab, p.detach()) for lab, p in zip(labels, phis)]
 
 
 def phi_summary(trajectories_phis: list[tuple[str, torch.Tensor]]) -> dict[str, np.ndarray]:

@@ -45,7 +45,6 @@ from voxel_ops.masks import (
     union,
 )
 from voxel_ops.measure import (
-    DIRECTIONS,
     Components,
     asymmetry_index,
     bounding_box_mm,
@@ -69,7 +68,6 @@ from voxel_ops.volume import Volume, VolumeMeta
 __all__ = [
     "AffineError",
     "Components",
-    "DIRECTIONS",
     "DataTypeError",
     "DimensionError",
     "GridMismatchError",

@@ -198,7 +198,7 @@ def extreme_component(mask: Volume, direction: str, connectivity: int = 26) -> V
     ranks = comps.labels.array
     index = np.arange(1, comps.count + 1)
     centres = np.asarray(ndimage.center_of_mass(np.ones(ranks.shape, dtype=np.uint8), ranks, index))  # (n, 3)
-    world = centres @ mask.affine[:3, :3].T + mask.affine[:3, 3]
+    world = mask.voxel_to_world(centres)
     axis, sign = DIRECTIONS[direction]
     return _pick_component(mask, comps, sign * world[:, axis])
 
