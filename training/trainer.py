@@ -61,6 +61,9 @@ class TrainConfig:
     lm_only_tasks: int = 5  # extra language-only tasks per optimizer step (CE only; cheap on CPU)
     clip: float = 1.0
     dice_lambda: float = DICE_LAMBDA
+    # voxel cross-entropy next to soft Dice in the segmentation term (nnU-Net's Dice + CE); 0 = paper eq. 2.
+    # Without it lesion generates stalled at soft Dice ~1 on a brain-sized blob (see vision/losses.py).
+    bce_weight: float = 1.0
     phi_lambda: float = 0.1  # weight of the phi-probe loss (training/phi_probe.py); 0 = paper eq. 2 only
     seed: int = 0
     vision_min_spacing: float | None = 4.0  # working spacing of the tiny vision net (CPU budget)
@@ -266,6 +269,18 @@ class TrainResult:
     losses: list[float]
 
 
+LOG_COLUMNS = ["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr", "grad_norm",
+               "seconds", "families", "phi_loss", "phi_probe_acc", "bce_loss"]
+
+
+def _upgrade_log_header(path: Path) -> None:
+    """Give a resumed run's log the current header (columns are only ever appended; older rows stay short)."""
+    lines = path.read_text().splitlines(keepends=True)
+    if lines and lines[0].rstrip("\r\n").split(",") != LOG_COLUMNS:
+        lines[0] = ",".join(LOG_COLUMNS) + "\r\n"
+        path.write_text("".join(lines))
+
+
 def _lr_at(cfg: TrainConfig, step: int) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
@@ -299,7 +314,8 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
         model, tokenizer = load_agent(ckpt)
         net = load_vision(ckpt)
         state = torch.load(ckpt / STATE_FILE, weights_only=False)
-        saved = TrainConfig(**state["config"])
+        # runs saved before bce_weight existed trained on soft Dice alone
+        saved = TrainConfig(**{"bce_weight": 0.0, **state["config"]})
         cfg = replace(saved, **{k: getattr(cfg, k) for k in ("checkpoint_minutes", "threads", *keep_on_resume)})
         step, tasks_seen = int(state["step"]), int(state["tasks_seen"])
         logger.info("resuming from step %d", step)
@@ -328,11 +344,12 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
 
     log_path = out / "log.csv"
     new_log = not log_path.exists() or not resume
+    if not new_log:
+        _upgrade_log_header(log_path)
     log_file = log_path.open("w" if new_log else "a", newline="")
     writer = csv.writer(log_file)
     if new_log:
-        writer.writerow(["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr", "grad_norm",
-                         "seconds", "families", "phi_loss", "phi_probe_acc"])
+        writer.writerow(LOG_COLUMNS)
     deadline = time.monotonic() + 60.0 * minutes if minutes else math.inf
     total = max_steps if max_steps is not None else None
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
@@ -343,7 +360,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
             t0 = time.monotonic()
             for group in optimizer.param_groups:
                 group["lr"] = _lr_at(cfg, step)
-            ce_sum = dice_sum = phi_sum = 0.0
+            ce_sum = dice_sum = bce_sum = phi_sum = 0.0
             phi_hits = phi_seen = 0
             hits = tokens = done = 0
             families = []
@@ -367,9 +384,10 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                         phi_seen += len(traj.mod_labels)
                     phi_sum += float(phi_loss.detach())
                 if joint:
-                    ((traj.loss(cfg.dice_lambda) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
+                    ((traj.loss(cfg.dice_lambda, cfg.bce_weight) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
                     ce_sum += float(traj.ce.detach())
                     dice_sum += float(traj.dice_loss.detach())
+                    bce_sum += float(traj.bce_loss.detach())
                     done += 1
                 else:
                     ((traj.ce + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
@@ -385,13 +403,13 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                 probe_optimizer.zero_grad(set_to_none=True)
             step += 1
             n_tasks = max(done + lm_done, 1)
-            ce, dice = ce_sum / cfg.accum, dice_sum / cfg.accum
-            total_loss = ce + cfg.dice_lambda * dice
+            ce, dice, bce = ce_sum / cfg.accum, dice_sum / cfg.accum, bce_sum / cfg.accum
+            total_loss = ce + cfg.dice_lambda * (dice + cfg.bce_weight * bce)
             losses.append(total_loss)
             writer.writerow([step, tasks_seen, f"{total_loss:.5f}", f"{ce:.5f}", f"{dice:.5f}",
                              f"{hits / max(tokens, 1):.4f}", f"{_lr_at(cfg, step - 1):.2e}", f"{grad_norm:.3f}",
                              f"{time.monotonic() - t0:.2f}", "+".join(families), f"{phi_sum / n_tasks:.4f}",
-                             f"{phi_hits / phi_seen:.3f}" if phi_seen else ""])
+                             f"{phi_hits / phi_seen:.3f}" if phi_seen else "", f"{bce:.5f}"])
             log_file.flush()
             bar.update(1)
             bar.set_postfix(loss=f"{total_loss:.3f}", ce=f"{ce:.3f}", dice=f"{dice:.3f}",

@@ -27,7 +27,7 @@ from training.phi_probe import mod_labels
 from training.synth import Case
 from training.tasks import TaskSample
 from training.vision_client_train import GenerateRecord, TrainingVisionClient
-from vision.losses import soft_dice_loss
+from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet
 
 DICE_LAMBDA = 0.1  # paper 3.3
@@ -41,6 +41,7 @@ class TrajectoryError(RuntimeError):
 class Trajectory:
     ce: torch.Tensor  # mean CE over eta tokens
     dice_losses: list[torch.Tensor]  # one soft-Dice loss per generate
+    bce_losses: list[torch.Tensor]  # one voxel cross-entropy per generate (same order)
     generates: list[GenerateRecord]
     code_tokens: int
     correct_tokens: int  # teacher-forced argmax hits on eta tokens (a cheap accuracy signal)
@@ -56,8 +57,16 @@ class Trajectory:
             return self.ce.new_zeros(())
         return torch.stack(self.dice_losses).mean()
 
-    def loss(self, dice_lambda: float = DICE_LAMBDA) -> torch.Tensor:
-        return self.ce + dice_lambda * self.dice_loss
+    @property
+    def bce_loss(self) -> torch.Tensor:
+        if not self.bce_losses:
+            return self.ce.new_zeros(())
+        return torch.stack(self.bce_losses).mean()
+
+    def loss(self, dice_lambda: float = DICE_LAMBDA, bce_weight: float = 0.0) -> torch.Tensor:
+        """CE + lambda * (soft Dice + bce_weight * voxel CE); bce_weight 0 is paper eq. 2."""
+        seg = self.dice_loss + bce_weight * self.bce_loss if bce_weight else self.dice_loss
+        return self.ce + dice_lambda * seg
 
 
 def _training_limits() -> SandboxLimits:
@@ -128,11 +137,12 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
         hits = int(((pred == target) & (target != IGNORE_INDEX)).sum())
         n_code = int((target != IGNORE_INDEX).sum())
     dice = [soft_dice_loss(g.logits.float(), g.truth) for g in client.generates]
+    bce = [voxel_bce_loss(g.logits.float(), g.truth) for g in client.generates]
     # phi at every labelled <MOD> from this final forward: same values as the prefix forwards (causal),
     # with grad into the agent even on language-only passes
     mod_at = [p for p in range(len(ids)) if ids[p] == tok.mod_id and labeled[p]]
     mod_phis = model.phi_head(out.hidden[0][mod_at]) if mod_at else None
-    return Trajectory(ce=out.loss, dice_losses=dice, generates=client.generates, code_tokens=n_code,
+    return Trajectory(ce=out.loss, dice_losses=dice, bce_losses=bce, generates=client.generates, code_tokens=n_code,
                       correct_tokens=hits, phis=phi_log, mod_phis=mod_phis,
                       mod_labels=labels_of_mods if labels_of_mods is not None and len(labels_of_mods) == len(mod_at)
                       else None)

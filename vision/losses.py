@@ -20,6 +20,16 @@ def soft_dice_loss(logits: Tensor, target: Tensor, eps: float = 1e-6) -> Tensor:
     return 1.0 - soft_dice(torch.sigmoid(logits), target.to(logits.dtype), eps)
 
 
+def voxel_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Mean voxel-wise binary cross-entropy, the partner of soft Dice in nnU-Net's segmentation loss.
+
+    Soft Dice alone barely pushes back on a large false-positive region around a small target (its
+    gradient per voxel falls with the square of the predicted volume), which is how a generator can
+    sit on a brain-sized blob for a 100-voxel lesion; cross-entropy penalizes every wrong voxel.
+    """
+    return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
+
+
 def hard_dice(probs: Tensor, target: Tensor, threshold: float = 0.5) -> float:
     """Dice of the thresholded prediction, for reporting."""
     pred = (probs > threshold).to(torch.float32)

@@ -24,6 +24,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="language-only tasks per optimizer step next to each joint task (tiny default 5)")
     p.add_argument("--phi-lambda", type=float, default=None,
                    help="weight of the phi-probe loss that keeps instructions apart (default 0.1; 0 = paper eq. 2)")
+    p.add_argument("--bce-weight", type=float, default=None,
+                   help="voxel cross-entropy next to soft Dice in the segmentation term (default 1; 0 = paper eq. 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints")
     p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
@@ -41,9 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
                                  checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
-                                 phi_lambda=args.phi_lambda)
-    keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda))
-                 if value is not None)
+                                 phi_lambda=args.phi_lambda, bce_weight=args.bce_weight)
+    keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda),
+                                          ("bce_weight", args.bce_weight)) if value is not None)
     result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
                    export=not args.no_export, keep_on_resume=keep)
     print(f"trained to step {result.step} ({result.tasks_seen} tasks); run dir {result.out}"

@@ -72,3 +72,26 @@ def test_export_writes_models_layout(tmp_path):
 
     AgentRuntime.from_checkpoint(out)
     assert VisionEngine.load(out).config.min_spacing == 8.0
+
+
+def test_old_runs_resume_without_cross_entropy(tmp_path):
+    """A checkpoint saved before bce_weight existed trained on soft Dice alone, and resumes that way."""
+    task = lambda index: _fixed_task()  # noqa: E731
+    train(_cfg(bce_weight=0.5), tmp_path, max_steps=1, export=False, progress=False, task_source=task)
+    state_path = tmp_path / "checkpoint" / STATE_FILE
+    state = torch.load(state_path, weights_only=False)
+    assert state["config"]["bce_weight"] == 0.5
+    del state["config"]["bce_weight"]
+    torch.save(state, state_path)
+    log = tmp_path / "log.csv"
+    old_header = "step,tasks_seen,loss,ce,dice_loss,token_acc,lr,grad_norm,seconds,families,phi_loss,phi_probe_acc"
+    lines = log.read_text().splitlines()
+    log.write_text("\r\n".join([old_header] + [line.rsplit(",", 1)[0] for line in lines[1:]]) + "\r\n")
+
+    train(_cfg(), tmp_path, max_steps=2, resume=True, export=False, progress=False, task_source=task)
+    import json
+
+    assert json.loads((tmp_path / "train_config.json").read_text())["bce_weight"] == 0.0
+    rows = _rows(log)
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert float(rows[1]["bce_loss"]) > 0  # logged (not weighted) and the header names it

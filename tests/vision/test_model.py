@@ -186,3 +186,20 @@ def test_soft_dice():
     assert hard_dice(t * 0.9, t) == pytest.approx(1.0)
     big = torch.full_like(t, 20.0) * (2 * t - 1)
     assert soft_dice_loss(big, t).item() < 1e-3
+
+
+def test_voxel_bce_pushes_back_on_a_false_positive_blob():
+    """Why the trainer adds voxel CE: on a small target under a large blob, soft Dice's gradient vanishes."""
+    from vision.losses import voxel_bce_loss
+
+    target = torch.zeros(1, 1, 32, 32, 32)
+    target[..., 14:17, 14:17, 14:17] = 1  # 27 voxels
+    logits = torch.full_like(target, 4.0)  # p ~ 0.98 everywhere: a blob 1200x the target
+    logits.requires_grad_(True)
+    soft_dice_loss(logits, target).backward()
+    dice_push = logits.grad[target == 0].abs().mean().item()
+    logits.grad = None
+    voxel_bce_loss(logits, target).backward()
+    bce_push = logits.grad[target == 0].abs().mean().item()
+    assert bce_push > 100 * dice_push, (bce_push, dice_push)
+    assert voxel_bce_loss(torch.full_like(target, -20.0) + 40 * target, target).item() < 1e-6
