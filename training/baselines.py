@@ -1,7 +1,8 @@
 """Single-task baselines (VoxelPrompt 5.2, 5.3): no-phi UNets per target and a lesion-side classifier.
 
 * Segmentation: one `VisionNet` with ``baseline=True`` (phi mixing ignores phi) per target, trained
-  with soft Dice on the same synthesized training stream (seeds < 10**9) as the joint model.
+  with the joint model's segmentation loss (soft Dice + voxel cross-entropy) on synthesized training
+  cases (seeds < 10**9): tissue cases for brain/GM/WM, lesion cases (empty ones skipped) for the lesion.
 * Characterization: the baseline encoder's interpretable vectors -> Linear -> {left, right, bilateral}
   for the lesion side, trained with cross-entropy.
 
@@ -22,15 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from tqdm import tqdm
 
 from training.trainer import EVAL_SEED_START, train_task_seed
-from vision.losses import soft_dice_loss
+from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
 from voxel_ops import conform_ras, normalize_intensity
 
 logger = logging.getLogger(__name__)
 
-SEG_TARGETS = ("brain", "gray matter", "white matter")
+SEG_TARGETS = ("brain", "gray matter", "white matter", "lesion")
 SIDES = ("left", "right", "bilateral")
 MIN_SPACING = 4.0  # the same working grid as the shipped tiny joint model
 
@@ -68,21 +70,33 @@ def _zero_phi() -> torch.Tensor:
     return torch.zeros(32)
 
 
-def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3) -> tuple[VisionNet, int]:
+def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3,
+                       bce_weight: float | None = None) -> tuple[VisionNet, int]:
+    from training.trainer import TrainConfig
+
+    bce_weight = TrainConfig().bce_weight if bce_weight is None else bce_weight
     torch.manual_seed(seed)
     net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    deadline, steps = time.monotonic() + 60 * minutes, 0
+    deadline, steps, drawn = time.monotonic() + 60 * minutes, 0, 0
+    bar = tqdm(desc=f"baseline {target}", unit="step", leave=False)
     while time.monotonic() < deadline:
-        case, scan = _tissue_case(train_task_seed(seed + 500, steps))
+        lesion = target == "lesion"
+        case, scan = (_lesion_case if lesion else _tissue_case)(train_task_seed(seed + 500, drawn))
+        drawn += 1
+        if lesion and not case.lesions:
+            continue
         x, sp = _tensor(case.scans[scan])
         truth = _mask_tensor(case.mask(target, scan))
         enc = net.encode([x], [sp], [_zero_phi()])
-        loss = soft_dice_loss(net.generate(enc, 0, _zero_phi()), truth)
+        logits = net.generate(enc, 0, _zero_phi())
+        loss = soft_dice_loss(logits, truth) + bce_weight * voxel_bce_loss(logits, truth)
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
+        bar.update(1)
+    bar.close()
     return net, steps
 
 
