@@ -1,6 +1,7 @@
 """Joint training of the agent LM and the vision network (VoxelPrompt 3.3, eq. 2).
 
-loss = CE(eta tokens) + lambda * soft Dice(generated volumes), lambda = 0.1, teacher forcing over
+loss = CE(eta tokens) + lambda * (soft Dice + bce_weight * voxel CE)(generated volumes) + phi_lambda *
+phi-probe loss, lambda = 0.1 (bce_weight = phi_lambda = 0 is the paper's eq. 2), teacher forcing over
 whole trajectories with execution of the ground-truth code (`training.trajectory`). One optimizer
 (Adam) holds both networks. Tasks are drawn on the fly: step k of run seed s uses task seed
 `train_task_seed(s, k)` (always < 10**9; evaluation uses seeds >= 10**9) and templates below
