@@ -91,10 +91,19 @@ def train_task_seed(run_seed: int, index: int) -> int:
     return int(np.random.default_rng([int(run_seed), int(index), 7]).integers(0, EVAL_SEED_START))
 
 
+RENAME_PROB = 0.3  # share of training tasks whose scans get neutral names (training/tasks/rename.py)
+
+
 def sample_training_task(run_seed: int, index: int):
     from training.tasks import sample_task
+    from training.tasks.rename import rename_scans
 
-    return sample_task(train_task_seed(run_seed, index), templates=TRAIN_TEMPLATES)
+    seed = train_task_seed(run_seed, index)
+    sample, case = sample_task(seed, templates=TRAIN_TEMPLATES)
+    rng = np.random.default_rng([seed, 31])  # its own stream: the task itself is drawn as before
+    if rng.random() < RENAME_PROB:
+        sample, case = rename_scans(sample, case, rng)
+    return sample, case
 
 
 # ---------------------------------------------------------------- tokenizer corpus

@@ -183,3 +183,35 @@ def test_sample_task_is_deterministic_and_template_restriction_holds():
     for seed in range(5):
         s, _ = sample_task(seed, "volume", templates=[0, 1])
         assert s.template_index in (0, 1)
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_renamed_scans_keep_the_program_and_its_truth(name):
+    """Neutral scan names (training augmentation): same program up to the names, same recorded answer."""
+    from training.tasks.rename import rename_scans
+
+    for seed in (0, 1):
+        sample, case = sample_task(300 + seed, name)
+        renamed, rcase = rename_scans(sample, case, np.random.default_rng(seed))
+        old, new = list(case.scans), list(rcase.scans)
+        assert len(set(new)) == len(old) and not set(new) & set(old)
+        for before, after in zip(old, new):
+            assert rcase.modality(after) == case.modality(before)
+            assert rcase.scans[after].meta.source_name == after
+            assert np.array_equal(rcase.mask("brain", after).array, case.mask("brain", before).array)
+        code = "\n".join(renamed.steps)
+        assert not any(re.search(rf"(?<![\w.]){o}(?!\w)", re.sub(r'"[^"]*"', '""', code)) for o in old), code
+        assert len(renamed.steps) == len(sample.steps)
+        assert (renamed.steps != sample.steps) == (MOD in sample.code)  # refusals name no scan
+        box = _run(renamed, rcase)
+        assert box.responses[-1] == sample.answer, (name, seed, box.responses)
+
+
+def test_training_tasks_carry_neutral_scan_names_for_a_share_only():
+    from training.tasks.rename import NEUTRAL_NAMES
+    from training.trainer import RENAME_PROB, sample_training_task
+
+    named = [set(sample_training_task(0, i)[1].scans) for i in range(40)]
+    neutral = sum(bool(names & set(NEUTRAL_NAMES)) for names in named)
+    assert 0 < neutral < 40 and abs(neutral / 40 - RENAME_PROB) < 0.25
+    assert [set(sample_training_task(0, i)[1].scans) for i in range(5)] == named[:5]  # deterministic
