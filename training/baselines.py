@@ -79,10 +79,11 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
     net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     deadline, steps, drawn = time.monotonic() + 60 * minutes, 0, 0
+    lesion = target == "lesion"
+    draw_case = _lesion_case if lesion else _tissue_case
     bar = tqdm(desc=f"baseline {target}", unit="step", leave=False)
     while time.monotonic() < deadline:
-        lesion = target == "lesion"
-        case, scan = (_lesion_case if lesion else _tissue_case)(train_task_seed(seed + 500, drawn))
+        case, scan = draw_case(train_task_seed(seed + 500, drawn))
         drawn += 1
         if lesion and not case.lesions:
             continue

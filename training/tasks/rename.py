@@ -24,9 +24,14 @@ NEUTRAL_NAMES = ("img", "image", "vol", "volume_a", "volume_b", "series_1", "ser
 _STRING = re.compile(r"""[fFrRbB]{0,2}("(?:[^"\\\n]|\\.)*"|'(?:[^'\\\n]|\\.)*')""")
 
 
+def _identifiers(names) -> re.Pattern[str]:
+    """Any of ``names`` as a whole identifier, not an attribute after a dot."""
+    return re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, names)) + r")(?!\w)")
+
+
 def _rename_code(code: str, mapping: dict[str, str]) -> str:
     """Rename identifiers outside string literals (attribute names after a dot are left alone)."""
-    pattern = re.compile(r"(?<![\w.])(" + "|".join(map(re.escape, mapping)) + r")(?!\w)")
+    pattern = _identifiers(mapping)
     out, last = [], 0
     for m in _STRING.finditer(code):
         out.append(pattern.sub(lambda n: mapping[n.group(1)], code[last:m.start()]))
@@ -39,7 +44,8 @@ def _rename_code(code: str, mapping: dict[str, str]) -> str:
 def rename_scans(sample: TaskSample, case: Case, rng: np.random.Generator) -> tuple[TaskSample, Case]:
     """The same task with every scan given a distinct neutral name not already used in its code."""
     code = "\n".join(sample.steps)
-    free = [n for n in NEUTRAL_NAMES if not re.search(rf"(?<![\w.]){re.escape(n)}(?!\w)", code)]
+    used = set(_identifiers(NEUTRAL_NAMES).findall(code))
+    free = [n for n in NEUTRAL_NAMES if n not in used]
     names = list(case.scans)
     picked = rng.choice(len(free), size=len(names), replace=False)
     mapping = {old: free[int(i)] for old, i in zip(names, picked)}
