@@ -19,6 +19,7 @@ leaves a half-written checkpoint; `--resume` restores weights, optimizer, step a
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import logging
@@ -26,6 +27,7 @@ import math
 import os
 import random
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
@@ -277,6 +279,7 @@ class TrainResult:
     out: Path
     model_dir: Path | None
     losses: list[float]
+    interrupted: bool = False
 
 
 LOG_COLUMNS = ["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr", "grad_norm",
@@ -291,10 +294,57 @@ def _upgrade_log_header(path: Path) -> None:
         path.write_text("".join(lines))
 
 
-def _lr_at(cfg: TrainConfig, step: int) -> float:
+def _lr_at(cfg: TrainConfig, step: int, scale: float = 1.0) -> float:
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
-    return cfg.lr
+    return cfg.lr * scale
+
+
+def cooldown_scale(progress: float, cooldown: float) -> float:
+    """Learning-rate multiplier of a warmup-stable-decay schedule: 1, then linear to 0 over the last
+    ``cooldown`` fraction of the budget.
+
+    Runs here are budgeted in wall time, so the end is only known as a fraction of that budget; a
+    constant rate that drops at the end (MiniCPM's WSD) needs no total step count up front, unlike
+    cosine, and a run can stop or be resumed at any point of the stable phase.
+    """
+    if cooldown <= 0 or progress < 1.0 - cooldown:
+        return 1.0
+    return max(0.0, (1.0 - progress) / cooldown)
+
+
+class _Budget:
+    """How much of this invocation's budget (steps, wall time or both) is spent, in [0, 1]."""
+
+    def __init__(self, start_step: int, max_steps: int | None, minutes: float | None):
+        self.start_step, self.max_steps = start_step, max_steps
+        self.t0 = time.monotonic()
+        self.seconds = 60.0 * minutes if minutes else None
+
+    def progress(self, step: int) -> float:
+        parts = [0.0]
+        if self.max_steps is not None and self.max_steps > self.start_step:
+            parts.append((step - self.start_step) / (self.max_steps - self.start_step))
+        if self.seconds:
+            parts.append((time.monotonic() - self.t0) / self.seconds)
+        return min(1.0, max(parts))
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """SIGTERM (docker stop, a batch scheduler) stops training like Ctrl-C: checkpoint, then exit."""
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        previous = signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread: leave signals alone
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def build_networks(cfg: TrainConfig, tokenizer: AgentTokenizer) -> tuple[VoxAgentModel, VisionNet]:
@@ -307,8 +357,12 @@ def build_networks(cfg: TrainConfig, tokenizer: AgentTokenizer) -> tuple[VoxAgen
 
 def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes: float | None = None,
           resume: bool = False, export: bool = True, progress: bool = True,
-          task_source=None, keep_on_resume: tuple[str, ...] = ()) -> TrainResult:
+          task_source=None, keep_on_resume: tuple[str, ...] = (), cooldown: float = 0.0) -> TrainResult:
     """Train until ``max_steps`` optimizer steps or ``minutes`` of wall time, whichever comes first.
+
+    ``cooldown`` is the fraction of this invocation's budget over which the learning rate falls
+    linearly to 0 (0 = constant rate). Ctrl-C or SIGTERM saves a checkpoint at the last finished
+    step and returns with ``interrupted`` set (no export), so `--resume` loses nothing.
 
     ``task_source(index) -> (TaskSample, Case)`` replaces the on-the-fly task stream (tests use a
     fixed instance to check that the loss decreases). On resume the saved configuration wins, except
@@ -361,79 +415,93 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     if new_log:
         writer.writerow(LOG_COLUMNS)
     deadline = time.monotonic() + 60.0 * minutes if minutes else math.inf
+    budget = _Budget(step, max_steps, minutes)
     total = max_steps if max_steps is not None else None
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
     last_ckpt = time.monotonic()
     losses: list[float] = []
+    interrupted = False
+    committed_tasks = tasks_seen  # tasks behind the last finished step: what a resume starts after
     try:
-        while (max_steps is None or step < max_steps) and time.monotonic() < deadline:
-            t0 = time.monotonic()
-            for group in optimizer.param_groups:
-                group["lr"] = _lr_at(cfg, step)
-            ce_sum = dice_sum = bce_sum = phi_sum = 0.0
-            phi_hits = phi_seen = 0
-            hits = tokens = done = 0
-            families = []
-            lm_done = 0
-            while done < cfg.accum or lm_done < cfg.lm_only_tasks * cfg.accum:
-                joint = done < cfg.accum
-                index = tasks_seen
-                tasks_seen += 1
-                try:
-                    sample, case = source(index)
-                    traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint)
-                except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
-                    logger.warning("task %d skipped: %s", index, exc)
-                    continue
-                phi_loss = traj.ce.new_zeros(())
-                if probe is not None and traj.mod_phis is not None and traj.mod_labels is not None:
-                    phi_loss = probe.loss(traj.mod_phis, traj.mod_labels)
-                    acc = probe.accuracy(traj.mod_phis, traj.mod_labels)
-                    if acc == acc:  # not NaN
-                        phi_hits += acc * len(traj.mod_labels)
-                        phi_seen += len(traj.mod_labels)
-                    phi_sum += float(phi_loss.detach())
-                if joint:
-                    ((traj.loss(cfg.dice_lambda, cfg.bce_weight) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
-                    ce_sum += float(traj.ce.detach())
-                    dice_sum += float(traj.dice_loss.detach())
-                    bce_sum += float(traj.bce_loss.detach())
-                    done += 1
-                else:
-                    ((traj.ce + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
-                    lm_done += 1
-                hits += traj.correct_tokens
-                tokens += traj.code_tokens
-                families.append(sample.family + ("" if joint else "(lm)"))
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            if probe_optimizer is not None:
-                probe_optimizer.step()
-                probe_optimizer.zero_grad(set_to_none=True)
-            step += 1
-            n_tasks = max(done + lm_done, 1)
-            ce, dice, bce = ce_sum / cfg.accum, dice_sum / cfg.accum, bce_sum / cfg.accum
-            total_loss = ce + cfg.dice_lambda * (dice + cfg.bce_weight * bce)
-            losses.append(total_loss)
-            writer.writerow([step, tasks_seen, f"{total_loss:.5f}", f"{ce:.5f}", f"{dice:.5f}",
-                             f"{hits / max(tokens, 1):.4f}", f"{_lr_at(cfg, step - 1):.2e}", f"{grad_norm:.3f}",
-                             f"{time.monotonic() - t0:.2f}", "+".join(families), f"{phi_sum / n_tasks:.4f}",
-                             f"{phi_hits / phi_seen:.3f}" if phi_seen else "", f"{bce:.5f}"])
-            log_file.flush()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss:.3f}", ce=f"{ce:.3f}", dice=f"{dice:.3f}",
-                            acc=f"{hits / max(tokens, 1):.2f}", phi=f"{phi_sum / n_tasks:.3f}")
-            if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
-                save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg, probe)
-                last_ckpt = time.monotonic()
+        with _sigterm_as_interrupt():
+            while (max_steps is None or step < max_steps) and time.monotonic() < deadline:
+                t0 = time.monotonic()
+                lr = _lr_at(cfg, step, cooldown_scale(budget.progress(step), cooldown))
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                ce_sum = dice_sum = bce_sum = phi_sum = 0.0
+                phi_hits = phi_seen = 0
+                hits = tokens = done = 0
+                families = []
+                lm_done = 0
+                while done < cfg.accum or lm_done < cfg.lm_only_tasks * cfg.accum:
+                    joint = done < cfg.accum
+                    index = tasks_seen
+                    tasks_seen += 1
+                    try:
+                        sample, case = source(index)
+                        traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint)
+                    except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
+                        logger.warning("task %d skipped: %s", index, exc)
+                        continue
+                    phi_loss = traj.ce.new_zeros(())
+                    if probe is not None and traj.mod_phis is not None and traj.mod_labels is not None:
+                        phi_loss = probe.loss(traj.mod_phis, traj.mod_labels)
+                        acc = probe.accuracy(traj.mod_phis, traj.mod_labels)
+                        if acc == acc:  # not NaN
+                            phi_hits += acc * len(traj.mod_labels)
+                            phi_seen += len(traj.mod_labels)
+                        phi_sum += float(phi_loss.detach())
+                    if joint:
+                        ((traj.loss(cfg.dice_lambda, cfg.bce_weight) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
+                        ce_sum += float(traj.ce.detach())
+                        dice_sum += float(traj.dice_loss.detach())
+                        bce_sum += float(traj.bce_loss.detach())
+                        done += 1
+                    else:
+                        ((traj.ce + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
+                        lm_done += 1
+                    hits += traj.correct_tokens
+                    tokens += traj.code_tokens
+                    families.append(sample.family + ("" if joint else "(lm)"))
+                grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+                optimizer.step()
+                step += 1
+                committed_tasks = tasks_seen
+                optimizer.zero_grad(set_to_none=True)
+                if probe_optimizer is not None:
+                    probe_optimizer.step()
+                    probe_optimizer.zero_grad(set_to_none=True)
+                n_tasks = max(done + lm_done, 1)
+                ce, dice, bce = ce_sum / cfg.accum, dice_sum / cfg.accum, bce_sum / cfg.accum
+                total_loss = ce + cfg.dice_lambda * (dice + cfg.bce_weight * bce)
+                losses.append(total_loss)
+                writer.writerow([step, tasks_seen, f"{total_loss:.5f}", f"{ce:.5f}", f"{dice:.5f}",
+                                 f"{hits / max(tokens, 1):.4f}", f"{lr:.2e}", f"{grad_norm:.3f}",
+                                 f"{time.monotonic() - t0:.2f}", "+".join(families), f"{phi_sum / n_tasks:.4f}",
+                                 f"{phi_hits / phi_seen:.3f}" if phi_seen else "", f"{bce:.5f}"])
+                log_file.flush()
+                bar.update(1)
+                bar.set_postfix(loss=f"{total_loss:.3f}", ce=f"{ce:.3f}", dice=f"{dice:.3f}",
+                                acc=f"{hits / max(tokens, 1):.2f}", phi=f"{phi_sum / n_tasks:.3f}")
+                if time.monotonic() - last_ckpt > 60.0 * cfg.checkpoint_minutes:
+                    save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg, probe)
+                    last_ckpt = time.monotonic()
+    except KeyboardInterrupt:
+        interrupted = True
+        tasks_seen = committed_tasks
+        optimizer.zero_grad(set_to_none=True)
+        if probe_optimizer is not None:
+            probe_optimizer.zero_grad(set_to_none=True)
+        logger.warning("interrupted: checkpoint at step %d; continue with --resume", step)
     finally:
         bar.close()
         log_file.close()
     save_checkpoint(out, model, tokenizer, net, optimizer, step, tasks_seen, cfg, probe)
     model_dir = None
-    if export:
+    if export and not interrupted:
         bank = build_phi_bank(model, tokenizer, net, seed=cfg.seed)
         model_dir = export_model(out / "model", model, tokenizer, net, bank)
         logger.info("exported model to %s", model_dir)
-    return TrainResult(step=step, tasks_seen=tasks_seen, out=out, model_dir=model_dir, losses=losses)
+    return TrainResult(step=step, tasks_seen=tasks_seen, out=out, model_dir=model_dir, losses=losses,
+                       interrupted=interrupted)

@@ -7,6 +7,7 @@ tokenizer, the latest checkpoint (atomic), `log.csv` and, at the end, the export
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 
@@ -28,6 +29,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="voxel cross-entropy next to soft Dice in the segmentation term (default 1; 0 = paper eq. 2)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints")
+    p.add_argument("--cooldown", type=float, default=0.0,
+                   help="fraction of this run's budget over which the learning rate falls linearly to 0 "
+                        "(warmup-stable-decay; default 0 = constant)")
     p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
     p.set_defaults(func=run)
 
@@ -39,6 +43,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("give --minutes or --steps (or both) so the run ends")
     if args.steps is not None and args.steps < 1:
         raise CommandError("--steps must be positive")
+    if not 0.0 <= args.cooldown <= 1.0:
+        raise CommandError("--cooldown is a fraction of the budget, in [0, 1]")
     from training.trainer import TrainConfig, train
 
     cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
@@ -47,7 +53,11 @@ def run(args: argparse.Namespace) -> int:
     keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda),
                                           ("bce_weight", args.bce_weight)) if value is not None)
     result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
-                   export=not args.no_export, keep_on_resume=keep)
+                   export=not args.no_export, keep_on_resume=keep, cooldown=args.cooldown)
+    if result.interrupted:
+        print(f"interrupted at step {result.step}; checkpoint saved in {result.out / 'checkpoint'}; "
+              "continue with --resume", file=sys.stderr)
+        return 130
     print(f"trained to step {result.step} ({result.tasks_seen} tasks); run dir {result.out}"
           + (f"; model {result.model_dir}" if result.model_dir else ""))
     return 0

@@ -95,3 +95,67 @@ def test_old_runs_resume_without_cross_entropy(tmp_path):
     rows = _rows(log)
     assert [int(r["step"]) for r in rows] == [1, 2]
     assert float(rows[1]["bce_loss"]) > 0  # logged (not weighted) and the header names it
+
+
+def test_cooldown_scale_is_flat_then_linear_to_zero():
+    from training.trainer import cooldown_scale
+
+    assert cooldown_scale(0.5, 0.0) == 1.0 and cooldown_scale(0.99, 0.0) == 1.0  # no cooldown: constant
+    assert cooldown_scale(0.0, 0.2) == 1.0 and cooldown_scale(0.79, 0.2) == 1.0
+    assert cooldown_scale(0.8, 0.2) == pytest.approx(1.0)
+    assert cooldown_scale(0.9, 0.2) == pytest.approx(0.5)
+    assert cooldown_scale(1.0, 0.2) == 0.0 and cooldown_scale(1.5, 0.2) == 0.0
+
+
+def test_cooldown_lowers_the_logged_learning_rate_at_the_end_of_the_budget(tmp_path):
+    task = lambda index: _fixed_task()  # noqa: E731
+    train(_cfg(lr=1e-3), tmp_path, max_steps=4, export=False, progress=False, task_source=task, cooldown=0.5)
+    lrs = [float(r["lr"]) for r in _rows(tmp_path / "log.csv")]
+    # progress before steps 1..4 is 0, 1/4, 2/4, 3/4 of the budget; decay over the last half
+    assert lrs == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])
+
+
+def _interrupting_source(at: int, raise_it):
+    def source(index):
+        if index == at:
+            raise_it()
+        return _fixed_task()
+    return source
+
+
+def _keyboard_interrupt():
+    raise KeyboardInterrupt
+
+
+def _sigterm():
+    import os
+    import signal
+
+    os.kill(os.getpid(), signal.SIGTERM)
+    return None
+
+
+@pytest.mark.parametrize("raise_it", [_keyboard_interrupt, _sigterm], ids=["ctrl-c", "sigterm"])
+def test_interrupt_saves_the_last_finished_step_and_resume_loses_nothing(tmp_path, raise_it):
+    import signal
+
+    before = signal.getsignal(signal.SIGTERM)
+    result = train(_cfg(), tmp_path, max_steps=10, export=True, progress=False,
+                   task_source=_interrupting_source(3, raise_it))
+    assert result.interrupted and result.step == 3 and result.model_dir is None  # no export when cut
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is put back
+    state = torch.load(tmp_path / "checkpoint" / STATE_FILE, weights_only=False)
+    assert state["step"] == 3 and state["tasks_seen"] == 3  # the half-done task 3 is redone on resume
+    seen = []
+    result = train(_cfg(), tmp_path, max_steps=5, resume=True, export=False, progress=False,
+                   task_source=lambda index: seen.append(index) or _fixed_task())
+    assert not result.interrupted and result.step == 5 and seen == [3, 4]
+    assert [int(r["step"]) for r in _rows(tmp_path / "log.csv")] == [1, 2, 3, 4, 5]
+
+
+def test_cli_rejects_a_cooldown_outside_the_budget(tmp_path, capsys):
+    from service.cli import main
+
+    assert main(["train", "--steps", "1", "--cooldown", "1.5", "--out", str(tmp_path)]) == 2
+    assert "--cooldown" in capsys.readouterr().err
+    assert not (tmp_path / "log.csv").exists()
