@@ -12,7 +12,10 @@ Figures (all in [0, 1]):
   generated mask for the same (scan, target) against the truth; missing = 0.
 * ``mni_dice_*``: the agent asked to segment brain / GM / WM on the real MNI152 T1 (nilearn), against
   the template maps thresholded at 0.5 (brain: GM+WM > 0.5 with interior holes filled, as the
-  synthesis defines the brain).
+  synthesis defines the brain). The report also holds, per target, the agent's code and the Dice of
+  the expert program run through the same network with the phi bank's instructions
+  (``mni.program``): vision alone on real anatomy, so a wrong program and a weak generator are told
+  apart.
 * ``characterization_accuracy``: exact answer on lesion signal, side, region, enhancement, restriction.
 * ``volume_error_median``: median relative error of the volume family's reported number (capped at 1;
   no number = 1).
@@ -43,6 +46,7 @@ GENERATE_CALL = re.compile(r'generate\(\s*\w+\s*,\s*(\w+)\s*(?:<MOD>)?\s*,\s*"([
 REL_TOLERANCE = 0.10
 MNI_PROMPTS = {"brain": "Segment the brain on the T1.", "gray matter": "Segment the gray matter on the T1.",
                "white matter": "Segment the white matter on the T1."}
+MNI_PROGRAM = ("e = encode(t1<MOD>)", 'm = generate(e, t1<MOD>, "{target}")')
 
 
 class RecordingClient:
@@ -161,7 +165,24 @@ class Evaluator:
                           success=bool(success), response=response, answer=sample.answer, dice=dices,
                           volume_error=volume_error, seconds=time.perf_counter() - t0, steps=codes)
 
-    def mni(self) -> dict[str, float]:
+    def run_program(self, steps: Sequence[str], scans: dict[str, Volume]) -> RecordingClient:
+        """Run a fixed program (no language model) through the same engine and phi bank."""
+        from agent.sandbox import Sandbox
+        from agent.vision_client import LocalVisionClient
+
+        client = RecordingClient(LocalVisionClient(self.engine))
+        sandbox = Sandbox(scans, client=client, phi_bank=self.bank)
+        try:
+            for code in steps:
+                outcome = sandbox.execute_step(code)
+                if outcome.error:
+                    raise RuntimeError(f"expert program failed at {code!r}: {outcome.error}")
+        finally:
+            self.engine.release(sandbox.job_id)
+        return client
+
+    def mni(self) -> dict[str, dict[str, Any]]:
+        """Per target on the real MNI T1: the agent's Dice and code, and the expert program's Dice."""
         from scipy import ndimage
 
         from voxel_ops import VolumeMeta, load_volume
@@ -170,12 +191,15 @@ class Evaluator:
         t1 = Volume(t1.array.astype(np.float32), t1.affine, VolumeMeta(modality="T1", source_name="mni152_t1"))
         truths = {"gray matter": gm.array > 0.5, "white matter": wm.array > 0.5,
                   "brain": ndimage.binary_fill_holes((gm.array + wm.array) > 0.5)}
-        out = {}
+        out: dict[str, dict[str, Any]] = {}
         for target, prompt in MNI_PROMPTS.items():
             result, client = self.run_agent(prompt, {"t1": t1})
-            masks = generated_masks([t.code for t in result.trace], client.generated)
-            pred = masks.get(("t1", target))
-            out[target] = dice(pred.array, truths[target]) if pred is not None else 0.0
+            codes = [t.code for t in result.trace]
+            pred = generated_masks(codes, client.generated).get(("t1", target))
+            steps = [code.format(target=target) for code in MNI_PROGRAM]
+            program = generated_masks(steps, self.run_program(steps, {"t1": t1}).generated)[("t1", target)]
+            out[target] = {"agent": dice(pred.array, truths[target]) if pred is not None else 0.0,
+                           "program": dice(program.array, truths[target]), "prompt": prompt, "code": codes}
         return out
 
 
@@ -209,8 +233,7 @@ def evaluate(model_dir: Path, cases: int = 20, seed: int = 0, *, mni: bool = Tru
         except Exception as exc:  # a synthesis defect is reported, not fatal
             logger.exception("eval case %d (%s) failed", i, fam)
             results.append(CaseResult(eval_seed(seed, i), fam, "", False, False, f"error: {exc}", None))
-    mni_dice = ev.mni() if mni else {}
-    figures, report = summarize(results, mni_dice)
+    figures, report = summarize(results, ev.mni() if mni else {})
     report["phi_separation"] = phi_separation(model_dir)
     report["model_dir"] = str(model_dir)
     report["seed"] = seed
@@ -243,7 +266,7 @@ def _mean(values: Sequence[float]) -> float:
     return float(np.mean(values)) if values else 0.0
 
 
-def summarize(results: Sequence[CaseResult], mni_dice: dict[str, float]) -> tuple[dict[str, float], dict[str, Any]]:
+def summarize(results: Sequence[CaseResult], mni: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
     per_target: dict[str, list[float]] = {}
     for r in results:
         for target, d in r.dice.items():
@@ -254,9 +277,9 @@ def summarize(results: Sequence[CaseResult], mni_dice: dict[str, float]) -> tupl
         "code_exact_match": _mean([r.code_match for r in results]),
         "task_success": _mean([r.success for r in results]),
         **{key: _mean(per_target.get(t, [])) for t, key in DICE_KEYS.items()},
-        "mni_dice_brain": float(mni_dice.get("brain", 0.0)),
-        "mni_dice_gm": float(mni_dice.get("gray matter", 0.0)),
-        "mni_dice_wm": float(mni_dice.get("white matter", 0.0)),
+        "mni_dice_brain": float(mni.get("brain", {}).get("agent", 0.0)),
+        "mni_dice_gm": float(mni.get("gray matter", {}).get("agent", 0.0)),
+        "mni_dice_wm": float(mni.get("white matter", {}).get("agent", 0.0)),
         "characterization_accuracy": _mean(char),
         "volume_error_median": float(np.median(vol)) if vol else 1.0,
     }
@@ -275,6 +298,7 @@ def summarize(results: Sequence[CaseResult], mni_dice: dict[str, float]) -> tupl
                    **{f"dice_{t}": len(v) for t, v in per_target.items()}},
         "dice_all_targets": {t: _mean(v) for t, v in per_target.items()},
         "by_family": by_family,
+        "mni": mni,
         "cases": [r.__dict__ for r in results],
     }
     return figures, report

@@ -36,6 +36,15 @@ def markdown(report: dict[str, Any]) -> str:
                   f"mean {sep['mean_cosine']:.3f}, max {sep['max_cosine']:.3f} "
                   f"({sep['closest_pair'][0]} vs {sep['closest_pair'][1]}). Near 1 = one instruction for every "
                   "target: the generator cannot tell what to segment."]
+    mni = report.get("mni") or {}
+    if mni:
+        lines += ["", "## Real MNI152 T1", "", "The agent's answer to the prompt, and the expert program "
+                  "(`encode` + `generate`, phis from the model's phi bank) run through the same network: vision "
+                  "alone on real anatomy.", "",
+                  "| target | prompt | agent Dice | expert-program Dice | agent's code |", "|---|---|---|---|---|"]
+        for target, m in mni.items():
+            code = " / ".join(c.replace("\n", "; ") for c in m.get("code", []))[:160].replace("|", "\\|")
+            lines.append(f"| {target} | {m.get('prompt', '')} | {m['agent']:.3f} | {m['program']:.3f} | `{code}` |")
     lines += ["", "## By family", "", "| family | cases | code exact match | task success |", "|---|---|---|---|"]
     for fam, f in sorted(report["by_family"].items()):
         lines.append(f"| {fam} | {f['cases']} | {f['code_exact_match']:.2f} | {f['task_success']:.2f} |")

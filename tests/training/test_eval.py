@@ -51,11 +51,17 @@ def test_generated_masks_follow_code_order_and_dice():
 
 
 @pytest.mark.slow
-def test_eval_with_shipped_checkpoint_prints_every_key_in_unit_interval():
-    figures = _eval("--cases", "2")
+def test_eval_with_shipped_checkpoint_prints_every_key_in_unit_interval(tmp_path):
+    figures = _eval("--cases", "2", "--report", str(tmp_path))
     assert set(FLAT_KEYS) <= set(figures)
     for key in FLAT_KEYS:
         assert 0.0 <= figures[key] <= 1.0, (key, figures[key])
+    # the report separates the agent's program from the network on the real T1
+    mni = json.loads((tmp_path / "eval.json").read_text())["mni"]
+    assert set(mni) == {"brain", "gray matter", "white matter"}
+    assert mni["brain"]["agent"] == figures["mni_dice_brain"] and mni["brain"]["code"]
+    assert mni["brain"]["program"] > 0.85  # the shipped network finds the brain on real anatomy
+    assert "## Real MNI152 T1" in (tmp_path / "eval.md").read_text()
 
 
 @pytest.mark.slow
