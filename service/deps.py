@@ -9,6 +9,10 @@ from service.errors import ProblemError
 from service.observability import REJECTED
 from service.state import ServiceState
 
+# Listing offsets beyond this are refused (422): no tenant holds a billion records, and the record
+# stores' integers (SQLite's are 64-bit) must never see an unbounded client number.
+MAX_LIST_OFFSET = 10**9
+
 _api_key = APIKeyHeader(name="X-API-Key", auto_error=False, description="API key: vxa_<id>_<secret>")
 _bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token")
 

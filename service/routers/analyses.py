@@ -11,7 +11,7 @@ from api_schemas.jobs import Job
 from api_schemas.requests import AnalysisRequest, VolumeInput
 from service import jobs
 from service.auth import Principal
-from service.deps import admit, get_principal, get_state
+from service.deps import MAX_LIST_OFFSET, admit, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import idempotent
 from service.state import ServiceState
@@ -97,7 +97,7 @@ async def create_analysis_with_upload(request: Request, principal: Principal = D
 
 
 @router.get("", response_model=list[Job], summary="List this tenant's analyses (newest first)")
-def list_analyses(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0),
+def list_analyses(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_LIST_OFFSET),
                   principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
     return [jobs.to_model(d) for d in state.records.list("job", principal.tenant, limit, offset)]
 

@@ -6,7 +6,7 @@ from fastapi.responses import JSONResponse
 
 from api_schemas.volumes import VolumeInfo
 from service.auth import Principal
-from service.deps import get_principal, get_state
+from service.deps import MAX_LIST_OFFSET, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import idempotent
 from service.state import ServiceState
@@ -44,7 +44,7 @@ async def upload_volume(request: Request, principal: Principal = Depends(get_pri
 
 
 @router.get("", response_model=list[VolumeInfo], summary="List this tenant's volumes")
-def list_volumes(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0),
+def list_volumes(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_LIST_OFFSET),
                  principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
     return [to_model(r) for r in state.records.list("volume", principal.tenant, limit, offset)]
 

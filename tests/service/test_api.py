@@ -94,6 +94,10 @@ def test_errors_are_problem_json(api, scan_file, tmp_path):
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM and r.json()["errors"]
     r = api.post("/v1/analyses", content=b"{not json", headers={**api.h["acme"], "Content-Type": "application/json"})
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM
+    for listing in ("/v1/volumes", "/v1/analyses"):  # past the stores' 64-bit integers: refused, not a 500
+        r = api.get(listing, params={"offset": 2**63}, headers=api.h["acme"])
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+        assert api.get(listing, params={"offset": 10**9}, headers=api.h["acme"]).json() == []
     r = api.get("/v1/volumes")
     assert r.status_code == 401 and r.headers["content-type"] == PROBLEM
     r = api.get("/v1/volumes", headers={"X-API-Key": "vxa_000000000000_" + "x" * 43})
