@@ -22,10 +22,11 @@ Figures (all in [0, 1]):
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,17 +125,22 @@ class Evaluator:
         self.runtime = AgentRuntime.from_checkpoint(
             self.model_dir, limits=RuntimeLimits(max_steps=max_steps, max_step_tokens=320, max_wall_s=max_wall_s))
 
-    def run_agent(self, prompt: str, scans: dict[str, Volume]) -> tuple[Any, RecordingClient]:
+    @contextlib.contextmanager
+    def _sandbox(self, scans: dict[str, Volume]) -> Iterator[tuple[Any, RecordingClient]]:
+        """A sandbox on this engine and phi bank whose generate calls are recorded; cache released after."""
         from agent.sandbox import Sandbox
         from agent.vision_client import LocalVisionClient
 
         client = RecordingClient(LocalVisionClient(self.engine))
         sandbox = Sandbox(scans, client=client, phi_bank=self.bank)
         try:
-            result = self.runtime.run(prompt, scans, sandbox=sandbox)
+            yield sandbox, client
         finally:
             self.engine.release(sandbox.job_id)
-        return result, client
+
+    def run_agent(self, prompt: str, scans: dict[str, Volume]) -> tuple[Any, RecordingClient]:
+        with self._sandbox(scans) as (sandbox, client):
+            return self.runtime.run(prompt, scans, sandbox=sandbox), client
 
     def case(self, seed: int, family: str) -> CaseResult:
         from training.tasks import sample_task
@@ -167,18 +173,11 @@ class Evaluator:
 
     def run_program(self, steps: Sequence[str], scans: dict[str, Volume]) -> RecordingClient:
         """Run a fixed program (no language model) through the same engine and phi bank."""
-        from agent.sandbox import Sandbox
-        from agent.vision_client import LocalVisionClient
-
-        client = RecordingClient(LocalVisionClient(self.engine))
-        sandbox = Sandbox(scans, client=client, phi_bank=self.bank)
-        try:
+        with self._sandbox(scans) as (sandbox, client):
             for code in steps:
                 outcome = sandbox.execute_step(code)
                 if outcome.error:
                     raise RuntimeError(f"expert program failed at {code!r}: {outcome.error}")
-        finally:
-            self.engine.release(sandbox.job_id)
         return client
 
     def mni(self) -> dict[str, dict[str, Any]]:
