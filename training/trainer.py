@@ -23,7 +23,6 @@ import contextlib
 import csv
 import json
 import logging
-import math
 import os
 import random
 import shutil
@@ -314,7 +313,7 @@ def cooldown_scale(progress: float, cooldown: float) -> float:
 
 
 class _Budget:
-    """How much of this invocation's budget (steps, wall time or both) is spent, in [0, 1]."""
+    """This invocation's budget (steps, wall time or both): when it is spent, and how much of it, in [0, 1]."""
 
     def __init__(self, start_step: int, max_steps: int | None, minutes: float | None):
         self.start_step, self.max_steps = start_step, max_steps
@@ -328,6 +327,11 @@ class _Budget:
         if self.seconds:
             parts.append((time.monotonic() - self.t0) / self.seconds)
         return min(1.0, max(parts))
+
+    def done(self, step: int) -> bool:
+        if self.max_steps is not None and step >= self.max_steps:
+            return True
+        return self.seconds is not None and time.monotonic() - self.t0 >= self.seconds
 
 
 @contextlib.contextmanager
@@ -414,7 +418,6 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     writer = csv.writer(log_file)
     if new_log:
         writer.writerow(LOG_COLUMNS)
-    deadline = time.monotonic() + 60.0 * minutes if minutes else math.inf
     budget = _Budget(step, max_steps, minutes)
     total = max_steps if max_steps is not None else None
     bar = tqdm(total=total, initial=step, desc="train", unit="step", disable=not progress, dynamic_ncols=True)
@@ -424,7 +427,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     committed_tasks = tasks_seen  # tasks behind the last finished step: what a resume starts after
     try:
         with _sigterm_as_interrupt():
-            while (max_steps is None or step < max_steps) and time.monotonic() < deadline:
+            while not budget.done(step):
                 t0 = time.monotonic()
                 lr = _lr_at(cfg, step, cooldown_scale(budget.progress(step), cooldown))
                 for group in optimizer.param_groups:
