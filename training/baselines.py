@@ -28,7 +28,9 @@ from tqdm import tqdm
 from training.trainer import EVAL_SEED_START, train_task_seed
 from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
-from voxel_ops import conform_ras, normalize_intensity
+from vision.config import VisionConfig
+from vision.preprocess import network_input
+from voxel_ops import conform_ras
 
 logger = logging.getLogger(__name__)
 
@@ -37,10 +39,9 @@ SIDES = ("left", "right", "bilateral")
 MIN_SPACING = 4.0  # the same working grid as the shipped tiny joint model
 
 
-def _tensor(vol) -> tuple[torch.Tensor, tuple[float, float, float]]:
-    ras, _ = conform_ras(vol)
-    arr = normalize_intensity(ras).array
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32))[None, None], tuple(ras.spacing)
+def _tensor(vol, config: VisionConfig) -> tuple[torch.Tensor, tuple[float, float, float]]:
+    prepared = network_input(vol, config)
+    return prepared.tensor, prepared.spacing
 
 
 def _mask_tensor(vol) -> torch.Tensor:
@@ -87,7 +88,7 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
         drawn += 1
         if lesion and not case.lesions:
             continue
-        x, sp = _tensor(case.scans[scan])
+        x, sp = _tensor(case.scans[scan], net.config)
         truth = _mask_tensor(case.mask(target, scan))
         enc = net.encode([x], [sp], [_zero_phi()])
         logits = net.generate(enc, 0, _zero_phi())
@@ -121,7 +122,7 @@ def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3) -> tu
         if not case.lesions:
             steps += 1
             continue
-        x, sp = _tensor(case.scans[scan])
+        x, sp = _tensor(case.scans[scan], model.net.config)
         label = torch.tensor(SIDES.index(case.lesions[0].side))
         loss = nn.functional.cross_entropy(model(x, sp)[None], label[None])
         opt.zero_grad()
@@ -147,13 +148,13 @@ def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier, c
         sample, case = sample_task(eval_seed(seed, i), fam, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
         for scan, target in sample.generate_calls:
             if target in nets:
-                x, sp = _tensor(case.scans[scan])
                 net = nets[target].eval()
+                x, sp = _tensor(case.scans[scan], net.config)
                 probs = torch.sigmoid(net.generate(net.encode([x], [sp], [_zero_phi()]), 0, _zero_phi()))
                 per_target[target].append(dice(probs[0, 0].numpy(), _mask_tensor(case.mask(target, scan))[0, 0].numpy()))
         if fam == "lesion_side":
             scan = next(iter(case.scans))
-            x, sp = _tensor(case.scans[scan])
+            x, sp = _tensor(case.scans[scan], classifier.net.config)
             pred = SIDES[int(classifier.eval()(x, sp).argmax())]
             side_hits.append(pred == sample.expected["side"])
     return {"dice": {t: (float(np.mean(v)) if v else None) for t, v in per_target.items()},

@@ -29,7 +29,8 @@ import torch
 
 from training.synth import Case
 from vision.model import Encoding, VisionNet
-from voxel_ops import Volume, conform_ras, normalize_intensity, unconform
+from vision.preprocess import network_input
+from voxel_ops import Volume, conform_ras, unconform
 
 
 @dataclass(frozen=True, eq=False)
@@ -86,10 +87,8 @@ class TrainingVisionClient:
     def _input(self, name: str) -> tuple[torch.Tensor, tuple[float, float, float], Any]:
         """Conformed, normalised tensor of a case scan, exactly as `VisionEngine.encode` prepares it."""
         if name not in self._inputs:
-            ras, transform = conform_ras(self.case.scans[name])
-            image = normalize_intensity(ras).array
-            tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.net.device)
-            self._inputs[name] = (tensor, tuple(float(s) for s in ras.spacing), transform)
+            prepared = network_input(self.case.scans[name], self.net.config, self.net.device)
+            self._inputs[name] = (prepared.tensor, prepared.spacing, prepared.transform)
         return self._inputs[name]
 
     def vectors_for(self, array: np.ndarray) -> torch.Tensor:

@@ -1,8 +1,9 @@
 """The resident vision service: load weights once, encode scans, generate masks on their own grid.
 
 The engine speaks ``Volume`` (any orientation) on the outside and tensors on the inside: scans
-are conformed to RAS by axis permutation/flip only (no resampling), normalised to [0, 1], encoded
-once per job and kept in a memory-capped LRU cache until the job releases them. Generated masks
+are conformed to RAS by axis permutation/flip only (no resampling), normalised as the network was
+trained (`vision.preprocess`), encoded once per job and kept in a memory-capped LRU cache until the
+job releases them. Generated masks
 are mapped back onto the exact grid and affine the scan arrived with. Concurrent generate calls
 with identical grids are stacked into one forward pass.
 """
@@ -22,7 +23,8 @@ from vision.cache import CacheEntry, EncodingCache, EncodingNotCached
 from vision.checkpoint import load_vision, resolve_paths
 from vision.config import VisionConfig, get_config
 from vision.model import Encoding, VisionNet, build_vision_net
-from voxel_ops import Volume, conform_ras, normalize_intensity, unconform
+from vision.preprocess import network_input
+from voxel_ops import Volume, unconform
 
 log = logging.getLogger(__name__)
 
@@ -114,17 +116,13 @@ class VisionEngine:
             raise ValueError("encode needs at least one volume")
         if len(volumes) != len(phis):
             raise ValueError(f"got {len(volumes)} volumes but {len(phis)} phis")
-        conformed = [conform_ras(v) for v in volumes]
-        tensors, spacings = [], []
-        for ras, _ in conformed:
-            image = normalize_intensity(ras).array
-            tensors.append(torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(self.device))
-            spacings.append(ras.spacing)
+        inputs = [network_input(v, self.config, self.device) for v in volumes]
+        tensors, spacings = [i.tensor for i in inputs], [i.spacing for i in inputs]
         phi_list = [self._phi(p) for p in phis]
         with torch.inference_mode():
             enc = self.net.encode(tensors, spacings, phi_list)
         key = uuid.uuid4().hex
-        extra = {"transforms": [t for _, t in conformed], "metas": [v.meta for v in volumes]}
+        extra = {"transforms": [i.transform for i in inputs], "metas": [v.meta for v in volumes]}
         self.cache.put(CacheEntry(key, job_id, enc, enc.nbytes, extra))
         vectors = enc.vectors.float().cpu().numpy()
         log.info("encoded %d stream(s) for job %s: %.1f MB cached", len(volumes), job_id, enc.nbytes / 2**20)

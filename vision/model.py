@@ -6,8 +6,9 @@ Usage at the torch level (gradients flow to every phi)::
     enc = net.encode([t1, flair], [(1, 1, 1), (0.9, 0.9, 5)], [phi_t1, phi_flair])
     logits = net.generate(enc, 0, phi_target)      # (1, 1, X, Y, Z) on t1's input grid
 
-Inputs are ``(B, 1, X, Y, Z)`` float tensors with intensities normalised to about [0, 1]
-(``voxel_ops.normalize_intensity``); spacings are in mm per array axis.
+Inputs are ``(B, 1, X, Y, Z)`` float tensors prepared by ``vision.preprocess.network_input`` (0.5th
+and 99.5th percentiles mapped to 0 and 1, clipped at the config's ``intensity_ceiling``); spacings
+are in mm per array axis.
 """
 from __future__ import annotations
 

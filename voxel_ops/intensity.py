@@ -7,22 +7,29 @@ from voxel_ops.errors import VolumeError
 from voxel_ops.volume import Volume
 
 
-def normalize_intensity(vol: Volume, lower_pct: float = 0.5, upper_pct: float = 99.5) -> Volume:
-    """Clip to the given percentiles of all voxels and scale linearly to float32 [0, 1].
+def normalize_intensity(vol: Volume, lower_pct: float = 0.5, upper_pct: float = 99.5,
+                        ceiling: float = 1.0) -> Volume:
+    """Map the given percentiles of all voxels to 0 and 1 (float32) and clip to [0, ceiling].
 
-    A constant image maps to all zeros (there is no contrast to scale).
+    With the default ceiling of 1 everything above the upper percentile is flattened to 1. A lesion
+    brighter than the brightest tissue is often most of that top half-percent, so a ceiling above 1
+    keeps its contrast while a hot spot (metal, a spike) is still bounded. A constant image maps to
+    all zeros (there is no contrast to scale).
     """
     if not 0.0 <= lower_pct < upper_pct <= 100.0:
         raise VolumeError(f"percentiles must satisfy 0 <= lower < upper <= 100, got {lower_pct}, {upper_pct}")
+    if not ceiling >= 1.0:
+        raise VolumeError(f"ceiling must be >= 1 (the upper percentile maps to 1), got {ceiling}")
     lo, hi = percentiles(vol.array, (lower_pct, upper_pct))
     data = np.asarray(vol.array, dtype=np.float32)
     if not hi > lo:
         return vol.with_array(np.zeros(vol.shape, dtype=np.float32))
     lo32, hi32 = np.float32(lo), np.float32(hi)
-    out = np.clip(data, lo32, hi32)  # new array: the input is never modified
+    top = np.float32(lo + ceiling * (hi - lo)) if ceiling > 1.0 else hi32
+    out = np.clip(data, lo32, top)  # new array: the input is never modified
     out -= lo32
     out /= hi32 - lo32  # division maps hi exactly to 1
-    np.clip(out, 0.0, 1.0, out=out)  # float32 rounding must not leave [0, 1]
+    np.clip(out, 0.0, np.float32(ceiling), out=out)  # float32 rounding must not leave [0, ceiling]
     return vol.with_array(out)
 
 

@@ -1,6 +1,10 @@
 """Network behaviour: several streams on different grids, permutation, phi, gradients, presets."""
 from __future__ import annotations
 
+import json
+from dataclasses import replace
+
+import numpy as np
 import pytest
 import torch
 
@@ -148,6 +152,32 @@ def test_presets_match_the_paper_and_the_agents():
     with pytest.raises(ValueError):
         get_config("huge")
     assert set(PRESETS) >= {"tiny", "paper"}
+
+
+def test_intensity_ceiling_defaults_to_what_old_checkpoints_were_trained_with():
+    from vision.config import NEW_NETWORK_CEILING
+
+    saved_before = json.loads(get_config("tiny").to_json())
+    del saved_before["intensity_ceiling"]  # configs written before the field existed
+    assert VisionConfig.from_dict(saved_before).intensity_ceiling == 1.0
+    assert all(cfg.intensity_ceiling == NEW_NETWORK_CEILING > 1.0 for cfg in PRESETS.values())
+    with pytest.raises(ValueError, match="intensity_ceiling"):
+        VisionConfig(intensity_ceiling=0.9)
+
+
+def test_network_input_follows_the_config_ceiling():
+    from vision.preprocess import network_input
+    from voxel_ops.volume import Volume, VolumeMeta
+
+    rng = np.random.default_rng(0)
+    data = rng.normal(100, 5, (24, 20, 16)).astype(np.float32)
+    data[:3, :3, :3] = 150.0  # 27 voxels: above the 99.5th percentile (38 voxels)
+    vol = Volume(data[::-1].copy(), np.diag([-2.0, 2.0, 3.0, 1.0]), VolumeMeta())  # stored L->R: conformed to RAS
+    old = network_input(vol, replace(get_config("tiny"), intensity_ceiling=1.0))
+    new = network_input(vol, get_config("tiny"))
+    assert old.tensor.shape == (1, 1, 24, 20, 16) and old.spacing == (2.0, 2.0, 3.0)
+    assert float(old.tensor.max()) == 1.0 and float(new.tensor.max()) > 1.5
+    assert float(new.tensor[0, 0, :3, :3, :3].min()) > 1.5  # the bright block, now at the RAS origin
 
 
 def test_paper_preset_runs_on_a_small_odd_grid():

@@ -216,6 +216,24 @@ def test_normalize_intensity():
     assert np.all(vo.normalize_intensity(_grid(np.ones(SHAPE))).array == 0)
 
 
+def test_normalize_intensity_ceiling_keeps_a_bright_region_and_bounds_a_hot_spot():
+    rng = np.random.default_rng(4)
+    data = rng.normal(100, 5, SHAPE).astype(np.float32)
+    bright = (slice(0, 6), slice(0, 6), slice(0, 6))  # 216 voxels above the 99.5th percentile (360 voxels)
+    data[bright] = rng.normal(130, 5, (6, 6, 6))
+    data[-1, -1, -1] = 1e6
+    flat = vo.normalize_intensity(_grid(data)).array
+    kept = vo.normalize_intensity(_grid(data), ceiling=3.0).array
+    inside = np.zeros(SHAPE, bool)
+    inside[bright] = True
+    assert float(np.mean(flat[inside] == 1.0)) > 0.4  # ceiling 1 flattens most of the bright region
+    assert float(np.mean(kept[inside] >= 3.0)) < 0.01 and float(kept[inside].std()) > 2 * float(flat[inside].std())
+    assert kept[-1, -1, -1] == np.float32(3.0) and kept.max() == np.float32(3.0)  # the hot spot is bounded
+    assert np.array_equal(kept[~inside & (kept <= 1.0)], flat[~inside & (kept <= 1.0)])  # same scale below 1
+    with pytest.raises(vo.VolumeError):
+        vo.normalize_intensity(_grid(data), ceiling=0.5)
+
+
 @pytest.mark.parametrize("rot_deg", [0.0, 17.0])
 @pytest.mark.parametrize("codes", ["RAS", "SPL"])
 def test_bounding_box_equals_brute_force_over_voxel_centres(rot_deg, codes):
