@@ -28,7 +28,7 @@ from tqdm import tqdm
 from training.trainer import EVAL_SEED_START, train_task_seed
 from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
-from vision.config import VisionConfig
+from vision.config import NEW_NETWORK_CEILING, VisionConfig
 from vision.preprocess import network_input
 from voxel_ops import conform_ras
 
@@ -71,13 +71,18 @@ def _zero_phi() -> torch.Tensor:
     return torch.zeros(32)
 
 
+def _baseline_net(intensity_ceiling: float) -> VisionNet:
+    return build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True, intensity_ceiling=intensity_ceiling)
+
+
 def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3,
-                       bce_weight: float | None = None) -> tuple[VisionNet, int]:
+                       bce_weight: float | None = None,
+                       intensity_ceiling: float = NEW_NETWORK_CEILING) -> tuple[VisionNet, int]:
     from training.trainer import TrainConfig
 
     bce_weight = TrainConfig().bce_weight if bce_weight is None else bce_weight
     torch.manual_seed(seed)
-    net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
+    net = _baseline_net(intensity_ceiling)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     deadline, steps, drawn = time.monotonic() + 60 * minutes, 0, 0
     lesion = target == "lesion"
@@ -103,18 +108,19 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
 
 
 class SideClassifier(nn.Module):
-    def __init__(self) -> None:
+    def __init__(self, intensity_ceiling: float = NEW_NETWORK_CEILING) -> None:
         super().__init__()
-        self.net = build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True)
+        self.net = _baseline_net(intensity_ceiling)
         self.head = nn.Linear(self.net.config.encoding_dim, len(SIDES))
 
     def forward(self, x: torch.Tensor, spacing) -> torch.Tensor:
         return self.head(self.net.encode([x], [spacing], [_zero_phi()]).vectors[0])
 
 
-def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3) -> tuple[SideClassifier, int]:
+def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3,
+                          intensity_ceiling: float = NEW_NETWORK_CEILING) -> tuple[SideClassifier, int]:
     torch.manual_seed(seed)
-    model = SideClassifier()
+    model = SideClassifier(intensity_ceiling)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     deadline, steps = time.monotonic() + 60 * minutes, 0
     while time.monotonic() < deadline:
@@ -189,16 +195,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="held-out case seed, as `voxagent eval --seed` (default: --seed)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=Path("runs/baselines"))
+    parser.add_argument("--intensity-ceiling", type=float, default=NEW_NETWORK_CEILING,
+                        help="input normalization ceiling; match the joint model compared against "
+                             "(its vision_config.json; 1.0 when the key is missing)")
     args = parser.parse_args(argv)
+    if args.intensity_ceiling < 1.0:
+        parser.error("--intensity-ceiling must be >= 1")
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     nets, steps = {}, {}
     for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
-        nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed)
+        nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed,
+                                                         intensity_ceiling=args.intensity_ceiling)
         logger.info("baseline %s: %d steps", target, steps[target])
-    classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed)
+    classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed,
+                                                             intensity_ceiling=args.intensity_ceiling)
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps, "eval_seed": eval_seed,
+              "intensity_ceiling": args.intensity_ceiling,
               "eval": evaluate_baselines(nets, classifier, args.eval_cases, eval_seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")

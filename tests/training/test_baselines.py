@@ -1,9 +1,11 @@
 """Single-task baselines: each trains on its own stream and lines up next to the joint figures."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from training.baselines import SEG_TARGETS, joint_rows, train_segmentation
+from training.baselines import MIN_SPACING, SEG_TARGETS, joint_rows, main, train_segmentation
+from vision.config import NEW_NETWORK_CEILING
 
 
 def test_lesion_baseline_trains_on_cases_with_lesions():
@@ -21,3 +23,15 @@ def test_joint_rows_pair_every_baseline_figure():
     rows = joint_rows(baselines, report)["rows"]
     assert [(r["task"], r["joint"], r["baseline"]) for r in rows] == [
         ("Dice brain", 0.8, 0.9), ("lesion side accuracy", 0.25, 0.5)]
+
+
+def test_baselines_normalize_inputs_as_the_joint_model_they_are_compared_with():
+    net, _ = train_segmentation("brain", minutes=0.0, intensity_ceiling=1.0)
+    assert net.config.intensity_ceiling == 1.0 and net.config.baseline and net.config.min_spacing == MIN_SPACING
+    assert train_segmentation("brain", minutes=0.0)[0].config.intensity_ceiling == NEW_NETWORK_CEILING
+
+
+def test_baselines_cli_rejects_a_ceiling_below_one(tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["--intensity-ceiling", "0.5", "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2 and not (tmp_path / "b").exists()
