@@ -9,7 +9,7 @@
 Both are scored on the held-out evaluation cases of `training.evaluate` (same seeds, same families),
 so their numbers sit next to the joint model's in the report.
 
-    python -m training.baselines --minutes 6 --out runs/baselines [--eval-cases 20]
+    python -m training.baselines --minutes 6 --out runs/baselines [--eval-cases 20] [--targets lesion,lesion_side]
 """
 from __future__ import annotations
 
@@ -36,6 +36,7 @@ logger = logging.getLogger(__name__)
 
 SEG_TARGETS = ("brain", "gray matter", "white matter", "lesion")
 SIDES = ("left", "right", "bilateral")
+SIDE_TASK = "lesion_side"  # the characterization baseline, named in --targets like a segmentation target
 MIN_SPACING = 4.0  # the same working grid as the shipped tiny joint model
 
 
@@ -139,8 +140,8 @@ def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3,
 
 
 @torch.no_grad()
-def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier, cases: int, seed: int = 0
-                       ) -> dict[str, Any]:
+def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier | None, cases: int,
+                       seed: int = 0) -> dict[str, Any]:
     """Dice per target on the held-out eval cases' ground-truth generate calls; side accuracy."""
     from training.evaluate import dice, eval_seed
     from training.tasks import FAMILIES, sample_task
@@ -158,7 +159,7 @@ def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier, c
                 x, sp = _tensor(case.scans[scan], net.config)
                 probs = torch.sigmoid(net.generate(net.encode([x], [sp], [_zero_phi()]), 0, _zero_phi()))
                 per_target[target].append(dice(probs[0, 0].numpy(), _mask_tensor(case.mask(target, scan))[0, 0].numpy()))
-        if fam == "lesion_side":
+        if fam == "lesion_side" and classifier is not None:
             scan = next(iter(case.scans))
             x, sp = _tensor(case.scans[scan], classifier.net.config)
             pred = SIDES[int(classifier.eval()(x, sp).argmax())]
@@ -188,7 +189,8 @@ def joint_rows(baselines: dict[str, Any], report: dict[str, Any]) -> dict[str, A
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="budget per baseline")
-    parser.add_argument("--targets", default=",".join(SEG_TARGETS))
+    parser.add_argument("--targets", default=",".join((*SEG_TARGETS, SIDE_TASK)),
+                        help=f"comma-separated subset of {', '.join((*SEG_TARGETS, SIDE_TASK))}")
     parser.add_argument("--eval-cases", type=int, default=20)
     parser.add_argument("--seed", type=int, default=0, help="training seed")
     parser.add_argument("--eval-seed", type=int, default=None,
@@ -203,12 +205,17 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--intensity-ceiling must be >= 1")
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
-    nets, steps = {}, {}
-    for target in [t.strip() for t in args.targets.split(",") if t.strip()]:
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(targets) - {*SEG_TARGETS, SIDE_TASK})
+    if unknown or not targets:
+        parser.error(f"unknown or no --targets {unknown}; choose from {', '.join((*SEG_TARGETS, SIDE_TASK))}")
+    nets, steps, classifier = {}, {}, None
+    for target in [t for t in targets if t != SIDE_TASK]:
         nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed,
                                                          intensity_ceiling=args.intensity_ceiling)
         logger.info("baseline %s: %d steps", target, steps[target])
-    classifier, steps["lesion_side"] = train_side_classifier(args.minutes, args.seed,
+    if SIDE_TASK in targets:
+        classifier, steps[SIDE_TASK] = train_side_classifier(args.minutes, args.seed,
                                                              intensity_ceiling=args.intensity_ceiling)
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps, "eval_seed": eval_seed,

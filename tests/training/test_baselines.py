@@ -1,6 +1,8 @@
 """Single-task baselines: each trains on its own stream and lines up next to the joint figures."""
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -35,3 +37,15 @@ def test_baselines_cli_rejects_a_ceiling_below_one(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--intensity-ceiling", "0.5", "--out", str(tmp_path / "b")])
     assert exc.value.code == 2 and not (tmp_path / "b").exists()
+
+
+def test_baselines_cli_trains_only_the_named_tasks(tmp_path):
+    out = tmp_path / "b"
+    assert main(["--targets", "brain", "--minutes", "0.02", "--eval-cases", "2", "--threads", "1",
+                 "--intensity-ceiling", "1", "--out", str(out)]) == 0
+    result = json.loads((out / "baselines.json").read_text())
+    assert set(result["steps"]) == {"brain"} and result["intensity_ceiling"] == 1.0
+    assert set(result["eval"]["dice"]) == {"brain"} and result["eval"]["lesion_side_accuracy"] is None
+    with pytest.raises(SystemExit) as exc:
+        main(["--targets", "brain,hippocampus", "--out", str(tmp_path / "c")])
+    assert exc.value.code == 2 and not (tmp_path / "c").exists()
