@@ -26,9 +26,9 @@ from torch import nn
 from tqdm import tqdm
 
 from training.trainer import EVAL_SEED_START, train_task_seed
+from vision.config import NEW_NETWORK_CEILING, VisionConfig
 from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
-from vision.config import NEW_NETWORK_CEILING, VisionConfig
 from vision.preprocess import network_input
 from voxel_ops import conform_ras
 
