@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 from pathlib import Path
 
 import numpy as np
@@ -21,17 +20,18 @@ from tqdm import tqdm
 
 from voxel_ops import Volume, normalize_intensity
 
-logger = logging.getLogger(__name__)
-
 FIRST_SEED = 2_000_000_000  # outside the training task seeds (< 10^9)
 RIM_VOXELS = 3
 
 
-def scan_contrast(scan: Volume, lesion: np.ndarray, brain: np.ndarray, ceiling: float) -> tuple[float, float] | None:
-    """(contrast in rim SDs, share of lesion voxels at the ceiling); None when lesion or rim is tiny."""
+def lesion_rim(lesion: np.ndarray, brain: np.ndarray) -> np.ndarray | None:
+    """Brain voxels within RIM_VOXELS of the lesion; None when lesion or rim is too small to measure."""
     rim = ndimage.binary_dilation(lesion, iterations=RIM_VOXELS) & ~lesion & brain
-    if lesion.sum() < 5 or rim.sum() < 5:
-        return None
+    return None if lesion.sum() < 5 or rim.sum() < 5 else rim
+
+
+def scan_contrast(scan: Volume, lesion: np.ndarray, rim: np.ndarray, ceiling: float) -> tuple[float, float]:
+    """(contrast in rim SDs, share of lesion voxels at the ceiling)."""
     image = normalize_intensity(scan, ceiling=ceiling).array
     contrast = abs(float(image[lesion].mean()) - float(image[rim].mean())) / (float(image[rim].std()) + 1e-6)
     clipped = float((image[lesion] >= np.float32(ceiling) * np.float32(0.999)).mean())
@@ -46,11 +46,11 @@ def measure(cases: int, ceilings: list[float]) -> dict[str, dict[str, float]]:
         case, _ = _lesion_case(seed)
         for name, scan in case.scans.items():
             lesion = case.mask("lesion", name).array.astype(bool)
-            brain = case.mask("brain", name).array.astype(bool)
+            rim = lesion_rim(lesion, case.mask("brain", name).array.astype(bool))
+            if rim is None:
+                continue
             for ceiling in ceilings:
-                result = scan_contrast(scan, lesion, brain, ceiling)
-                if result is not None:
-                    per[ceiling].append(result)
+                per[ceiling].append(scan_contrast(scan, lesion, rim, ceiling))
     out = {}
     for ceiling, rows in per.items():
         contrast, clipped = np.array([r[0] for r in rows]), np.array([r[1] for r in rows])

@@ -29,7 +29,7 @@ import torch
 
 from training.synth import Case
 from vision.model import Encoding, VisionNet
-from vision.preprocess import network_input
+from vision.preprocess import NetworkInput, network_input
 from voxel_ops import Volume, conform_ras, unconform
 
 
@@ -78,17 +78,16 @@ class TrainingVisionClient:
         self._pending = list(generate_calls)
         self._entries: dict[str, _Entry] = {}
         self.generates: list[GenerateRecord] = []
-        self._inputs: dict[str, tuple[torch.Tensor, tuple[float, float, float], Any]] = {}
+        self._inputs: dict[str, NetworkInput] = {}
 
     # -- helpers --------------------------------------------------------------------------
     def _scan_name(self, volume: Volume) -> str:
         return self.case.scan_name(volume)
 
-    def _input(self, name: str) -> tuple[torch.Tensor, tuple[float, float, float], Any]:
+    def _input(self, name: str) -> NetworkInput:
         """Conformed, normalised tensor of a case scan, exactly as `VisionEngine.encode` prepares it."""
         if name not in self._inputs:
-            prepared = network_input(self.case.scans[name], self.net.config, self.net.device)
-            self._inputs[name] = (prepared.tensor, prepared.spacing, prepared.transform)
+            self._inputs[name] = network_input(self.case.scans[name], self.net.config, self.net.device)
         return self._inputs[name]
 
     def vectors_for(self, array: np.ndarray) -> torch.Tensor:
@@ -107,11 +106,11 @@ class TrainingVisionClient:
         inputs = [self._input(n) for n in names]
         phi_t = [torch.as_tensor(p, dtype=torch.float32).reshape(-1).to(self.net.device) for p in phis]
         with torch.set_grad_enabled(self.joint and torch.is_grad_enabled()):
-            enc = self.net.encode([x for x, _, _ in inputs], [s for _, s, _ in inputs],
+            enc = self.net.encode([i.tensor for i in inputs], [i.spacing for i in inputs],
                                   [p if self.joint else p.detach() for p in phi_t])
         key = hashlib.sha1(f"{job_id}|{len(self._entries)}|{'|'.join(names)}".encode()).hexdigest()[:16]
         array = enc.vectors.detach().float().cpu().numpy().astype(np.float32)
-        entry = _Entry(enc, enc.vectors, array, [t for _, _, t in inputs])
+        entry = _Entry(enc, enc.vectors, array, [i.transform for i in inputs])
         self._entries[key] = entry
         return TrainHandle(key, job_id, len(names), array, names)
 

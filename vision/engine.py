@@ -3,9 +3,8 @@
 The engine speaks ``Volume`` (any orientation) on the outside and tensors on the inside: scans
 are conformed to RAS by axis permutation/flip only (no resampling), normalised as the network was
 trained (`vision.preprocess`), encoded once per job and kept in a memory-capped LRU cache until the
-job releases them. Generated masks
-are mapped back onto the exact grid and affine the scan arrived with. Concurrent generate calls
-with identical grids are stacked into one forward pass.
+job releases them. Generated masks are mapped back onto the exact grid and affine the scan arrived
+with. Concurrent generate calls with identical grids are stacked into one forward pass.
 """
 from __future__ import annotations
 
