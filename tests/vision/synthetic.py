@@ -25,3 +25,14 @@ def ellipsoid_case(shape=(48, 48, 48), seed: int = 0) -> tuple[torch.Tensor, tor
     image = (image - image.min()) / (image.max() - image.min())
     as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
     return as_t(image), as_t(target)
+
+
+def small_cube_case(generator: torch.Generator, n: int = 40, half: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """A (2*half)^3 bright cube at a random place in an n^3 noise image: ~0.1 % foreground, like a lesion."""
+    image = torch.rand(1, 1, n, n, n, generator=generator) * 0.3
+    target = torch.zeros_like(image)
+    center = torch.randint(half + 2, n - half - 2, (3,), generator=generator)
+    where = (0, 0, *(slice(int(c) - half, int(c) + half) for c in center))
+    image[where] += 0.6
+    target[where] = 1.0
+    return image, target
