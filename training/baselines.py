@@ -7,13 +7,16 @@
   for the lesion side, trained with cross-entropy.
 
 Both are scored on the held-out evaluation cases of `training.evaluate` (same seeds, same families),
-so their numbers sit next to the joint model's in the report.
+so their numbers sit next to the joint model's in the report. Each segmentation baseline also
+writes `trace_<target>.csv` (per step: soft Dice loss, CE, mean probability inside and outside the
+target), the record that tells a stalled small-target run from a slow one.
 
     python -m training.baselines --minutes 6 --out runs/baselines [--eval-cases 20] [--targets lesion,lesion_side]
 """
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import logging
 import time
@@ -38,6 +41,7 @@ SEG_TARGETS = ("brain", "gray matter", "white matter", "lesion")
 SIDES = ("left", "right", "bilateral")
 SIDE_TASK = "lesion_side"  # the characterization baseline, named in --targets like a segmentation target
 MIN_SPACING = 4.0  # the same working grid as the shipped tiny joint model
+TRACE_FIELDS = ("step", "seconds", "dice_loss", "bce", "p_inside", "p_outside")
 
 
 def _tensor(vol, config: VisionConfig) -> tuple[torch.Tensor, tuple[float, float, float]]:
@@ -78,7 +82,14 @@ def _baseline_net(intensity_ceiling: float) -> VisionNet:
 
 def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3,
                        bce_weight: float | None = None,
-                       intensity_ceiling: float = NEW_NETWORK_CEILING) -> tuple[VisionNet, int]:
+                       intensity_ceiling: float = NEW_NETWORK_CEILING,
+                       trace: list[dict[str, float]] | None = None) -> tuple[VisionNet, int]:
+    """Train one no-phi UNet on `target` for `minutes`.
+
+    `trace`, when given, gets one row per step: the two loss terms and the mean probability inside
+    and outside the target. A flat output (inside ~ outside) is how a stalled small-target run looks
+    while its loss still falls, so the rows say more than the loss alone.
+    """
     from training.trainer import TrainConfig
 
     bce_weight = TrainConfig().bce_weight if bce_weight is None else bce_weight
@@ -98,12 +109,20 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
         truth = _mask_tensor(case.mask(target, scan))
         enc = net.encode([x], [sp], [_zero_phi()])
         logits = net.generate(enc, 0, _zero_phi())
-        loss = soft_dice_loss(logits, truth) + bce_weight * voxel_bce_loss(logits, truth)
+        dice_term, bce_term = soft_dice_loss(logits, truth), voxel_bce_loss(logits, truth)
+        loss = dice_term + bce_weight * bce_term
         opt.zero_grad()
         loss.backward()
         opt.step()
         steps += 1
         bar.update(1)
+        if trace is not None:
+            with torch.no_grad():
+                probs, inside = torch.sigmoid(logits), truth > 0.5
+                trace.append({"step": steps, "seconds": round(60 * minutes - (deadline - time.monotonic()), 2),
+                              "dice_loss": float(dice_term), "bce": float(bce_term),
+                              "p_inside": float(probs[inside].mean()) if inside.any() else float("nan"),
+                              "p_outside": float(probs[~inside].mean())})
     bar.close()
     return net, steps
 
@@ -186,6 +205,13 @@ def joint_rows(baselines: dict[str, Any], report: dict[str, Any]) -> dict[str, A
     return {"rows": rows, **baselines}
 
 
+def _write_trace(path: Path, rows: list[dict[str, float]]) -> None:
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRACE_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=6.0, help="budget per baseline")
@@ -209,10 +235,12 @@ def main(argv: list[str] | None = None) -> int:
     unknown = sorted(set(targets) - {*SEG_TARGETS, SIDE_TASK})
     if unknown or not targets:
         parser.error(f"unknown or no --targets {unknown}; choose from {', '.join((*SEG_TARGETS, SIDE_TASK))}")
-    nets, steps, classifier = {}, {}, None
+    nets, steps, classifier, traces = {}, {}, None, {}
     for target in [t for t in targets if t != SIDE_TASK]:
+        traces[target] = []
         nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed,
-                                                         intensity_ceiling=args.intensity_ceiling)
+                                                         intensity_ceiling=args.intensity_ceiling,
+                                                         trace=traces[target])
         logger.info("baseline %s: %d steps", target, steps[target])
     if SIDE_TASK in targets:
         classifier, steps[SIDE_TASK] = train_side_classifier(args.minutes, args.seed,
@@ -223,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
               "eval": evaluate_baselines(nets, classifier, args.eval_cases, eval_seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")
+    for target, rows in traces.items():
+        _write_trace(args.out / f"trace_{target.replace(' ', '_')}.csv", rows)
     print(json.dumps(result, indent=2))
     return 0
 

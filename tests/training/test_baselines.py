@@ -1,12 +1,13 @@
 """Single-task baselines: each trains on its own stream and lines up next to the joint figures."""
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 import torch
 
-from training.baselines import MIN_SPACING, SEG_TARGETS, joint_rows, main, train_segmentation
+from training.baselines import MIN_SPACING, SEG_TARGETS, TRACE_FIELDS, joint_rows, main, train_segmentation
 from vision.config import NEW_NETWORK_CEILING
 
 
@@ -46,6 +47,11 @@ def test_baselines_cli_trains_only_the_named_tasks(tmp_path):
     result = json.loads((out / "baselines.json").read_text())
     assert set(result["steps"]) == {"brain"} and result["intensity_ceiling"] == 1.0
     assert set(result["eval"]["dice"]) == {"brain"} and result["eval"]["lesion_side_accuracy"] is None
+    with (out / "trace_brain.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == result["steps"]["brain"] >= 1 and tuple(rows[0]) == TRACE_FIELDS
+    assert [int(r["step"]) for r in rows] == list(range(1, len(rows) + 1))
+    assert all(0.0 <= float(r[k]) <= 1.0 for r in rows for k in ("dice_loss", "p_inside", "p_outside"))
     with pytest.raises(SystemExit) as exc:
         main(["--targets", "brain,hippocampus", "--out", str(tmp_path / "c")])
     assert exc.value.code == 2 and not (tmp_path / "c").exists()
