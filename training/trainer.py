@@ -29,7 +29,7 @@ import shutil
 import signal
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -74,6 +74,10 @@ class TrainConfig:
     feedback: str = "truth"  # values read during training come from ground-truth masks
     checkpoint_minutes: float = 4.0
     threads: int = 2
+    # relative odds of each family for the joint (vision-trained) task of a step; unnamed families 1.
+    # A uniform draw gives the rare lesion targets ~25 % of the generator's steps; language-only tasks
+    # keep the uniform mix whatever these say.
+    joint_weights: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> "TrainConfig":
@@ -95,12 +99,46 @@ def train_task_seed(run_seed: int, index: int) -> int:
 RENAME_PROB = 0.3  # share of training tasks whose scans get neutral names (training/tasks/rename.py)
 
 
-def sample_training_task(run_seed: int, index: int):
+def joint_family(weights: dict[str, float], run_seed: int, index: int) -> str | None:
+    """The family of the index-th task when it is a joint one, drawn by ``weights`` (None = uniform draw)."""
+    if not weights:
+        return None
+    from training.tasks import FAMILIES
+
+    names = list(FAMILIES)
+    odds = np.array([float(weights.get(n, 1.0)) for n in names])
+    rng = np.random.default_rng([int(run_seed), int(index), 13])
+    return names[int(rng.choice(len(names), p=odds / odds.sum()))]
+
+
+def parse_joint_weights(spec: str) -> dict[str, float]:
+    """``"lesion_count=4,lesion_side=4"`` -> {family: odds}; unknown families and bad odds raise ValueError."""
+    from training.tasks import FAMILIES
+
+    weights: dict[str, float] = {}
+    for item in filter(None, (part.strip() for part in spec.split(","))):
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or name not in FAMILIES:
+            raise ValueError(f"{item!r}: expected FAMILY=ODDS with FAMILY one of {', '.join(FAMILIES)}")
+        try:
+            odds = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: odds must be a number") from None
+        if not 0.0 <= odds < float("inf"):
+            raise ValueError(f"{item!r}: odds must be finite and >= 0")
+        weights[name] = odds
+    if weights and sum(weights.get(n, 1.0) for n in FAMILIES) <= 0:
+        raise ValueError("at least one family needs odds above 0")
+    return weights
+
+
+def sample_training_task(run_seed: int, index: int, family: str | None = None):
     from training.tasks import sample_task
     from training.tasks.rename import rename_scans
 
     seed = train_task_seed(run_seed, index)
-    sample, case = sample_task(seed, templates=TRAIN_TEMPLATES)
+    sample, case = sample_task(seed, family=family, templates=TRAIN_TEMPLATES)
     rng = np.random.default_rng([seed, 31])  # its own stream: the task itself is drawn as before
     if rng.random() < RENAME_PROB:
         sample, case = rename_scans(sample, case, rng)
@@ -408,7 +446,12 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     if probe is not None and state is not None and "phi_probe" in state:
         probe.load_from_state(state["phi_probe"])
     probe_optimizer = torch.optim.Adam(probe.parameters(), lr=cfg.lr) if probe is not None else None
-    source = task_source or (lambda index: sample_training_task(cfg.seed, index))
+
+    def source(index: int, joint: bool):
+        if task_source is not None:
+            return task_source(index)
+        family = joint_family(cfg.joint_weights, cfg.seed, index) if joint else None
+        return sample_training_task(cfg.seed, index, family)
 
     log_path = out / "log.csv"
     new_log = not log_path.exists() or not resume
@@ -442,7 +485,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                     index = tasks_seen
                     tasks_seen += 1
                     try:
-                        sample, case = source(index)
+                        sample, case = source(index, joint)
                         traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint)
                     except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
                         logger.warning("task %d skipped: %s", index, exc)

@@ -32,6 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cooldown", type=float, default=0.0,
                    help="fraction of this run's budget over which the learning rate falls linearly to 0 "
                         "(warmup-stable-decay; default 0 = constant)")
+    p.add_argument("--joint-weights", default=None, metavar="FAMILY=ODDS,...",
+                   help="odds of families for the vision-trained task of each step (others 1), "
+                        "e.g. lesion_count=4,lesion_side=4; language-only tasks stay uniform")
     p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
     p.set_defaults(func=run)
 
@@ -45,13 +48,19 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError("--steps must be positive")
     if not 0.0 <= args.cooldown <= 1.0:
         raise CommandError("--cooldown is a fraction of the budget, in [0, 1]")
-    from training.trainer import TrainConfig, train
+    from training.trainer import TrainConfig, parse_joint_weights, train
 
+    try:
+        joint_weights = parse_joint_weights(args.joint_weights) if args.joint_weights is not None else None
+    except ValueError as exc:
+        raise CommandError(f"--joint-weights: {exc}") from None
     cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
                                  checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
-                                 phi_lambda=args.phi_lambda, bce_weight=args.bce_weight)
+                                 phi_lambda=args.phi_lambda, bce_weight=args.bce_weight,
+                                 joint_weights=joint_weights)
     keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda),
-                                          ("bce_weight", args.bce_weight)) if value is not None)
+                                          ("bce_weight", args.bce_weight),
+                                          ("joint_weights", joint_weights)) if value is not None)
     result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
                    export=not args.no_export, keep_on_resume=keep, cooldown=args.cooldown)
     if result.interrupted:

@@ -159,3 +159,55 @@ def test_cli_rejects_a_cooldown_outside_the_budget(tmp_path, capsys):
     assert main(["train", "--steps", "1", "--cooldown", "1.5", "--out", str(tmp_path)]) == 2
     assert "--cooldown" in capsys.readouterr().err
     assert not (tmp_path / "log.csv").exists()
+
+
+def test_joint_weights_steer_the_joint_family_draw_deterministically():
+    from training.tasks import FAMILIES
+    from training.trainer import joint_family
+
+    assert joint_family({}, 0, 5) is None  # no weights: the task's own uniform draw
+    only = {name: 0.0 for name in FAMILIES} | {"lesion_count": 1.0}
+    assert {joint_family(only, 0, i) for i in range(50)} == {"lesion_count"}
+    boosted = {"lesion_count": 9.0}  # 9 of 28 odds
+    draws = [joint_family(boosted, 3, i) for i in range(3000)]
+    share = draws.count("lesion_count") / len(draws)
+    assert abs(share - 9 / (len(FAMILIES) + 8)) < 0.03
+    assert draws == [joint_family(boosted, 3, i) for i in range(3000)]
+    assert draws != [joint_family(boosted, 4, i) for i in range(3000)]
+
+
+@pytest.mark.parametrize("spec", ["lesion=2", "lesion_count", "lesion_count=x", "lesion_count=-1",
+                                  "lesion_count=nan", "lesion_count=inf"])
+def test_joint_weights_spec_errors_name_the_problem(spec):
+    from training.trainer import parse_joint_weights
+
+    with pytest.raises(ValueError, match="lesion"):
+        parse_joint_weights(spec)
+
+
+def test_joint_weights_cannot_silence_every_family():
+    from training.tasks import FAMILIES
+    from training.trainer import parse_joint_weights
+
+    assert parse_joint_weights(" lesion_count=4, lesion_side=2.5 ,") == {"lesion_count": 4.0, "lesion_side": 2.5}
+    with pytest.raises(ValueError, match="above 0"):
+        parse_joint_weights(",".join(f"{name}=0" for name in FAMILIES))
+
+
+def test_cli_rejects_unknown_joint_weight_families(tmp_path, capsys):
+    from service.cli import main
+
+    assert main(["train", "--steps", "1", "--joint-weights", "hippocampus=3", "--out", str(tmp_path)]) == 2
+    assert "--joint-weights" in capsys.readouterr().err
+    assert not (tmp_path / "log.csv").exists()
+
+
+@pytest.mark.slow
+def test_training_draws_joint_tasks_from_the_weighted_families(tmp_path):
+    from training.tasks import FAMILIES
+
+    weights = {name: 0.0 for name in FAMILIES} | {"volume": 1.0}
+    train(_cfg(joint_weights=weights, lm_only_tasks=1), tmp_path, max_steps=2, export=False, progress=False)
+    families = [r["families"].split("+") for r in _rows(tmp_path / "log.csv")]
+    assert [f[0] for f in families] == ["volume", "volume"]
+    assert all(f[1].endswith("(lm)") for f in families)

@@ -1,0 +1,118 @@
+"""Where a trained generator puts probability, per target, on teacher-forced held-out tasks.
+
+`python -m training.generate_probe --model runs/x/checkpoint [--families lesion_count segment] [--seeds 8]`
+
+Hard Dice says only that a mask is wrong. For a target the generator misses, these rows say how:
+mean probability inside and outside the truth, the largest probability outside, and the share of
+the grid above 0.5. A lesion output that ranks lesion voxels first but sits below 0.5 everywhere
+(settled on "empty") needs a different fix than one that marks the wrong place.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+FIRST_SEED = 2_100_000_000  # outside the training task seeds (< 10^9) and training.lesion_contrast's
+DEFAULT_FAMILIES = ("lesion_count", "lesion_side", "target_lesion", "segment")
+
+
+@dataclass(frozen=True)
+class GenerateStats:
+    """One generate call of a teacher-forced task, on the RAS-conformed grid."""
+
+    family: str
+    seed: int
+    target: str
+    target_fraction: float  # share of the grid inside the truth
+    p_inside: float  # mean probability inside the truth
+    p_outside: float
+    p_outside_max: float
+    predicted_fraction: float  # share of the grid above 0.5
+    dice: float  # hard Dice at 0.5
+
+
+def generate_stats(family: str, seed: int, target: str, logits: torch.Tensor, truth: torch.Tensor) -> GenerateStats:
+    p = torch.sigmoid(logits.detach().float()).flatten()
+    t = truth.detach().flatten() > 0.5
+    hard = p > 0.5
+    inside, outside = p[t], p[~t]
+    dice = 2.0 * float((hard & t).sum()) / max(1.0, float(hard.sum() + t.sum()))
+    return GenerateStats(family, seed, target, float(t.float().mean()),
+                         float(inside.mean()) if inside.numel() else float("nan"),
+                         float(outside.mean()) if outside.numel() else float("nan"),
+                         float(outside.max()) if outside.numel() else float("nan"), float(hard.float().mean()), dice)
+
+
+def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: int = 8, threads: int = 2,
+          progress: bool = True) -> list[GenerateStats]:
+    """Teacher-force each family's ground-truth program on `seeds` held-out cases; no gradients."""
+    from agent.checkpoint import load_agent
+    from training.tasks import sample_task
+    from training.trajectory import TrajectoryError, run_trajectory
+    from vision.checkpoint import load_vision
+
+    torch.set_num_threads(max(1, threads))
+    model, tokenizer = load_agent(model_dir)
+    net = load_vision(model_dir)
+    model.eval()
+    net.eval()
+    rows: list[GenerateStats] = []
+    jobs = [(f, FIRST_SEED + i) for f in families for i in range(seeds)]
+    with torch.no_grad():
+        for family, seed in tqdm(jobs, desc="probe", unit="task", disable=not progress):
+            try:
+                sample, case = sample_task(seed, family)
+                traj = run_trajectory(model, tokenizer, net, sample, case)
+            except (TrajectoryError, ValueError, KeyError, RuntimeError):
+                continue  # a task whose ground truth cannot run (e.g. an empty target) says nothing here
+            rows += [generate_stats(family, seed, g.target, g.logits, g.truth) for g in traj.generates
+                     if float(g.truth.sum()) > 0]
+    return rows
+
+
+def summarize(rows: list[GenerateStats]) -> dict[str, dict[str, float]]:
+    """Per target: call count and the mean of every statistic."""
+    out: dict[str, dict[str, float]] = {}
+    for target in sorted({r.target for r in rows}):
+        mine = [asdict(r) for r in rows if r.target == target]
+        keys = [k for k in mine[0] if k not in ("family", "seed", "target")]
+        out[target] = {"calls": float(len(mine)), **{k: float(np.nanmean([m[k] for m in mine])) for k in keys}}
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m training.generate_probe", description=__doc__.splitlines()[0])
+    ap.add_argument("--model", type=Path, required=True, help="checkpoint or model directory (agent + vision)")
+    ap.add_argument("--families", nargs="+", default=list(DEFAULT_FAMILIES))
+    ap.add_argument("--seeds", type=int, default=8, help="held-out cases per family")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--json", type=Path, default=None, help="also write the per-call rows and summary here")
+    args = ap.parse_args(argv)
+    from training.tasks import FAMILIES
+
+    unknown = [f for f in args.families if f not in FAMILIES]
+    if unknown:
+        ap.error(f"unknown families {unknown}; choose from {', '.join(FAMILIES)}")
+    if not (args.model / "vision_config.json").is_file():
+        ap.error(f"{args.model} holds no vision checkpoint (vision_config.json)")
+    rows = probe(args.model, args.families, args.seeds, args.threads)
+    summary = summarize(rows)
+    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice |")
+    print("|---|---|---|---|---|---|---|---|")
+    for target, s in summary.items():
+        print(f"| {target} | {int(s['calls'])} | {s['target_fraction']:.4f} | {s['p_inside']:.3f} | "
+              f"{s['p_outside']:.4f} | {s['p_outside_max']:.2f} | {s['predicted_fraction']:.4f} | {s['dice']:.3f} |")
+    if args.json:
+        args.json.write_text(json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
