@@ -28,6 +28,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from training.generate_probe import probability_split
 from training.trainer import EVAL_SEED_START, train_task_seed
 from vision.config import NEW_NETWORK_CEILING, VisionConfig
 from vision.losses import soft_dice_loss, voxel_bce_loss
@@ -117,12 +118,10 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
         steps += 1
         bar.update(1)
         if trace is not None:
-            with torch.no_grad():
-                probs, inside = torch.sigmoid(logits), truth > 0.5
-                trace.append({"step": steps, "seconds": round(60 * minutes - (deadline - time.monotonic()), 2),
-                              "dice_loss": float(dice_term), "bce": float(bce_term),
-                              "p_inside": float(probs[inside].mean()) if inside.any() else float("nan"),
-                              "p_outside": float(probs[~inside].mean())})
+            p_inside, p_outside, _ = probability_split(torch.sigmoid(logits.detach()), truth)
+            trace.append({"step": steps, "seconds": round(60 * minutes - (deadline - time.monotonic()), 2),
+                          "dice_loss": float(dice_term.detach()), "bce": float(bce_term.detach()),
+                          "p_inside": p_inside, "p_outside": p_outside})
     bar.close()
     return net, steps
 

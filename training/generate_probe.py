@@ -19,6 +19,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from training.evaluate import dice
+
 FIRST_SEED = 2_100_000_000  # outside the training task seeds (< 10^9) and training.lesion_contrast's
 DEFAULT_FAMILIES = ("lesion_count", "lesion_side", "target_lesion", "segment")
 
@@ -38,16 +40,21 @@ class GenerateStats:
     dice: float  # hard Dice at 0.5
 
 
-def generate_stats(family: str, seed: int, target: str, logits: torch.Tensor, truth: torch.Tensor) -> GenerateStats:
-    p = torch.sigmoid(logits.detach().float()).flatten()
-    t = truth.detach().flatten() > 0.5
-    hard = p > 0.5
+def probability_split(probs: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:
+    """(mean p inside the truth, mean p outside, largest p outside); NaN for an empty side."""
+    p, t = probs.detach().flatten(), truth.detach().flatten() > 0.5
     inside, outside = p[t], p[~t]
-    dice = 2.0 * float((hard & t).sum()) / max(1.0, float(hard.sum() + t.sum()))
-    return GenerateStats(family, seed, target, float(t.float().mean()),
-                         float(inside.mean()) if inside.numel() else float("nan"),
-                         float(outside.mean()) if outside.numel() else float("nan"),
-                         float(outside.max()) if outside.numel() else float("nan"), float(hard.float().mean()), dice)
+    nan = float("nan")
+    return (float(inside.mean()) if inside.numel() else nan, float(outside.mean()) if outside.numel() else nan,
+            float(outside.max()) if outside.numel() else nan)
+
+
+def generate_stats(family: str, seed: int, target: str, logits: torch.Tensor, truth: torch.Tensor) -> GenerateStats:
+    probs = torch.sigmoid(logits.detach().float())
+    p_inside, p_outside, p_outside_max = probability_split(probs, truth)
+    probs_np, mask = probs.cpu().numpy(), truth.detach().cpu().numpy()
+    return GenerateStats(family, seed, target, float((mask > 0.5).mean()), p_inside, p_outside, p_outside_max,
+                         float((probs_np > 0.5).mean()), dice(probs_np, mask))
 
 
 def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: int = 8, threads: int = 2,
