@@ -323,12 +323,21 @@ LOG_COLUMNS = ["step", "tasks_seen", "loss", "ce", "dice_loss", "token_acc", "lr
                "seconds", "families", "phi_loss", "phi_probe_acc", "bce_loss"]
 
 
-def _upgrade_log_header(path: Path) -> None:
-    """Give a resumed run's log the current header (columns are only ever appended; older rows stay short)."""
+def _prepare_resumed_log(path: Path, step: int) -> None:
+    """Give a resumed run's log the current header and drop the rows after the checkpoint's step.
+
+    Columns are only ever appended, so older rows stay short. Rows after ``step`` describe steps a
+    kill threw away; the resumed run logs them again, and keeping both would count them twice.
+    """
     lines = path.read_text().splitlines(keepends=True)
-    if lines and lines[0].rstrip("\r\n").split(",") != LOG_COLUMNS:
-        lines[0] = ",".join(LOG_COLUMNS) + "\r\n"
-        path.write_text("".join(lines))
+    if not lines:
+        return
+    header, rows = lines[0], lines[1:]
+    if header.rstrip("\r\n").split(",") != LOG_COLUMNS:
+        header = ",".join(LOG_COLUMNS) + "\r\n"
+    kept = [row for row in rows if not row.split(",", 1)[0].isdigit() or int(row.split(",", 1)[0]) <= step]
+    if header != lines[0] or len(kept) != len(rows):
+        path.write_text(header + "".join(kept))
 
 
 def _lr_at(cfg: TrainConfig, step: int, scale: float = 1.0) -> float:
@@ -456,7 +465,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
     log_path = out / "log.csv"
     new_log = not log_path.exists() or not resume
     if not new_log:
-        _upgrade_log_header(log_path)
+        _prepare_resumed_log(log_path, step)
     log_file = log_path.open("w" if new_log else "a", newline="")
     writer = csv.writer(log_file)
     if new_log:

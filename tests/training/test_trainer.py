@@ -56,6 +56,18 @@ def test_resume_continues_from_saved_step(tmp_path):
     assert state["step"] == 4 and state["tasks_seen"] == 4
 
 
+def test_resume_after_a_kill_drops_the_rows_logged_after_the_checkpoint(tmp_path):
+    """A kill (no handler runs) leaves log rows past the last checkpoint; resume logs those steps again."""
+    task = lambda index: _fixed_task()  # noqa: E731
+    train(_cfg(), tmp_path, max_steps=2, export=False, progress=False, task_source=task)
+    log = tmp_path / "log.csv"
+    rows = log.read_text().splitlines(keepends=True)
+    log.write_text("".join(rows) + rows[-1].replace("2,", "3,", 1) + rows[-1].replace("2,", "4,", 1))
+    assert [int(r["step"]) for r in _rows(log)] == [1, 2, 3, 4]  # what the killed run left
+    train(_cfg(), tmp_path, max_steps=5, resume=True, export=False, progress=False, task_source=task)
+    assert [int(r["step"]) for r in _rows(log)] == [1, 2, 3, 4, 5]
+
+
 def test_export_writes_models_layout(tmp_path):
     from agent.phi_bank import PhiBank
     from training.trainer import build_networks, build_tokenizer, export_model
