@@ -4,8 +4,10 @@
 
 Hard Dice says only that a mask is wrong. For a target the generator misses, these rows say how:
 mean probability inside and outside the truth, the largest probability outside, and the share of
-the grid above 0.5. A lesion output that ranks lesion voxels first but sits below 0.5 everywhere
-(settled on "empty") needs a different fix than one that marks the wrong place.
+the grid above 0.5, and the Dice of the mask made of the top-ranked voxels in the truth's number
+(the Dice a perfectly calibrated output of the same ranking would reach). A lesion output that ranks
+lesion voxels first but sits below 0.5 everywhere (settled on "empty"), or above it far outside
+(over-segmenting), needs a different fix than one that marks the wrong place.
 """
 from __future__ import annotations
 
@@ -38,6 +40,7 @@ class GenerateStats:
     p_outside_max: float
     predicted_fraction: float  # share of the grid above 0.5
     dice: float  # hard Dice at 0.5
+    dice_at_true_volume: float  # Dice of the top-k voxels, k = the truth's voxel count: ranking alone
 
 
 def probability_split(probs: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:
@@ -49,12 +52,26 @@ def probability_split(probs: torch.Tensor, truth: torch.Tensor) -> tuple[float, 
             float(outside.max()) if outside.numel() else nan)
 
 
+def dice_at_true_volume(logits: torch.Tensor, truth: torch.Tensor) -> float:
+    """Dice of the ``k`` highest-ranked voxels, ``k`` = voxels in the truth.
+
+    Ranks logits, not probabilities: float32 sigmoid rounds every logit above ~17 to exactly 1, and a
+    large target's saturated voxels would otherwise tie and be cut by position.
+    """
+    p, t = logits.detach().float().flatten(), truth.detach().flatten() > 0.5
+    k = int(t.sum())
+    if k == 0:
+        return float("nan")
+    top = torch.topk(p, k).indices
+    return float(t[top].sum()) / k  # 2|A & B| / (|A| + |B|) with |A| = |B| = k
+
+
 def generate_stats(family: str, seed: int, target: str, logits: torch.Tensor, truth: torch.Tensor) -> GenerateStats:
     probs = torch.sigmoid(logits.detach().float())
     p_inside, p_outside, p_outside_max = probability_split(probs, truth)
     probs_np, mask = probs.cpu().numpy(), truth.detach().cpu().numpy()
     return GenerateStats(family, seed, target, float((mask > 0.5).mean()), p_inside, p_outside, p_outside_max,
-                         float((probs_np > 0.5).mean()), dice(probs_np, mask))
+                         float((probs_np > 0.5).mean()), dice(probs_np, mask), dice_at_true_volume(logits, truth))
 
 
 def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: int = 8, threads: int = 2,
@@ -111,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.model} holds no vision checkpoint (vision_config.json)")
     rows = probe(args.model, args.families, args.seeds, args.threads)
     summary = summarize(rows)
-    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice | Dice at true volume |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for target, s in summary.items():
         print(f"| {target} | {int(s['calls'])} | {s['target_fraction']:.4f} | {s['p_inside']:.3f} | "
-              f"{s['p_outside']:.4f} | {s['p_outside_max']:.2f} | {s['predicted_fraction']:.4f} | {s['dice']:.3f} |")
+              f"{s['p_outside']:.4f} | {s['p_outside_max']:.2f} | {s['predicted_fraction']:.4f} | {s['dice']:.3f} | "
+              f"{s['dice_at_true_volume']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     return 0

@@ -17,6 +17,7 @@ def test_stats_separate_inside_outside_and_threshold_at_half():
     truth = torch.zeros(1, 1, 4, 4, 4)
     truth[0, 0, :2, :2, :2] = 1  # 8 of 64 voxels
     logits = torch.full_like(truth, -10.0)
+    logits[0, 0, :2, :2, :] = -12.0  # the half not found ranks below the background
     logits[0, 0, :2, :2, :1] = 10.0  # half the target found
     logits[0, 0, 3, 3, 3] = 0.0  # p 0.5 outside: not above the threshold
     s = generate_stats("segment", 1, "lesion", logits, truth)
@@ -25,6 +26,7 @@ def test_stats_separate_inside_outside_and_threshold_at_half():
     assert s.p_outside_max == pytest.approx(0.5)
     assert s.predicted_fraction == pytest.approx(4 / 64)
     assert s.dice == pytest.approx(2 * 4 / (4 + 8))
+    assert s.dice_at_true_volume == pytest.approx(4 / 8)  # top 8: the 4 found, the p-0.5 voxel, 3 background
     assert summarize([s, s])["lesion"]["calls"] == 2
 
 
@@ -36,6 +38,21 @@ def test_empty_prediction_scores_zero_and_keeps_the_ranking():
     s = generate_stats("lesion_count", 2, "lesion", logits, truth)
     assert s.dice == 0.0 and s.predicted_fraction == 0.0
     assert s.p_inside > 10 * s.p_outside
+    assert s.dice_at_true_volume == 1.0  # the ranking alone would find it
+
+
+def test_over_segmentation_keeps_a_perfect_ranking_apart_from_a_wrong_one():
+    truth = torch.zeros(1, 1, 8, 8, 8)
+    truth[0, 0, 1:3, 1:3, 1:3] = 1  # 8 voxels
+    logits = torch.full_like(truth, 1.0)  # p 0.73 everywhere: over-segmented
+    logits[0, 0, 1:3, 1:3, 1:3] = 4.0
+    ranked = generate_stats("segment", 3, "lesion", logits, truth)
+    assert ranked.predicted_fraction == 1.0 and ranked.dice < 0.04
+    assert ranked.dice_at_true_volume == 1.0
+    elsewhere = logits.clone()
+    elsewhere[0, 0, 1:3, 1:3, 1:3] = 1.0
+    elsewhere[0, 0, 5:7, 5:7, 5:7] = 4.0  # the same volume, the wrong place
+    assert generate_stats("segment", 3, "lesion", elsewhere, truth).dice_at_true_volume == 0.0
 
 
 @pytest.mark.slow
@@ -47,6 +64,7 @@ def test_probe_of_the_shipped_checkpoint_writes_rows_per_generate(tmp_path, caps
     assert len(report["rows"]) >= 2
     for row in report["rows"]:
         assert 0 < row["target_fraction"] < 1 and 0 <= row["dice"] <= 1
+        assert 0 <= row["dice_at_true_volume"] <= 1
         assert not math.isnan(row["p_inside"])
     assert "| target |" in capsys.readouterr().out
 
