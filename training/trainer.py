@@ -66,6 +66,9 @@ class TrainConfig:
     # voxel cross-entropy next to soft Dice in the segmentation term (nnU-Net's Dice + CE); 0 = paper eq. 2.
     # Without it lesion generates stalled at soft Dice ~1 on a brain-sized blob (see vision/losses.py).
     bce_weight: float = 1.0
+    # how that cross-entropy averages: "grid" (every voxel alike) or "balanced" (target and background
+    # halves; vision.losses.balanced_voxel_bce_loss), so a lesion is not outweighed 1 : 3,000
+    voxel_ce: str = "grid"
     phi_lambda: float = 0.1  # weight of the phi-probe loss (training/phi_probe.py); 0 = paper eq. 2 only
     seed: int = 0
     vision_min_spacing: float | None = 4.0  # working spacing of the tiny vision net (CPU budget)
@@ -495,7 +498,8 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                     tasks_seen += 1
                     try:
                         sample, case = source(index, joint)
-                        traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint)
+                        traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint,
+                                              voxel_ce=cfg.voxel_ce)
                     except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
                         logger.warning("task %d skipped: %s", index, exc)
                         continue

@@ -27,7 +27,7 @@ from training.phi_probe import mod_labels
 from training.synth import Case
 from training.tasks import TaskSample
 from training.vision_client_train import GenerateRecord, TrainingVisionClient
-from vision.losses import soft_dice_loss, voxel_bce_loss
+from vision.losses import VOXEL_CE, soft_dice_loss
 from vision.model import VisionNet
 
 DICE_LAMBDA = 0.1  # paper 3.3
@@ -75,8 +75,11 @@ def _training_limits() -> SandboxLimits:
 
 
 def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionNet, sample: TaskSample, case: Case,
-                   *, feedback: str = "truth", phi_bank: PhiBank | None = None, joint: bool = True) -> Trajectory:
+                   *, feedback: str = "truth", phi_bank: PhiBank | None = None, joint: bool = True,
+                   voxel_ce: str = "grid") -> Trajectory:
     """Teacher-force ``sample``'s ground-truth program on ``case``; gradients reach LM and vision net.
+
+    ``voxel_ce`` names the voxel cross-entropy in ``vision.losses.VOXEL_CE`` ("grid" or "balanced").
 
     ``joint=False`` is a language-only pass (CE only): encodings are computed without grad and
     generate() returns the truth without running the generator, at a fraction of the cost.
@@ -137,7 +140,7 @@ def run_trajectory(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
         hits = int(((pred == target) & (target != IGNORE_INDEX)).sum())
         n_code = int((target != IGNORE_INDEX).sum())
     dice = [soft_dice_loss(g.logits.float(), g.truth) for g in client.generates]
-    bce = [voxel_bce_loss(g.logits.float(), g.truth) for g in client.generates]
+    bce = [VOXEL_CE[voxel_ce](g.logits.float(), g.truth) for g in client.generates]
     # phi at every labelled <MOD> from this final forward: same values as the prefix forwards (causal),
     # with grad into the agent even on language-only passes
     mod_at = [p for p in range(len(ids)) if ids[p] == tok.mod_id and labeled[p]]

@@ -30,6 +30,26 @@ def voxel_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
     return torch.nn.functional.binary_cross_entropy_with_logits(logits, target.to(logits.dtype))
 
 
+def balanced_voxel_bce_loss(logits: Tensor, target: Tensor) -> Tensor:
+    """Voxel cross-entropy averaged inside and outside the target separately, then the two halves.
+
+    Averaged over the grid, cross-entropy weighs a 0.03 % lesion 1 : 3,000 against its background, and
+    a joint generator that shares its output with brain-sized targets settles on "empty" for it (model
+    card, fifth and sixth runs). Here the target's voxels carry half the term whatever its size; an
+    empty target leaves the outside half alone.
+    """
+    t = target.to(logits.dtype)
+    per_voxel = torch.nn.functional.binary_cross_entropy_with_logits(logits, t, reduction="none")
+    inside = t > 0.5
+    outside_mean = per_voxel[~inside].mean()
+    if not bool(inside.any()):
+        return outside_mean
+    return 0.5 * (per_voxel[inside].mean() + outside_mean)
+
+
+VOXEL_CE = {"grid": voxel_bce_loss, "balanced": balanced_voxel_bce_loss}
+
+
 def hard_dice(probs: Tensor, target: Tensor, threshold: float = 0.5) -> float:
     """Dice of the thresholded prediction, for reporting."""
     pred = (probs > threshold).to(torch.float32)

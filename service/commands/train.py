@@ -27,6 +27,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="weight of the phi-probe loss that keeps instructions apart (default 0.1; 0 = paper eq. 2)")
     p.add_argument("--bce-weight", type=float, default=None,
                    help="voxel cross-entropy next to soft Dice in the segmentation term (default 1; 0 = paper eq. 2)")
+    p.add_argument("--voxel-ce", choices=("grid", "balanced"), default=None,
+                   help="how the voxel cross-entropy averages: over the grid (default) or target and "
+                        "background halves apart, so small targets are not outweighed")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default 2)")
     p.add_argument("--checkpoint-minutes", type=float, default=None, help="minutes between checkpoints")
     p.add_argument("--cooldown", type=float, default=0.0,
@@ -57,9 +60,9 @@ def run(args: argparse.Namespace) -> int:
     cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
                                  checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
                                  phi_lambda=args.phi_lambda, bce_weight=args.bce_weight,
-                                 joint_weights=joint_weights)
+                                 joint_weights=joint_weights, voxel_ce=args.voxel_ce)
     keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda),
-                                          ("bce_weight", args.bce_weight),
+                                          ("bce_weight", args.bce_weight), ("voxel_ce", args.voxel_ce),
                                           ("joint_weights", joint_weights)) if value is not None)
     result = train(cfg, args.out, max_steps=args.steps, minutes=args.minutes, resume=args.resume,
                    export=not args.no_export, keep_on_resume=keep, cooldown=args.cooldown)

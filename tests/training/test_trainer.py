@@ -223,3 +223,26 @@ def test_training_draws_joint_tasks_from_the_weighted_families(tmp_path):
     families = [r["families"].split("+") for r in _rows(tmp_path / "log.csv")]
     assert [f[0] for f in families] == ["volume", "volume"]
     assert all(f[1].endswith("(lm)") for f in families)
+
+
+def test_balanced_voxel_ce_is_recorded_and_kept_on_resume(tmp_path):
+    import json
+
+    task = lambda index: _fixed_task()  # noqa: E731
+    train(_cfg(), tmp_path / "grid", max_steps=1, export=False, progress=False, task_source=task)
+    train(_cfg(voxel_ce="balanced"), tmp_path, max_steps=1, export=False, progress=False, task_source=task)
+    assert json.loads((tmp_path / "train_config.json").read_text())["voxel_ce"] == "balanced"
+    # same seed, same first prediction (the rare-prior head: p ~ 0 everywhere); the target's half costs more
+    grid = float(_rows(tmp_path / "grid" / "log.csv")[0]["bce_loss"])
+    assert float(_rows(tmp_path / "log.csv")[0]["bce_loss"]) > 2 * grid
+    train(_cfg(), tmp_path, max_steps=2, resume=True, export=False, progress=False, task_source=task)
+    assert json.loads((tmp_path / "train_config.json").read_text())["voxel_ce"] == "balanced"
+
+
+def test_cli_refuses_an_unknown_voxel_ce(tmp_path, capsys):
+    from service.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--steps", "1", "--voxel-ce", "focal", "--out", str(tmp_path)])
+    assert exc.value.code == 2
+    assert "--voxel-ce" in capsys.readouterr().err

@@ -233,3 +233,21 @@ def test_voxel_bce_pushes_back_on_a_false_positive_blob():
     bce_push = logits.grad[target == 0].abs().mean().item()
     assert bce_push > 100 * dice_push, (bce_push, dice_push)
     assert voxel_bce_loss(torch.full_like(target, -20.0) + 40 * target, target).item() < 1e-6
+
+
+def test_balanced_voxel_bce_weighs_a_small_target_as_much_as_its_background():
+    """Grid-averaged CE barely charges an empty answer for a 27-voxel target; the balanced one charges half."""
+    from vision.losses import VOXEL_CE, balanced_voxel_bce_loss, voxel_bce_loss
+
+    target = torch.zeros(1, 1, 32, 32, 32)
+    target[..., 14:17, 14:17, 14:17] = 1  # 27 of 32,768 voxels
+    empty = torch.full_like(target, -6.0)  # p 0.0025 everywhere: "no lesion"
+    grid, balanced = voxel_bce_loss(empty, target).item(), balanced_voxel_bce_loss(empty, target).item()
+    assert grid < 0.01  # 27 voxels of CE 6 spread over the grid
+    assert balanced == pytest.approx(0.5 * (6.0 + 0.0025), abs=0.01)  # half the mean inside, half outside
+    perfect = torch.full_like(target, -20.0) + 40 * target
+    assert balanced_voxel_bce_loss(perfect, target).item() < 1e-6
+    # no target: only the background half, which equals the grid average
+    none = torch.zeros_like(target)
+    assert balanced_voxel_bce_loss(empty, none).item() == pytest.approx(voxel_bce_loss(empty, none).item())
+    assert set(VOXEL_CE) == {"grid", "balanced"}
