@@ -43,6 +43,7 @@ from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
 from training.phi_probe import PhiProbe
 from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
 from vision.checkpoint import load_vision, save_vision
+from vision.losses import VOXEL_CE
 from vision.model import VisionNet, build_vision_net
 
 logger = logging.getLogger(__name__)
@@ -81,6 +82,12 @@ class TrainConfig:
     # A uniform draw gives the rare lesion targets ~25 % of the generator's steps; language-only tasks
     # keep the uniform mix whatever these say.
     joint_weights: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        # checked here, not at the first step: the step loop skips tasks that raise KeyError, so an
+        # unknown name would skip every task of the run
+        if self.voxel_ce not in VOXEL_CE:
+            raise ValueError(f"voxel_ce {self.voxel_ce!r}: choose from {', '.join(VOXEL_CE)}")
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> "TrainConfig":
@@ -338,7 +345,11 @@ def _prepare_resumed_log(path: Path, step: int) -> None:
     header, rows = lines[0], lines[1:]
     if header.rstrip("\r\n").split(",") != LOG_COLUMNS:
         header = ",".join(LOG_COLUMNS) + "\r\n"
-    kept = [row for row in rows if not row.split(",", 1)[0].isdigit() or int(row.split(",", 1)[0]) <= step]
+    def logged_after_checkpoint(row: str) -> bool:
+        first = row.split(",", 1)[0]
+        return first.isdigit() and int(first) > step
+
+    kept = [row for row in rows if not logged_after_checkpoint(row)]
     if header != lines[0] or len(kept) != len(rows):
         path.write_text(header + "".join(kept))
 

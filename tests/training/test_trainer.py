@@ -246,3 +246,9 @@ def test_cli_refuses_an_unknown_voxel_ce(tmp_path, capsys):
         main(["train", "--steps", "1", "--voxel-ce", "focal", "--out", str(tmp_path)])
     assert exc.value.code == 2
     assert "--voxel-ce" in capsys.readouterr().err
+
+
+def test_an_unknown_voxel_ce_is_refused_before_training():
+    """Raised by the config itself: at the first step it would be a KeyError, which skips the task."""
+    with pytest.raises(ValueError, match="voxel_ce"):
+        _cfg(voxel_ce="focal")
