@@ -107,6 +107,7 @@ class CaseResult:
     answer: str | None
     dice: dict[str, float] = field(default_factory=dict)
     volume_error: float | None = None
+    grid_ceiling: dict[str, float] = field(default_factory=dict)  # truth through the working grid (grid_ceiling)
     seconds: float = 0.0
     steps: list[str] = field(default_factory=list)
 
@@ -143,6 +144,7 @@ class Evaluator:
             return self.runtime.run(prompt, scans, sandbox=sandbox), client
 
     def case(self, seed: int, family: str) -> CaseResult:
+        from training.grid_ceiling import grid_ceiling_dice
         from training.tasks import sample_task
         from training.tasks.targets import TARGETS, truth_mask
         from training.trainer import HELD_OUT_TEMPLATE_START
@@ -158,10 +160,13 @@ class Evaluator:
             success = success and answer_matches(response, sample.answer)
         masks = generated_masks(codes, client.generated)
         dices: dict[str, float] = {}
+        ceiling: dict[str, float] = {}
         for scan, target in sample.generate_calls:
             truth = truth_mask(case, target, scan) if target in TARGETS else case.mask(target, scan)
             pred = masks.get((scan, normalize_target(target)))
             dices.setdefault(target, dice(pred.array, truth.array) if pred is not None else 0.0)
+            if target not in ceiling:
+                ceiling[target] = grid_ceiling_dice(truth.array, truth.spacing, self.engine.config)
         volume_error = None
         if sample.family == "volume":
             got = NUMBER.findall(response)
@@ -169,7 +174,7 @@ class Evaluator:
             volume_error = min(1.0, abs(float(got[0]) - true) / max(true, 1e-6)) if got else 1.0
         return CaseResult(seed=seed, family=sample.family, prompt=sample.prompt, code_match=codes == sample.steps,
                           success=bool(success), response=response, answer=sample.answer, dice=dices,
-                          volume_error=volume_error, seconds=time.perf_counter() - t0, steps=codes)
+                          volume_error=volume_error, grid_ceiling=ceiling, seconds=time.perf_counter() - t0, steps=codes)
 
     def run_program(self, steps: Sequence[str], scans: dict[str, Volume]) -> RecordingClient:
         """Run a fixed program (no language model) through the same engine and phi bank."""
@@ -267,9 +272,12 @@ def _mean(values: Sequence[float]) -> float:
 
 def summarize(results: Sequence[CaseResult], mni: dict[str, dict[str, Any]]) -> tuple[dict[str, float], dict[str, Any]]:
     per_target: dict[str, list[float]] = {}
+    ceiling: dict[str, list[float]] = {}
     for r in results:
         for target, d in r.dice.items():
             per_target.setdefault(target, []).append(d)
+        for target, d in r.grid_ceiling.items():
+            ceiling.setdefault(target, []).append(d)
     char = [r.success for r in results if r.family in CHARACTERIZATION]
     vol = [r.volume_error for r in results if r.volume_error is not None]
     figures = {
@@ -296,6 +304,7 @@ def summarize(results: Sequence[CaseResult], mni: dict[str, dict[str, Any]]) -> 
         "counts": {"cases": len(results), "characterization": len(char), "volume": len(vol),
                    **{f"dice_{t}": len(v) for t, v in per_target.items()}},
         "dice_all_targets": {t: _mean(v) for t, v in per_target.items()},
+        "dice_grid_ceiling": {t: _mean(v) for t, v in ceiling.items()},
         "by_family": by_family,
         "mni": mni,
         "cases": [r.__dict__ for r in results],

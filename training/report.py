@@ -48,9 +48,14 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## By family", "", "| family | cases | code exact match | task success |", "|---|---|---|---|"]
     for fam, f in sorted(report["by_family"].items()):
         lines.append(f"| {fam} | {f['cases']} | {f['code_exact_match']:.2f} | {f['task_success']:.2f} |")
-    lines += ["", "## Dice, every generated target", "", "| target | Dice | generate calls |", "|---|---|---|"]
+    ceiling = report.get("dice_grid_ceiling") or {}
+    lines += ["", "## Dice, every generated target", "",
+              "Grid ceiling: the truth itself averaged onto the network's working grid and interpolated back "
+              "(`training.grid_ceiling`), i.e. what a perfect generator at that grid would score.", "",
+              "| target | Dice | grid ceiling | generate calls |", "|---|---|---|---|"]
     for t, d in sorted(report["dice_all_targets"].items()):
-        lines.append(f"| {t} | {d:.3f} | {report['counts'].get('dice_' + t, 0)} |")
+        cap = f"{ceiling[t]:.3f}" if t in ceiling else "-"
+        lines.append(f"| {t} | {d:.3f} | {cap} | {report['counts'].get('dice_' + t, 0)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,6 +62,11 @@ def test_eval_with_shipped_checkpoint_prints_every_key_in_unit_interval(tmp_path
     assert mni["brain"]["agent"] == figures["mni_dice_brain"] and mni["brain"]["code"]
     assert mni["brain"]["program"] > 0.85  # the shipped network finds the brain on real anatomy
     assert "## Real MNI152 T1" in (tmp_path / "eval.md").read_text()
+    # every generated target also gets the working grid's own ceiling, a Dice in (0, 1]
+    report = json.loads((tmp_path / "eval.json").read_text())
+    assert set(report["dice_grid_ceiling"]) == set(report["dice_all_targets"])
+    assert all(0.0 < c <= 1.0 for c in report["dice_grid_ceiling"].values())
+    assert "grid ceiling" in (tmp_path / "eval.md").read_text()
 
 
 @pytest.mark.slow
