@@ -10,6 +10,8 @@ GOALS = {"code_exact_match": (">=", 0.95), "task_success": (">=", 0.90), "dice_b
          "mni_dice_brain": (">=", 0.90), "mni_dice_gm": (">=", 0.80), "mni_dice_wm": (">=", 0.80),
          "characterization_accuracy": (">=", 0.89), "volume_error_median": ("<=", 0.05)}
 
+FLAT_DICE_TARGETS = ("brain", "gray matter", "white matter", "lesion")  # already rows of GOALS (dice_*)
+
 
 def meets(key: str, value: float) -> bool:
     op, goal = GOALS[key]
@@ -56,6 +58,34 @@ def markdown(report: dict[str, Any]) -> str:
     for t, d in sorted(report["dice_all_targets"].items()):
         cap = f"{ceiling[t]:.3f}" if t in ceiling else "-"
         lines.append(f"| {t} | {d:.3f} | {cap} | {report['counts'].get('dice_' + t, 0)} |")
+    return "\n".join(lines) + "\n"
+
+
+def comparison(reports: dict[str, dict[str, Any]]) -> str:
+    """Side-by-side markdown of several saved reports: every figure, every target's Dice, phi separation.
+
+    Checkpoints are compared on the same held-out cases only when their reports share a seed and a case
+    count; the header states both so that a table mixing them is visibly a mix.
+    """
+    names = list(reports)
+    head = [f"{n} (seed {r.get('seed')}, {r['counts']['cases']} cases)" for n, r in reports.items()]
+    lines = ["| figure | goal | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(names)]
+
+    def row(label: str, goal: str, values: list[float | None]) -> None:
+        cells = ["-" if v is None else f"{v:.3f}" for v in values]
+        lines.append(f"| {label} | {goal} | " + " | ".join(cells) + " |")
+
+    for key, (op, goal) in GOALS.items():  # an MNI figure of a run made with --no-mni is absent, not 0
+        row(key, f"{op} {goal}", [None if key.startswith("mni_") and not r.get("mni") else r["figures"].get(key)
+                                  for r in reports.values()])
+    targets = sorted({t for r in reports.values() for t in r.get("dice_all_targets", {})})
+    for t in targets:
+        if t not in FLAT_DICE_TARGETS:
+            row(f"Dice {t}", "", [r.get("dice_all_targets", {}).get(t) for r in reports.values()])
+        ceilings = [r.get("dice_grid_ceiling", {}).get(t) for r in reports.values()]
+        if any(c is not None for c in ceilings):
+            row(f"grid ceiling {t}", "", ceilings)
+    row("phi mean cosine", "", [(r.get("phi_separation") or {}).get("mean_cosine") for r in reports.values()])
     return "\n".join(lines) + "\n"
 
 

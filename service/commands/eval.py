@@ -1,5 +1,8 @@
 """`voxagent eval [--cases N] [--seed S] [--model DIR] [--json] [--report DIR]`: held-out evaluation.
 
+`voxagent eval --compare DIR [DIR ...]` evaluates nothing: it prints the saved reports (eval.json) of
+earlier runs side by side, the table the model card quotes.
+
 Runs the real agent runtime, sandbox and vision engine of a checkpoint on held-out synthesized tasks
 (seeds >= 10**9, held-out prompt templates) and on the real MNI152 T1; prints the figures as flat
 JSON keys in [0, 1] with --json, and writes eval.json + eval.md into --report.
@@ -23,12 +26,37 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mni", action="store_true", help="skip the MNI152 T1 figures (reported as 0)")
     p.add_argument("--baselines", type=Path, default=None,
                    help="baselines.json from `python -m training.baselines` to put next to the joint figures")
+    p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
+                   help="print the saved reports in these --report directories side by side and exit")
     p.set_defaults(func=run)
+
+
+def compare(dirs: list[Path]) -> int:
+    from service.cli import CommandError
+    from training.report import comparison
+
+    reports = {}
+    for d in dirs:
+        path = d / "eval.json" if d.is_dir() else d
+        if not path.is_file():
+            raise CommandError(f"no eval.json in {d} (write one with --report)")
+        try:
+            report = json.loads(path.read_text())
+            report["figures"], report["counts"]["cases"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise CommandError(f"{path} is not a voxagent eval report: {exc!r}") from exc
+        reports[d.name if d.is_dir() else d.parent.name] = report
+    if len(reports) < len(dirs):
+        raise CommandError("two reports share a directory name; pass distinct directories")
+    print(comparison(reports), end="")
+    return 0
 
 
 def run(args: argparse.Namespace) -> int:
     from service.cli import CommandError
 
+    if args.compare:
+        return compare(args.compare)
     if args.cases < 1:
         raise CommandError("--cases must be positive")
     if not (args.model / "agent.safetensors").is_file() or not (args.model / "vision.safetensors").is_file():

@@ -79,3 +79,41 @@ def test_shipped_checkpoint_meets_issue_figures():
     if figures["volume_error_median"] > MAX_VOLUME_ERROR:
         misses["volume_error_median"] = figures["volume_error_median"]
     assert not misses, f"figures below the issue's targets: {misses}"
+
+
+def _saved_report(directory: Path, seed: int, wm: float, mni: bool) -> Path:
+    from training.report import write_report
+
+    figures = {k: 0.5 for k in FLAT_KEYS} | {"dice_wm": wm}
+    report = {"figures": figures, "counts": {"cases": 4}, "seed": seed, "by_family": {},
+              "dice_all_targets": {"white matter": wm, "left hemisphere": 0.8},
+              "dice_grid_ceiling": {"white matter": 0.89, "left hemisphere": 0.99},
+              "mni": {"white matter": {"agent": 0.5, "program": 0.5}} if mni else {},
+              "phi_separation": {"mean_cosine": 0.6, "max_cosine": 0.9, "targets": [], "closest_pair": ["a", "b"]}}
+    write_report(report, directory)
+    return directory
+
+
+def test_eval_compare_prints_saved_reports_side_by_side(tmp_path):
+    a = _saved_report(tmp_path / "run_a", 1, 0.412, mni=True)
+    b = _saved_report(tmp_path / "run_b", 2, 0.734, mni=False)
+    proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--compare", str(a), str(b)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in proc.stdout.splitlines()}
+    assert "run_a (seed 1, 4 cases)" in proc.stdout and "run_b (seed 2, 4 cases)" in proc.stdout
+    assert rows["dice_wm"] == [">= 0.8", "0.412", "0.734"]
+    assert rows["mni_dice_wm"][1:] == ["0.500", "-"]  # run_b skipped the MNI T1: absent, not 0
+    assert rows["grid ceiling white matter"][1:] == ["0.890", "0.890"]
+    assert rows["Dice left hemisphere"][1:] == ["0.800", "0.800"]
+
+
+def test_eval_compare_refuses_a_directory_without_a_report(tmp_path):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "eval.json").write_text("[1, 2]")
+    for d in ("empty", "bad"):
+        proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--compare", str(tmp_path / d)],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and "voxagent eval: error:" in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
