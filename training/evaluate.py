@@ -187,14 +187,7 @@ class Evaluator:
 
     def mni(self) -> dict[str, dict[str, Any]]:
         """Per target on the real MNI T1: the agent's Dice and code, and the expert program's Dice."""
-        from scipy import ndimage
-
-        from voxel_ops import VolumeMeta, load_volume
-
-        t1, gm, wm = (load_volume(p) for p in mni_paths())
-        t1 = Volume(t1.array.astype(np.float32), t1.affine, VolumeMeta(modality="T1", source_name="mni152_t1"))
-        truths = {"gray matter": gm.array > 0.5, "white matter": wm.array > 0.5,
-                  "brain": ndimage.binary_fill_holes((gm.array + wm.array) > 0.5)}
+        t1, truths = mni_t1_and_truths()
         out: dict[str, dict[str, Any]] = {}
         for target, prompt in MNI_PROMPTS.items():
             result, client = self.run_agent(prompt, {"t1": t1})
@@ -212,6 +205,19 @@ def mni_paths() -> tuple[Path, Path, Path]:
 
     base = Path(nilearn.__file__).parent / "datasets" / "data"
     return tuple(base / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm"))  # type: ignore[return-value]
+
+
+def mni_t1_and_truths() -> tuple[Volume, dict[str, np.ndarray]]:
+    """The real MNI152 T1 and its brain/GM/WM truths (template maps > 0.5; brain = GM + WM, holes filled)."""
+    from scipy import ndimage
+
+    from voxel_ops import VolumeMeta, load_volume
+
+    t1, gm, wm = (load_volume(p) for p in mni_paths())
+    t1 = Volume(t1.array.astype(np.float32), t1.affine, VolumeMeta(modality="T1", source_name="mni152_t1"))
+    truths = {"gray matter": gm.array > 0.5, "white matter": wm.array > 0.5,
+              "brain": ndimage.binary_fill_holes((gm.array + wm.array) > 0.5)}
+    return t1, truths
 
 
 def eval_seed(seed: int, index: int) -> int:

@@ -30,3 +30,28 @@ def test_grid_no_finer_than_min_spacing_is_left_alone():
     out = through_working_grid(mask, (4.0, 4.0, 5.0), _tiny(4.0))
     assert np.array_equal(out, mask)
     assert grid_ceiling_dice(np.zeros((8, 8, 8)), (1.0, 1.0, 1.0), _tiny(4.0)) == 1.0
+
+
+def test_cli_reports_held_out_and_mni_ceilings_per_spacing(capsys):
+    import json
+
+    from training.grid_ceiling import main
+
+    assert main(["--cases", "2", "--spacings", "4", "2", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert set(out["synthetic"]) == {"4", "2"} and set(out["mni"]["4"]) == {"brain", "gray matter", "white matter"}
+    for spacing in ("4", "2"):
+        for row in out["synthetic"][spacing].values():
+            assert row["calls"] >= 1 and 0.0 < row["mean"] <= 1.0
+    # a finer grid never loses more of the real template's cortex than a coarser one
+    assert out["mni"]["2"]["gray matter"] >= out["mni"]["4"]["gray matter"] > 0.9
+
+
+def test_cli_refuses_a_non_positive_spacing(capsys):
+    import pytest
+
+    from training.grid_ceiling import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["--spacings", "0"])
+    assert exc.value.code == 2 and "spacing" in capsys.readouterr().err
