@@ -5,7 +5,8 @@
 Hard Dice says only that a mask is wrong. For a target the generator misses, these rows say how:
 mean probability inside and outside the truth, the largest probability outside, and the share of
 the grid above 0.5, and the Dice of the mask made of the top-ranked voxels in the truth's number
-(the Dice a perfectly calibrated output of the same ranking would reach). A lesion output that ranks
+(the Dice a perfectly calibrated output of the same ranking would reach), and the best hard Dice over
+a few fixed thresholds (what a per-target threshold alone could buy). A lesion output that ranks
 lesion voxels first but sits below 0.5 everywhere (settled on "empty"), or above it far outside
 (over-segmenting), needs a different fix than one that marks the wrong place.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +43,21 @@ class GenerateStats:
     predicted_fraction: float  # share of the grid above 0.5
     dice: float  # hard Dice at 0.5
     dice_at_true_volume: float  # Dice of the top-k voxels, k = the truth's voxel count: ranking alone
+    dice_best_threshold: float  # best hard Dice over PROBE_THRESHOLDS: what calibration alone could buy
+
+
+PROBE_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999)
+
+
+def dice_best_threshold(logits: torch.Tensor, truth: torch.Tensor) -> float:
+    """Best Dice of ``logits > logit(t)`` over PROBE_THRESHOLDS; compared in logit space (no sigmoid rounding)."""
+    p, t = logits.detach().float().flatten(), truth.detach().flatten() > 0.5
+    best = 0.0
+    for thr in PROBE_THRESHOLDS:
+        pred = p > math.log(thr / (1.0 - thr))
+        total = int(pred.sum()) + int(t.sum())
+        best = max(best, 1.0 if total == 0 else 2.0 * float((pred & t).sum()) / total)
+    return best
 
 
 def probability_split(probs: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:
@@ -71,7 +88,8 @@ def generate_stats(family: str, seed: int, target: str, logits: torch.Tensor, tr
     p_inside, p_outside, p_outside_max = probability_split(probs, truth)
     probs_np, mask = probs.cpu().numpy(), truth.detach().cpu().numpy()
     return GenerateStats(family, seed, target, float((mask > 0.5).mean()), p_inside, p_outside, p_outside_max,
-                         float((probs_np > 0.5).mean()), dice(probs_np, mask), dice_at_true_volume(logits, truth))
+                         float((probs_np > 0.5).mean()), dice(probs_np, mask), dice_at_true_volume(logits, truth),
+                         dice_best_threshold(logits, truth))
 
 
 def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: int = 8, threads: int = 2,
@@ -128,12 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.model} holds no vision checkpoint (vision_config.json)")
     rows = probe(args.model, args.families, args.seeds, args.threads)
     summary = summarize(rows)
-    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice | Dice at true volume |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice | Dice at true volume | best-threshold Dice |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for target, s in summary.items():
         print(f"| {target} | {int(s['calls'])} | {s['target_fraction']:.4f} | {s['p_inside']:.3f} | "
               f"{s['p_outside']:.4f} | {s['p_outside_max']:.2f} | {s['predicted_fraction']:.4f} | {s['dice']:.3f} | "
-              f"{s['dice_at_true_volume']:.3f} |")
+              f"{s['dice_at_true_volume']:.3f} | {s['dice_best_threshold']:.3f} |")
     if args.json:
         args.json.write_text(json.dumps({"summary": summary, "rows": [asdict(r) for r in rows]}, indent=1) + "\n")
     return 0

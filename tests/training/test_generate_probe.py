@@ -27,6 +27,7 @@ def test_stats_separate_inside_outside_and_threshold_at_half():
     assert s.predicted_fraction == pytest.approx(4 / 64)
     assert s.dice == pytest.approx(2 * 4 / (4 + 8))
     assert s.dice_at_true_volume == pytest.approx(4 / 8)  # top 8: the 4 found, the p-0.5 voxel, 3 background
+    assert s.dice_best_threshold == pytest.approx(s.dice)  # no threshold finds the half at logit -12
     assert summarize([s, s])["lesion"]["calls"] == 2
 
 
@@ -39,6 +40,7 @@ def test_empty_prediction_scores_zero_and_keeps_the_ranking():
     assert s.dice == 0.0 and s.predicted_fraction == 0.0
     assert s.p_inside > 10 * s.p_outside
     assert s.dice_at_true_volume == 1.0  # the ranking alone would find it
+    assert s.dice_best_threshold == 0.0  # p 0.047 inside: below the lowest fixed threshold (0.1)
 
 
 def test_over_segmentation_keeps_a_perfect_ranking_apart_from_a_wrong_one():
@@ -49,6 +51,7 @@ def test_over_segmentation_keeps_a_perfect_ranking_apart_from_a_wrong_one():
     ranked = generate_stats("segment", 3, "lesion", logits, truth)
     assert ranked.predicted_fraction == 1.0 and ranked.dice < 0.04
     assert ranked.dice_at_true_volume == 1.0
+    assert ranked.dice_best_threshold == 1.0  # p 0.98 inside, 0.73 outside: a 0.9 threshold cuts it exactly
     elsewhere = logits.clone()
     elsewhere[0, 0, 1:3, 1:3, 1:3] = 1.0
     elsewhere[0, 0, 5:7, 5:7, 5:7] = 4.0  # the same volume, the wrong place
