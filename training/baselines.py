@@ -12,6 +12,7 @@ writes `trace_<target>.csv` (per step: soft Dice loss, CE, mean probability insi
 target), the record that tells a stalled small-target run from a slow one.
 
     python -m training.baselines --minutes 6 --out runs/baselines [--eval-cases 20] [--targets lesion,lesion_side]
+        [--channels 16,32,32,32]   # a wider segmentation UNet: capacity vs budget, side by side
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from tqdm import tqdm
 
 from training.generate_probe import probability_split
 from training.trainer import EVAL_SEED_START, train_task_seed
-from vision.config import NEW_NETWORK_CEILING, VisionConfig
+from vision.config import NEW_NETWORK_CEILING, VisionConfig, get_config
 from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
 from vision.preprocess import network_input
@@ -77,15 +78,21 @@ def _zero_phi() -> torch.Tensor:
     return torch.zeros(32)
 
 
-def _baseline_net(intensity_ceiling: float) -> VisionNet:
-    return build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True, intensity_ceiling=intensity_ceiling)
+def _baseline_net(intensity_ceiling: float, channels: tuple[int, ...] | None = None) -> VisionNet:
+    widths = {} if channels is None else {"channels": tuple(channels)}
+    return build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True, intensity_ceiling=intensity_ceiling,
+                            **widths)
 
 
 def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1e-3,
                        bce_weight: float | None = None,
                        intensity_ceiling: float = NEW_NETWORK_CEILING,
-                       trace: list[dict[str, float]] | None = None) -> tuple[VisionNet, int]:
+                       trace: list[dict[str, float]] | None = None,
+                       channels: tuple[int, ...] | None = None) -> tuple[VisionNet, int]:
     """Train one no-phi UNet on `target` for `minutes`.
+
+    `channels` widens (or narrows) the tiny preset's levels: whether a target is bounded by the
+    network's capacity or by its training budget is read off two such runs side by side.
 
     `trace`, when given, gets one row per step: the two loss terms and the mean probability inside
     and outside the target. A flat output (inside ~ outside) is how a stalled small-target run looks
@@ -95,7 +102,7 @@ def train_segmentation(target: str, minutes: float, seed: int = 0, lr: float = 1
 
     bce_weight = TrainConfig().bce_weight if bce_weight is None else bce_weight
     torch.manual_seed(seed)
-    net = _baseline_net(intensity_ceiling)
+    net = _baseline_net(intensity_ceiling, channels)
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     deadline, steps, drawn = time.monotonic() + 60 * minutes, 0, 0
     lesion = target == "lesion"
@@ -225,9 +232,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--intensity-ceiling", type=float, default=NEW_NETWORK_CEILING,
                         help="input normalization ceiling; match the joint model compared against "
                              "(its vision_config.json; 1.0 when the key is missing)")
+    parser.add_argument("--channels", default=None, metavar="C0,C1,...",
+                        help="channels per level of the segmentation baselines (tiny: 8,16,16,16)")
     args = parser.parse_args(argv)
     if args.intensity_ceiling < 1.0:
         parser.error("--intensity-ceiling must be >= 1")
+    channels = None
+    if args.channels is not None:
+        try:
+            channels = tuple(int(c) for c in args.channels.split(","))
+            build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True, channels=channels)
+        except (ValueError, TypeError) as exc:
+            parser.error(f"--channels {args.channels!r}: {exc}")
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)
     targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -239,14 +255,14 @@ def main(argv: list[str] | None = None) -> int:
         traces[target] = []
         nets[target], steps[target] = train_segmentation(target, args.minutes, args.seed,
                                                          intensity_ceiling=args.intensity_ceiling,
-                                                         trace=traces[target])
+                                                         trace=traces[target], channels=channels)
         logger.info("baseline %s: %d steps", target, steps[target])
     if SIDE_TASK in targets:
         classifier, steps[SIDE_TASK] = train_side_classifier(args.minutes, args.seed,
                                                              intensity_ceiling=args.intensity_ceiling)
     eval_seed = args.seed if args.eval_seed is None else args.eval_seed
     result = {"budget": f"{args.minutes:g} min each on this CPU", "steps": steps, "eval_seed": eval_seed,
-              "intensity_ceiling": args.intensity_ceiling,
+              "intensity_ceiling": args.intensity_ceiling, "channels": list(channels or get_config("tiny").channels),
               "eval": evaluate_baselines(nets, classifier, args.eval_cases, eval_seed)}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "baselines.json").write_text(json.dumps(result, indent=2) + "\n")

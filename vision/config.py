@@ -35,6 +35,8 @@ class VisionConfig:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
         if len(self.channels) < 1:
             raise ValueError("a vision network needs at least one level")
+        if min(self.channels) < 1:
+            raise ValueError(f"channels must be positive, got {self.channels}")
         bad = [c for c in self.channels if c % self.group_size]
         if bad:
             raise ValueError(f"channels {bad} are not multiples of group_size={self.group_size}")

@@ -34,6 +34,21 @@ def test_baselines_normalize_inputs_as_the_joint_model_they_are_compared_with():
     assert train_segmentation("brain", minutes=0.0)[0].config.intensity_ceiling == NEW_NETWORK_CEILING
 
 
+def test_baselines_widen_the_network_on_request():
+    wide, _ = train_segmentation("brain", minutes=0.0, channels=(16, 32, 32, 32))
+    narrow, _ = train_segmentation("brain", minutes=0.0)
+    assert wide.config.channels == (16, 32, 32, 32) and narrow.config.channels == (8, 16, 16, 16)
+    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    assert count(wide) > 3 * count(narrow)
+
+
+@pytest.mark.parametrize("bad", ["3,5", "0,8", "a,b"])
+def test_baselines_cli_rejects_impossible_channels(tmp_path, bad, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--channels", bad, "--targets", "brain", "--out", str(tmp_path / "b")])
+    assert exc.value.code == 2 and "--channels" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_baselines_cli_rejects_a_ceiling_below_one(tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["--intensity-ceiling", "0.5", "--out", str(tmp_path / "b")])
@@ -46,6 +61,7 @@ def test_baselines_cli_trains_only_the_named_tasks(tmp_path):
                  "--intensity-ceiling", "1", "--out", str(out)]) == 0
     result = json.loads((out / "baselines.json").read_text())
     assert set(result["steps"]) == {"brain"} and result["intensity_ceiling"] == 1.0
+    assert result["channels"] == [8, 16, 16, 16]  # the record says which network was trained
     assert set(result["eval"]["dice"]) == {"brain"} and result["eval"]["lesion_side_accuracy"] is None
     with (out / "trace_brain.csv").open() as f:
         rows = list(csv.DictReader(f))
