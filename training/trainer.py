@@ -43,6 +43,7 @@ from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
 from training.phi_probe import PhiProbe
 from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
 from vision.checkpoint import load_vision, save_vision
+from vision.config import get_config as get_vision_config
 from vision.losses import VOXEL_CE
 from vision.model import VisionNet, build_vision_net
 
@@ -73,6 +74,7 @@ class TrainConfig:
     phi_lambda: float = 0.1  # weight of the phi-probe loss (training/phi_probe.py); 0 = paper eq. 2 only
     seed: int = 0
     vision_min_spacing: float | None = 4.0  # working spacing of the tiny vision net (CPU budget)
+    vision_channels: tuple[int, ...] | None = None  # channels per level; None = the preset's (a checkpoint fixes it)
     vocab_size: int = TINY_VOCAB
     corpus_tasks: int = 120  # tasks executed (oracle masks) to build the tokenizer corpus
     feedback: str = "truth"  # values read during training come from ground-truth masks
@@ -88,6 +90,9 @@ class TrainConfig:
         # unknown name would skip every task of the run
         if self.voxel_ce not in VOXEL_CE:
             raise ValueError(f"voxel_ce {self.voxel_ce!r}: choose from {', '.join(VOXEL_CE)}")
+        if self.vision_channels is not None:  # a JSON list from train_config.json, or a bad width: fail now
+            object.__setattr__(self, "vision_channels", tuple(int(c) for c in self.vision_channels))
+            get_vision_config(self.preset, channels=self.vision_channels)
 
     @classmethod
     def for_preset(cls, preset: str, **overrides) -> "TrainConfig":
@@ -416,6 +421,8 @@ def build_networks(cfg: TrainConfig, tokenizer: AgentTokenizer) -> tuple[VoxAgen
     torch.manual_seed(cfg.seed)
     model = VoxAgentModel(AgentConfig.from_preset(cfg.preset, tokenizer))
     overrides = {} if cfg.vision_min_spacing is None else {"min_spacing": cfg.vision_min_spacing}
+    if cfg.vision_channels is not None:
+        overrides["channels"] = cfg.vision_channels
     net = build_vision_net(cfg.preset, **overrides)
     return model, net
 

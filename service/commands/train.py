@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--joint-weights", default=None, metavar="FAMILY=ODDS,...",
                    help="odds of families for the vision-trained task of each step (others 1), "
                         "e.g. lesion_count=4,lesion_side=4; language-only tasks stay uniform")
+    p.add_argument("--vision-channels", default=None, metavar="C0,C1,...",
+                   help="vision channels per level for a new run (tiny: 8,16,16,16); a checkpoint fixes them")
     p.add_argument("--no-export", action="store_true", help="skip building the phi bank and <out>/model")
     p.set_defaults(func=run)
 
@@ -57,10 +59,26 @@ def run(args: argparse.Namespace) -> int:
         joint_weights = parse_joint_weights(args.joint_weights) if args.joint_weights is not None else None
     except ValueError as exc:
         raise CommandError(f"--joint-weights: {exc}") from None
-    cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
-                                 checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
-                                 phi_lambda=args.phi_lambda, bce_weight=args.bce_weight,
-                                 joint_weights=joint_weights, voxel_ce=args.voxel_ce)
+    channels = None
+    if args.vision_channels is not None:
+        from training.trainer import STATE_FILE
+
+        if args.resume and (args.out / "checkpoint" / STATE_FILE).is_file():
+            raise CommandError("--vision-channels cannot change a checkpoint's network; drop it with --resume")
+        from vision.config import get_config
+
+        try:
+            channels = tuple(int(c) for c in args.vision_channels.split(","))
+            get_config(args.preset, channels=channels)
+        except ValueError as exc:
+            raise CommandError(f"--vision-channels {args.vision_channels!r} (e.g. 16,32,32,32): {exc}") from None
+    try:
+        cfg = TrainConfig.for_preset(args.preset, seed=args.seed, lr=args.lr, accum=args.accum, threads=args.threads,
+                                     checkpoint_minutes=args.checkpoint_minutes, lm_only_tasks=args.lm_tasks,
+                                     phi_lambda=args.phi_lambda, bce_weight=args.bce_weight,
+                                     joint_weights=joint_weights, voxel_ce=args.voxel_ce, vision_channels=channels)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
     keep = tuple(name for name, value in (("lm_only_tasks", args.lm_tasks), ("phi_lambda", args.phi_lambda),
                                           ("bce_weight", args.bce_weight), ("voxel_ce", args.voxel_ce),
                                           ("joint_weights", joint_weights)) if value is not None)

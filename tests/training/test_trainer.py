@@ -252,3 +252,41 @@ def test_an_unknown_voxel_ce_is_refused_before_training():
     """Raised by the config itself: at the first step it would be a KeyError, which skips the task."""
     with pytest.raises(ValueError, match="voxel_ce"):
         _cfg(voxel_ce="focal")
+
+
+@pytest.mark.slow
+def test_vision_channels_build_the_network_and_a_resume_keeps_them(tmp_path):
+    import json
+
+    from vision.checkpoint import load_vision
+
+    task = lambda index: _fixed_task()  # noqa: E731
+    train(_cfg(vision_channels=(16, 32, 32, 32)), tmp_path, max_steps=1, export=False, progress=False,
+          task_source=task)
+    assert load_vision(tmp_path / "checkpoint").config.channels == (16, 32, 32, 32)
+    assert json.loads((tmp_path / "train_config.json").read_text())["vision_channels"] == [16, 32, 32, 32]
+    # resuming with the default config: the saved run's width wins, the weights load into it
+    train(_cfg(), tmp_path, max_steps=2, resume=True, export=False, progress=False, task_source=task)
+    assert load_vision(tmp_path / "checkpoint").config.channels == (16, 32, 32, 32)
+    assert len(_rows(tmp_path / "log.csv")) == 2
+
+
+def test_impossible_vision_channels_are_refused_before_training(tmp_path, capsys):
+    from service.cli import main
+
+    with pytest.raises(ValueError, match="group_size"):
+        _cfg(vision_channels=(3, 5))
+    assert _cfg(vision_channels=[8, 8]).vision_channels == (8, 8)  # as read back from train_config.json
+    for bad in ("3,5", "a,b"):
+        assert main(["train", "--steps", "1", "--vision-channels", bad, "--out", str(tmp_path / "x")]) == 2
+        assert "--vision-channels" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
+
+
+def test_cli_refuses_to_change_the_width_of_a_checkpoint(tmp_path, capsys):
+    from service.cli import main
+
+    (tmp_path / "checkpoint").mkdir()
+    (tmp_path / "checkpoint" / STATE_FILE).write_bytes(b"")
+    assert main(["train", "--steps", "1", "--resume", "--vision-channels", "16,32,32,32", "--out", str(tmp_path)]) == 2
+    assert "checkpoint" in capsys.readouterr().err
