@@ -42,9 +42,11 @@ def compare(dirs: list[Path]) -> int:
             raise CommandError(f"no eval.json in {d} (write one with --report)")
         try:
             report = json.loads(path.read_text())
-            report["figures"], report["counts"]["cases"]
-        except (ValueError, KeyError, TypeError) as exc:
-            raise CommandError(f"{path} is not a voxagent eval report: {exc!r}") from exc
+        except ValueError as exc:
+            raise CommandError(f"{path} is not JSON: {exc}") from None
+        if not (isinstance(report, dict) and isinstance(report.get("figures"), dict)
+                and isinstance(report.get("counts"), dict) and "cases" in report["counts"]):
+            raise CommandError(f"{path} is not a voxagent eval report (no figures / counts)")
         reports[d.name if d.is_dir() else d.parent.name] = report
     if len(reports) < len(dirs):
         raise CommandError("two reports share a directory name; pass distinct directories")
