@@ -168,16 +168,15 @@ def train_side_classifier(minutes: float, seed: int = 0, lr: float = 1e-3,
 def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier | None, cases: int,
                        seed: int = 0) -> dict[str, Any]:
     """Dice per target on the held-out eval cases' ground-truth generate calls; side accuracy."""
-    from training.evaluate import dice, eval_seed
-    from training.tasks import FAMILIES, sample_task
-    from training.trainer import HELD_OUT_TEMPLATE_START
+    from training.evaluate import dice, eval_seed, held_out_task
+    from training.tasks import FAMILIES
 
     families = list(FAMILIES)
     per_target: dict[str, list[float]] = {t: [] for t in nets}
     side_hits: list[bool] = []
     for i in range(cases):
         fam = families[i % len(families)]
-        sample, case = sample_task(eval_seed(seed, i), fam, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+        sample, case = held_out_task(eval_seed(seed, i), fam)
         for scan, target in sample.generate_calls:
             if target in nets:
                 net = nets[target].eval()
@@ -241,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.channels is not None:
         try:
             channels = tuple(int(c) for c in args.channels.split(","))
-            build_vision_net("tiny", min_spacing=MIN_SPACING, baseline=True, channels=channels)
-        except (ValueError, TypeError) as exc:
+            get_config("tiny", min_spacing=MIN_SPACING, baseline=True, channels=channels)
+        except ValueError as exc:
             parser.error(f"--channels {args.channels!r}: {exc}")
     logging.basicConfig(level=logging.INFO)
     torch.set_num_threads(args.threads)

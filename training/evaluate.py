@@ -34,12 +34,12 @@ from typing import Any
 import numpy as np
 
 from agent.phi_bank import normalize_target
+from training.report import DICE_KEYS
 from voxel_ops import Volume
 
 logger = logging.getLogger(__name__)
 
 CHARACTERIZATION = ("lesion_signal", "lesion_side", "lesion_region", "enhancement", "restriction")
-DICE_KEYS = {"brain": "dice_brain", "gray matter": "dice_gm", "white matter": "dice_wm", "lesion": "dice_lesion"}
 FLAT_KEYS = ("code_exact_match", "task_success", "dice_brain", "dice_gm", "dice_wm", "dice_lesion",
              "mni_dice_brain", "mni_dice_gm", "mni_dice_wm", "characterization_accuracy", "volume_error_median")
 NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
@@ -145,11 +145,8 @@ class Evaluator:
 
     def case(self, seed: int, family: str) -> CaseResult:
         from training.grid_ceiling import grid_ceiling_dice
-        from training.tasks import sample_task
-        from training.tasks.targets import TARGETS, truth_mask
-        from training.trainer import HELD_OUT_TEMPLATE_START
 
-        sample, case = sample_task(seed, family, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+        sample, case = held_out_task(seed, family)
         t0 = time.perf_counter()
         result, client = self.run_agent(sample.prompt, case.scans)
         codes = [t.code for t in result.trace]
@@ -162,7 +159,7 @@ class Evaluator:
         dices: dict[str, float] = {}
         ceiling: dict[str, float] = {}
         for scan, target in sample.generate_calls:
-            truth = truth_mask(case, target, scan) if target in TARGETS else case.mask(target, scan)
+            truth = generate_truth(case, scan, target)
             pred = masks.get((scan, normalize_target(target)))
             dices.setdefault(target, dice(pred.array, truth.array) if pred is not None else 0.0)
             if target not in ceiling:
@@ -218,6 +215,21 @@ def mni_t1_and_truths() -> tuple[Volume, dict[str, np.ndarray]]:
     truths = {"gray matter": gm.array > 0.5, "white matter": wm.array > 0.5,
               "brain": ndimage.binary_fill_holes((gm.array + wm.array) > 0.5)}
     return t1, truths
+
+
+def held_out_task(task_seed: int, family: str) -> tuple[Any, Any]:
+    """(sample, case) of a held-out task: an evaluation seed, and prompt templates training never uses."""
+    from training.tasks import sample_task
+    from training.trainer import HELD_OUT_TEMPLATE_START
+
+    return sample_task(task_seed, family, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+
+
+def generate_truth(case: Any, scan: str, target: str) -> Volume:
+    """The true mask of a ground-truth generate call: a (possibly composed) target, or a case label."""
+    from training.tasks.targets import TARGETS, truth_mask
+
+    return truth_mask(case, target, scan) if target in TARGETS else case.mask(target, scan)
 
 
 def eval_seed(seed: int, index: int) -> int:

@@ -51,13 +51,8 @@ PROBE_THRESHOLDS = (0.1, 0.3, 0.5, 0.7, 0.9, 0.99, 0.999, 0.9999)
 
 def dice_best_threshold(logits: torch.Tensor, truth: torch.Tensor) -> float:
     """Best Dice of ``logits > logit(t)`` over PROBE_THRESHOLDS; compared in logit space (no sigmoid rounding)."""
-    p, t = logits.detach().float().flatten(), truth.detach().flatten() > 0.5
-    best = 0.0
-    for thr in PROBE_THRESHOLDS:
-        pred = p > math.log(thr / (1.0 - thr))
-        total = int(pred.sum()) + int(t.sum())
-        best = max(best, 1.0 if total == 0 else 2.0 * float((pred & t).sum()) / total)
-    return best
+    p, t = logits.detach().float().cpu().numpy(), truth.detach().cpu().numpy()
+    return max(dice(p > math.log(thr / (1.0 - thr)), t) for thr in PROBE_THRESHOLDS)
 
 
 def probability_split(probs: torch.Tensor, truth: torch.Tensor) -> tuple[float, float, float]:

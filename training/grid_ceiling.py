@@ -38,30 +38,27 @@ def through_working_grid(mask: np.ndarray, spacing: tuple[float, float, float], 
 
 def grid_ceiling_dice(mask: np.ndarray, spacing: tuple[float, float, float], config: VisionConfig) -> float:
     """Dice of the truth rendered through the working grid against the truth (1.0 when nothing is lost)."""
+    from training.evaluate import dice
+
     truth = np.asarray(mask) > 0.5
-    rendered = through_working_grid(truth, spacing, config)
-    total = int(truth.sum()) + int(rendered.sum())
-    return 1.0 if total == 0 else float(2.0 * np.logical_and(truth, rendered).sum() / total)
+    return dice(through_working_grid(truth, spacing, config), truth)
 
 
 def held_out_ceilings(cases: int, seed: int, spacings: list[float]) -> dict[str, dict[str, list[float]]]:
     """Per working spacing, per target: the ceiling of each generate call of eval's held-out cases."""
     from tqdm import tqdm
 
-    from training.evaluate import eval_seed
-    from training.tasks import FAMILIES, sample_task
-    from training.tasks.targets import TARGETS, truth_mask
-    from training.trainer import HELD_OUT_TEMPLATE_START
+    from training.evaluate import eval_seed, generate_truth, held_out_task
+    from training.tasks import FAMILIES
     from vision.config import get_config
 
     configs = {s: get_config("tiny", min_spacing=s) for s in spacings}
     families = list(FAMILIES)
     out: dict[str, dict[str, list[float]]] = {f"{s:g}": {} for s in spacings}
     for i in tqdm(range(cases), desc="ceiling", unit="case"):
-        sample, case = sample_task(eval_seed(seed, i), families[i % len(families)],
-                                   templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+        sample, case = held_out_task(eval_seed(seed, i), families[i % len(families)])
         for scan, target in dict.fromkeys(sample.generate_calls):
-            truth = truth_mask(case, target, scan) if target in TARGETS else case.mask(target, scan)
+            truth = generate_truth(case, scan, target)
             for s, cfg in configs.items():
                 out[f"{s:g}"].setdefault(target, []).append(grid_ceiling_dice(truth.array, truth.spacing, cfg))
     return out

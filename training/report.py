@@ -10,7 +10,7 @@ GOALS = {"code_exact_match": (">=", 0.95), "task_success": (">=", 0.90), "dice_b
          "mni_dice_brain": (">=", 0.90), "mni_dice_gm": (">=", 0.80), "mni_dice_wm": (">=", 0.80),
          "characterization_accuracy": (">=", 0.89), "volume_error_median": ("<=", 0.05)}
 
-FLAT_DICE_TARGETS = ("brain", "gray matter", "white matter", "lesion")  # already rows of GOALS (dice_*)
+DICE_KEYS = {"brain": "dice_brain", "gray matter": "dice_gm", "white matter": "dice_wm", "lesion": "dice_lesion"}
 
 
 def meets(key: str, value: float) -> bool:
@@ -80,7 +80,7 @@ def comparison(reports: dict[str, dict[str, Any]]) -> str:
                                   for r in reports.values()])
     targets = sorted({t for r in reports.values() for t in r.get("dice_all_targets", {})})
     for t in targets:
-        if t not in FLAT_DICE_TARGETS:
+        if t not in DICE_KEYS:  # those four are rows of GOALS already
             row(f"Dice {t}", "", [r.get("dice_all_targets", {}).get(t) for r in reports.values()])
         ceilings = [r.get("dice_grid_ceiling", {}).get(t) for r in reports.values()]
         if any(c is not None for c in ceilings):
