@@ -11,8 +11,9 @@ Figures (all in [0, 1]):
 * ``dice_<target>``: for every generate() of the ground-truth program, Dice of the agent's own
   generated mask for the same (scan, target) against the truth; missing = 0.
 * ``mni_dice_*``: the agent asked to segment brain / GM / WM on the real MNI152 T1 (nilearn), against
-  the template maps thresholded at 0.5 (brain: GM+WM > 0.5 with interior holes filled, as the
-  synthesis defines the brain). The report also holds, per target, the agent's code and the Dice of
+  the template probability maps (stored 0..255, so value / 255) thresholded at 0.5 (brain: GM+WM > 0.5
+  with interior holes filled). Truths: GM 1,080 mL, WM 632 mL, brain 1,749 mL
+  (tests/training/test_eval.py pins them). The report also holds, per target, the agent's code and the Dice of
   the expert program run through the same network with the phi bank's instructions
   (``mni.program``): vision alone on real anatomy, so a wrong program and a weak generator are told
   apart.
@@ -198,22 +199,26 @@ class Evaluator:
 
 
 def mni_paths() -> tuple[Path, Path, Path]:
-    import nilearn
+    from training.synth.anatomy import template_path
 
-    base = Path(nilearn.__file__).parent / "datasets" / "data"
-    return tuple(base / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz" for k in ("t1", "gm", "wm"))  # type: ignore[return-value]
+    return template_path("t1"), template_path("gm"), template_path("wm")
 
 
 def mni_t1_and_truths() -> tuple[Volume, dict[str, np.ndarray]]:
-    """The real MNI152 T1 and its brain/GM/WM truths (template maps > 0.5; brain = GM + WM, holes filled)."""
+    """The real MNI152 T1 and its brain/GM/WM truths: the template's probability maps (stored 0..255,
+    read through `training.synth.anatomy.load_template_map`) > 0.5; brain = GM + WM > 0.5, holes filled."""
     from scipy import ndimage
 
+    from training.synth.anatomy import load_template_map
     from voxel_ops import VolumeMeta, load_volume
 
-    t1, gm, wm = (load_volume(p) for p in mni_paths())
+    t1 = load_volume(mni_paths()[0])
     t1 = Volume(t1.array.astype(np.float32), t1.affine, VolumeMeta(modality="T1", source_name="mni152_t1"))
-    truths = {"gray matter": gm.array > 0.5, "white matter": wm.array > 0.5,
-              "brain": ndimage.binary_fill_holes((gm.array + wm.array) > 0.5)}
+    (gm, gm_affine), (wm, _) = load_template_map("gm"), load_template_map("wm")
+    if gm.shape != t1.shape or not np.allclose(gm_affine, t1.affine):
+        raise ValueError("the MNI tissue maps and the T1 as read are not on one grid")
+    truths = {"gray matter": gm > 0.5, "white matter": wm > 0.5,
+              "brain": ndimage.binary_fill_holes((gm + wm) > 0.5)}
     return t1, truths
 
 

@@ -117,3 +117,32 @@ def test_eval_compare_refuses_a_directory_without_a_report(tmp_path):
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "voxagent eval: error:" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr
+
+
+def test_mni_truth_volumes_are_the_template_maps_at_half_probability():
+    """The MNI truths in mL, pinned by an independent count straight from the nilearn files.
+
+    The GM/WM maps are stored as uint8 0..255; thresholding the raw values at 0.5 (the old bug)
+    gave GM 1,962 mL, WM 1,679 mL, brain 2,053 mL. At probability (value / 255) > 0.5 they are
+    GM ~1,080 mL, WM ~632 mL; brain = GM + WM > 0.5 with holes filled ~1,749 mL.
+    """
+    import nibabel as nib
+    import nilearn
+    import numpy as np
+
+    from training.evaluate import mni_t1_and_truths
+
+    t1, truths = mni_t1_and_truths()
+    base = Path(nilearn.__file__).parent / "datasets" / "data"
+    raw = {k: nib.load(base / f"mni_icbm152_{k}_tal_nlin_sym_09a_converted.nii.gz") for k in ("gm", "wm")}
+    voxel_ml = abs(np.linalg.det(raw["gm"].affine[:3, :3])) / 1000.0
+    independent = {"gray matter": np.asarray(raw["gm"].dataobj).astype(np.int64) > 127,  # value / 255 > 0.5
+                   "white matter": np.asarray(raw["wm"].dataobj).astype(np.int64) > 127}
+    ml = {t: float(m.sum()) * voxel_ml for t, m in truths.items()}
+    for target, mask in independent.items():
+        assert np.array_equal(truths[target], mask), target
+    assert abs(ml["gray matter"] - 1079.6) < 5, ml
+    assert abs(ml["white matter"] - 632.0) < 5, ml
+    assert abs(ml["brain"] - 1749.0) < 5, ml
+    assert ml["brain"] >= ml["gray matter"] + ml["white matter"]
+    assert truths["gray matter"].shape == t1.shape

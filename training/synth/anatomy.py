@@ -36,6 +36,9 @@ TEMPLATE_FILES = {
     "wm": "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz",
 }
 PAD_MM = 36.0  # room around the brain for synthetic extra-cerebral shells
+# nilearn stores the template T1 and its GM/WM probability maps as uint8 0..255: value / 255 is the
+# probability. Every reader of these files goes through `load_template_map` so none forgets the scale.
+TEMPLATE_MAP_SCALE = 255.0
 
 
 def template_dir() -> Path:
@@ -61,9 +64,15 @@ class Anatomy:
         return tuple(int(s) for s in self.codes.shape)  # type: ignore[return-value]
 
 
-def _load(name: str) -> tuple[np.ndarray, np.ndarray]:
-    img = nib.load(template_dir() / TEMPLATE_FILES[name])
-    return np.asarray(img.dataobj, dtype=np.float32) / 255.0, img.affine
+def template_path(name: str) -> Path:
+    """Path of a template file ("t1", "gm" or "wm") inside the nilearn wheel."""
+    return template_dir() / TEMPLATE_FILES[name]
+
+
+def load_template_map(name: str) -> tuple[np.ndarray, np.ndarray]:
+    """A template file as float32 in [0, 1] (stored 0..255) and its voxel -> world affine."""
+    img = nib.load(template_path(name))
+    return np.asarray(img.dataobj, dtype=np.float32) / TEMPLATE_MAP_SCALE, np.asarray(img.affine)
 
 
 def _resample(arr: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
@@ -81,9 +90,9 @@ def _resample(arr: np.ndarray, factor: float, order: int = 1) -> np.ndarray:
 @lru_cache(maxsize=4)
 def load_anatomy(resolution_mm: float = 2.0) -> Anatomy:
     """Build (once per resolution) the padded template code map used by every synthesized case."""
-    t1, aff = _load("t1")
-    gm, _ = _load("gm")
-    wm, _ = _load("wm")
+    t1, aff = load_template_map("t1")
+    gm, _ = load_template_map("gm")
+    wm, _ = load_template_map("wm")
     factor = float(resolution_mm) / float(aff[0, 0])
     t1, gm, wm = (_resample(a, factor) for a in (t1, gm, wm))
     affine = aff.copy()
