@@ -107,6 +107,7 @@ class AgentRuntime:
         limits: RuntimeLimits | None = None,
         model_name: str | None = None,
         decode_threads: int | None = 1,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         """``decode_threads``: torch intra-op threads while the LM runs (restored around sandbox calls).
 
@@ -114,6 +115,9 @@ class AgentRuntime:
         shared or oversubscribed CPU every op waits at a barrier for a descheduled peer (measured:
         ~10x slower on the 2-core CI machine under load). One thread per job, more jobs per machine.
         ``None`` leaves the process setting alone.
+
+        ``clock``: seconds, monotonic; the wall-time limit and the timings read it (tests inject one
+        so that a limit is reached after a known number of readings, whatever the machine's speed).
         """
         if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
             raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
@@ -124,6 +128,7 @@ class AgentRuntime:
         self.limits = limits or RuntimeLimits()
         self.model_name = model_name or f"voxagent-{model.cfg.preset}"
         self.decode_threads = decode_threads
+        self.clock = clock
         self.last_transcript: Transcript | None = None
         self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
 
@@ -151,6 +156,9 @@ class AgentRuntime:
             raise ValueError("AgentRuntime needs a sandbox (argument, constructor or sandbox_factory)")
         return self._run(prompt, as_scan_infos(scans_meta), executor, limits or self.limits)
 
+    def _now(self) -> float:
+        return self.clock()
+
     @contextmanager
     def _lm(self) -> Iterator[None]:
         """Inference mode and the decode thread count, only while the language model runs."""
@@ -164,7 +172,7 @@ class AgentRuntime:
     # ---- the loop ------------------------------------------------------------------------------
     def _run(self, prompt: str, scans: list[ScanInfo], executor: StepExecutor, lim: RuntimeLimits) -> AnalysisResult:
         tok = self.tokenizer
-        t_start = time.perf_counter()
+        t_start = self._now()
         deadline = t_start + lim.max_wall_s
         timings = {"setup": 0.0, "prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
         result = AnalysisResult(status="no_answer", model=self.model_name)
@@ -176,23 +184,23 @@ class AgentRuntime:
         with self._lm():
             session = self.model.start_session(capacity)
         mu1 = initial_state_ids(tok, prompt, scans)
-        timings["setup"] = time.perf_counter() - t_start
+        timings["setup"] = self._now() - t_start
         if len(mu1) + 2 > capacity:
             return self._finish(result, "failed", responses, timings, t_start,
                                 error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
-        t0 = time.perf_counter()
+        t0 = self._now()
         with self._lm():
             hidden = session.feed(mu1)
             logits = self.model.next_token_logits(hidden[-1])
-        timings["prefill"] = time.perf_counter() - t0
+        timings["prefill"] = self._now() - t0
         transcript.ids += mu1
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
 
         for index in range(lim.max_steps):
-            t_step = time.perf_counter()
+            t_step = self._now()
             with self._lm():
                 draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens)
-            t_decoded = time.perf_counter()
+            t_decoded = self._now()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
             trace = StepTrace(index=index, code=code, phi_count=0)
@@ -200,7 +208,7 @@ class AgentRuntime:
 
             if not draft.ended:
                 trace.error = "step did not end (token, context or time limit); not executed"
-                trace.duration_s = time.perf_counter() - t_step
+                trace.duration_s = self._now() - t_step
                 reason = self._limit_reason(session, deadline, lim)
                 break
 
@@ -209,24 +217,24 @@ class AgentRuntime:
             except Exception as exc:  # the sandbox turns agent errors into feedback; this is a real fault
                 logger.exception("sandbox failed on step %d", index)
                 trace.error = f"sandbox failure: {exc}"
-                trace.duration_s = time.perf_counter() - t_step
+                trace.duration_s = self._now() - t_step
                 return self._finish(result, "failed", responses, timings, t_start, error=f"sandbox failure: {exc}")
-            timings["execute"] += time.perf_counter() - t_decoded
+            timings["execute"] += self._now() - t_decoded
             self._record(result, trace, outcome, index, responses)
-            trace.duration_s = time.perf_counter() - t_step
+            trace.duration_s = self._now() - t_step
 
             if outcome.stopped:
                 if responses or result.metrics or result.outputs:
                     return self._finish(result, "succeeded", responses, timings, t_start)
                 return self._finish(result, "no_answer", responses, timings, t_start,
                                     note="the agent stopped without a response, metric or output")
-            if time.perf_counter() > deadline:
+            if self._now() > deadline:
                 reason = f"wall-time limit of {lim.max_wall_s:g} s reached"
                 break
             if index + 1 == lim.max_steps:
                 break
 
-            t_fb = time.perf_counter()
+            t_fb = self._now()
             z = feedback_tokens(tok, outcome.feedback, outcome.error, self.model.cfg.hidden_size)
             chunk = [tok.step_id] + z.ids
             if len(chunk) + 1 > session.remaining:
@@ -240,7 +248,7 @@ class AgentRuntime:
             transcript.ids += chunk
             if len(z.vectors):
                 transcript.enc_vectors.append(z.vectors)
-            timings["feedback"] += time.perf_counter() - t_fb
+            timings["feedback"] += self._now() - t_fb
 
         return self._finish(result, "no_answer", responses, timings, t_start, note=reason)
 
@@ -255,7 +263,7 @@ class AgentRuntime:
             next_id = int(torch.argmax(logits))
             if next_id in self._stop_ids:
                 return _StepDraft(tokens, phis, ended=True, end_id=next_id)
-            if session.remaining <= 2 or time.perf_counter() > deadline:
+            if session.remaining <= 2 or self._now() > deadline:
                 break
             tokens.append(next_id)
             transcript.generated.append((len(transcript.ids), next_id))
@@ -268,9 +276,8 @@ class AgentRuntime:
             logits = self.model.next_token_logits(hidden[-1])
         return _StepDraft(tokens, phis, ended=False)
 
-    @staticmethod
-    def _limit_reason(session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
-        if time.perf_counter() > deadline:
+    def _limit_reason(self, session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
+        if self._now() > deadline:
             return f"wall-time limit of {lim.max_wall_s:g} s reached"
         if session.remaining <= 2:
             return f"context limit of {session.capacity} tokens reached"
@@ -290,8 +297,8 @@ class AgentRuntime:
         result.metrics.extend(m if m.step is not None else m.model_copy(update={"step": index}) for m in outcome.metrics)
         result.outputs.extend(o if o.step is not None else o.model_copy(update={"step": index}) for o in outcome.outputs)
 
-    @staticmethod
     def _finish(
+        self,
         result: AnalysisResult,
         status: str,
         responses: list[str],
@@ -310,7 +317,7 @@ class AgentRuntime:
             result.text = f"Analysis failed: {error}"
             result.error = error
         result.status = status
-        result.timings_s = {**{k: round(v, 6) for k, v in timings.items()}, "total": round(time.perf_counter() - t_start, 6)}
+        result.timings_s = {**{k: round(v, 6) for k, v in timings.items()}, "total": round(self._now() - t_start, 6)}
         logger.info("agent run %s after %d steps in %.3f s", status, len(result.trace), result.timings_s["total"])
         return result
 
