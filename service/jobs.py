@@ -27,7 +27,13 @@ def new_job_doc(records, tenant: str, req: AnalysisRequest, batch_id: str | None
 
 
 def submit(state: ServiceState, doc: dict) -> None:
+    """Record the job, then hand it to the dispatcher (a worker may finish it before this returns)."""
     state.records.put("job", doc)
+    dispatch(state, doc)
+
+
+def dispatch(state: ServiceState, doc: dict) -> None:
+    """Hand an already recorded job to the dispatcher; a refusal fails the job and is a 503."""
     JOBS_SUBMITTED.labels("code" if doc.get("code") else "prompt").inc()
     try:
         state.dispatcher.submit(doc["id"])

@@ -12,7 +12,7 @@ from api_schemas.batches import Batch, BatchRequest, BatchResults
 from api_schemas.requests import AnalysisRequest
 from service import jobs
 from service.auth import Principal
-from service.batches import counts
+from service.batches import counts, on_job_finished
 from service.deps import admit, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import idempotent
@@ -55,9 +55,22 @@ async def create_batch(request: Request, body: BatchRequest, principal: Principa
                  "job_ids": [d["id"] for d in docs], "labels": [i.label for i in body.items],
                  "webhook": {"url": body.webhook_url, "delivered": False, "attempts": 0} if body.webhook_url else None,
                  "webhook_secret": body.webhook_secret}
-        state.records.put("batch", batch)  # before the jobs, so a fast job finds its batch
+        # Every job record and the batch exist before the first job is dispatched: a fast job that
+        # finishes while later items were still unrecorded would otherwise count them as failed
+        # and complete the batch (and send its webhook) early.
         for d in docs:
-            jobs.submit(state, d)
+            state.records.put("job", d)
+        state.records.put("batch", batch)
+        for i, d in enumerate(docs):
+            try:
+                jobs.dispatch(state, d)
+            except ProblemError:
+                for rest in docs[i + 1:]:
+                    state.records.update("job", rest["id"], {"status": "failed", "finished_at": utcnow()[0],
+                                                              "error": "not queued: an earlier item of the batch "
+                                                                       "could not be queued"})
+                on_job_finished(state.ctx, batch_id)  # jobs already done never see the batch complete
+                raise
         return JSONResponse(_to_model(state, state.records.get("batch", batch_id)).model_dump(mode="json"),
                             status_code=202, headers={"Location": f"/v1/batches/{batch_id}"})
 

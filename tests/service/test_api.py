@@ -34,6 +34,18 @@ def api(tmp_path):
         yield client
 
 
+def wait_until(fetch, done, timeout_s: float = 60.0):
+    """``fetch()`` until ``done(value)``: waits on a state, never for a guessed time (the bound only
+    turns a hang into a failure)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = fetch()
+        if done(value):
+            return value
+        assert time.monotonic() < deadline, f"condition not reached in {timeout_s} s: {value}"
+        time.sleep(0.01)
+
+
 def upload(client, path, tenant="acme", **data):
     with open(path, "rb") as fh:
         return client.post("/v1/volumes", files={"file": (path.name, fh)}, data=data, headers=client.h[tenant])
@@ -210,9 +222,11 @@ def test_batch_with_signed_webhook_and_csv(api, tmp_path):
         assert verify(secret, headers[TIMESTAMP_HEADER], body, headers[SIGNATURE_HEADER])
         payload = json.loads(body)
         assert payload["batch_id"] == batch["id"] and payload["counts"]["succeeded"] == 5
-        assert receiver.attempts == 2
-        state = api.get(f"/v1/batches/{batch['id']}", headers=api.h["acme"]).json()
-        assert state["status"] == "completed" and state["webhook"]["delivered"]
+        assert receiver.attempts == 2 and len(receiver.deliveries) == 1
+        # the receiver answers before the sender records the delivery: wait for the record
+        state = wait_until(lambda: api.get(f"/v1/batches/{batch['id']}", headers=api.h["acme"]).json(),
+                           lambda b: b["webhook"]["delivered"])
+        assert state["status"] == "completed" and state["webhook"]["attempts"] == 2
         results = api.get(f"/v1/batches/{batch['id']}/results", headers=api.h["acme"]).json()
         assert [j["status"] for j in results["items"]] == ["succeeded"] * 5
         r = api.get(f"/v1/batches/{batch['id']}/metrics.csv", headers=api.h["acme"])
@@ -221,6 +235,53 @@ def test_batch_with_signed_webhook_and_csv(api, tmp_path):
         assert [float(row["value"]) for row in rows] == pytest.approx(expected, rel=1e-6)
         assert {row["unit"] for row in rows} == {"mL"}
         assert api.get(f"/v1/batches/{batch['id']}", headers=api.h["other"]).status_code == 404
+    finally:
+        receiver.close()
+
+
+class InlineDispatcher:
+    """Runs each job to the end inside submit(): the fastest worker there can be. A batch's first job
+    finishes before the next item is submitted, which is when an early completion would show."""
+
+    mode = "embedded"
+
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def submit(self, job_id):
+        from service.tasks.analysis import run_analysis
+
+        run_analysis(self.ctx, job_id)
+
+    def cancel(self, job_id):
+        pass
+
+    def ping(self):
+        return True, "inline"
+
+    def shutdown(self):
+        pass
+
+
+def test_batch_completes_once_after_its_last_job_even_with_an_instant_worker(api, tmp_path):
+    service_state = api.app.state.service
+    service_state.dispatcher = InlineDispatcher(service_state.ctx)
+    receiver = Receiver()
+    try:
+        ids = []
+        for i in range(3):
+            p = tmp_path / f"case{i}.nii.gz"
+            write_scan(p, seed=i)
+            ids.append(upload(api, p).json()["id"])
+        r = api.post("/v1/batches", headers=api.h["acme"], json={
+            "code": CODE, "webhook_url": receiver.url, "webhook_secret": "s3cret-s3cret-s3cret",
+            "items": [{"volumes": [{"id": v}]} for v in ids]})
+        assert r.status_code == 202, r.text
+        assert r.json()["status"] == "completed"  # every job ran inside the request
+        assert receiver.event.wait(60)
+        assert len(receiver.deliveries) == 1
+        payload = json.loads(receiver.deliveries[0][1])
+        assert payload["counts"]["succeeded"] == 3 and payload["counts"]["failed"] == 0
     finally:
         receiver.close()
 
