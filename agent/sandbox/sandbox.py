@@ -15,7 +15,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
@@ -53,7 +53,10 @@ class Sandbox:
 
     def __init__(self, scans: Mapping[str, Volume], *, client: VisionClient, limits: SandboxLimits | None = None,
                  phi_bank: PhiBank | None = None, output_dir: Path | None = None, job_id: str | None = None,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+        """``clock``: monotonic seconds for the job's time budget and step durations (tests inject one;
+        the per-call SIGALRM preemption stays on real time)."""
+        self.clock = clock
         self.limits = limits or SandboxLimits()
         self.registry = registry or default_registry()
         self._library = frozenset(self.registry)
@@ -87,7 +90,7 @@ class Sandbox:
     # ------------------------------------------------------------ one step
 
     def execute_step(self, code: str, phis: Sequence[Any] | None = None) -> StepOutcome:
-        started = self._step_started = time.perf_counter()
+        started = self._step_started = self.clock()
         index = len(self.trace)
         outcome = StepOutcome()
         self.ctx.outcome, self.ctx.step = outcome, index
@@ -107,7 +110,7 @@ class Sandbox:
             outcome.error = f"internal error ({type(exc).__name__})"
         finally:
             self._phis = ()
-        outcome.duration_s = time.perf_counter() - started
+        outcome.duration_s = self.clock() - started
         self.elapsed_s += outcome.duration_s
         self.metrics.extend(outcome.metrics)
         self.outputs.extend(outcome.outputs)
@@ -146,11 +149,11 @@ class Sandbox:
         function = self.registry[name]
         bound = function.bind(args, kwargs)
         self.ctx.call_phis = {key: self._phis[i] for key, i in phi_map.items()}
-        remaining = self.limits.job_timeout_s - self.elapsed_s - (time.perf_counter() - self._step_started)
+        remaining = self.limits.job_timeout_s - self.elapsed_s - (self.clock() - self._step_started)
         budget = min(self.limits.call_timeout_s, remaining)
         if budget <= 0:
             raise SandboxTimeout(f"the analysis ran past its time limit of {self.limits.job_timeout_s:g} s")
-        started = time.perf_counter()
+        started = self.clock()
         self._current_call = (name, budget)
         try:
             if self._alarm_armed:
@@ -171,7 +174,7 @@ class Sandbox:
             raise SandboxRuntimeError(f"{name}(): failed ({type(exc).__name__}: {exc})") from None
         finally:
             self.ctx.call_phis = {}
-        if time.perf_counter() - started > budget:
+        if self.clock() - started > budget:
             raise SandboxTimeout(f"{name}() ran past its time limit of {budget:.3g} s")
         return result
 

@@ -34,7 +34,8 @@ def test_attempt_is_refused_and_sandbox_survives(sandbox, name, code):
     elapsed = time.perf_counter() - started
     assert outcome.error, f"{name} was not refused"
     assert sandbox.trace[-1].error == outcome.error  # the refusal is in the trace as well
-    assert elapsed < 2.0, f"{name} took {elapsed:.2f} s"
+    assert "time limit" not in outcome.error  # refused by a rule, not stopped after running
+    assert elapsed < 60, f"{name} took {elapsed:.2f} s"  # a hang guard only: refusals take milliseconds
     for leak in LEAK_MARKERS:
         assert leak not in outcome.error
         assert all(leak not in (f.text or "") for f in outcome.feedback)

@@ -160,9 +160,12 @@ def test_cancel_a_queued_job(deployment, tmp_path):
     target = client.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid}]}, headers=h["acme"]).json()
     r = client.post(f"/v1/analyses/{target['id']}/cancel", headers=h["acme"])
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
+    # a job queued after the cancelled one: once it has finished, the queue (FIFO) has passed the
+    # cancelled job, so a wrongly run job would show by now (no guessed sleep)
+    sentinel = client.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid}]}, headers=h["acme"]).json()
     for b in blockers:
         finish(client, h["acme"], b, timeout=180)
-    time.sleep(0.5)
+    assert finish(client, h["acme"], sentinel["id"], timeout=180)["status"] == "succeeded"
     final = client.get(f"/v1/analyses/{target['id']}", headers=h["acme"]).json()
     assert final["status"] == "cancelled" and final["result"] is None
     assert client.post(f"/v1/analyses/{target['id']}/cancel", headers=h["acme"]).status_code == 409
