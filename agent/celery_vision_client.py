@@ -13,9 +13,11 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from api_schemas.limits import CALL_TIMEOUT_S
+
 
 class CeleryVisionClient:
-    def __init__(self, app, exchange_dir: Path, timeout_s: float = 600.0) -> None:
+    def __init__(self, app, exchange_dir: Path, timeout_s: float = CALL_TIMEOUT_S) -> None:
         self.app = app
         self.exchange_dir = Path(exchange_dir)
         self.timeout_s = timeout_s

@@ -31,6 +31,7 @@ from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
 from agent.tokenizer import AgentTokenizer
 from api_schemas import AnalysisResult, StepTrace
+from api_schemas.limits import AGENT_MAX_WALL_S
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class RuntimeLimits:
     max_steps: int = 12
     max_step_tokens: int = 384  # tokens of code in one step
     max_total_tokens: int = 2048  # whole state mu (prompt + steps + feedback); capped by the model
-    max_wall_s: float = 300.0
+    max_wall_s: float = AGENT_MAX_WALL_S
 
 
 @dataclass

@@ -6,15 +6,16 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from api_schemas.jobs import Job
+from api_schemas.limits import MAX_BATCH_ITEMS, MAX_CODE_CHARS, MAX_PROMPT_CHARS, MAX_VOLUMES_PER_ANALYSIS
 from api_schemas.requests import VolumeInput
 
 
 class BatchItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = Field(default=None, min_length=1, max_length=4000)
-    code: str | None = Field(default=None, min_length=1, max_length=20000)
-    volumes: list[VolumeInput] = Field(min_length=1, max_length=8)
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    code: str | None = Field(default=None, min_length=1, max_length=MAX_CODE_CHARS)
+    volumes: list[VolumeInput] = Field(min_length=1, max_length=MAX_VOLUMES_PER_ANALYSIS)
     label: str | None = Field(default=None, max_length=200, description="Case identifier, echoed in results/CSV.")
 
 
@@ -23,9 +24,11 @@ class BatchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = Field(default=None, min_length=1, max_length=4000, description="Default for items without one.")
-    code: str | None = Field(default=None, min_length=1, max_length=20000, description="Default for items without one.")
-    items: list[BatchItem] = Field(min_length=1, max_length=500)
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS,
+                               description="Default for items without one.")
+    code: str | None = Field(default=None, min_length=1, max_length=MAX_CODE_CHARS,
+                             description="Default for items without one.")
+    items: list[BatchItem] = Field(min_length=1, max_length=MAX_BATCH_ITEMS)
     webhook_url: str | None = Field(default=None, max_length=2000, pattern=r"^https?://",
                                     description="POSTed once when every item has finished.")
     webhook_secret: str | None = Field(default=None, min_length=16, max_length=256,

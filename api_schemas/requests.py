@@ -1,19 +1,17 @@
 """What a client sends to start an analysis: a prompt (or a program) and the volumes it is about."""
 from __future__ import annotations
 
-import re
-
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,31}$")
-_RESERVED = {"encode", "generate", "read", "respond", "output", "stop", "True", "False", "None"}
+from api_schemas.limits import MAX_CODE_CHARS, MAX_PROMPT_CHARS, MAX_VOLUMES_PER_ANALYSIS, scan_name_problem
 
 
 def check_scan_name(name: str) -> str:
-    """Scan names become variables in the agent's program, so they must be identifiers."""
-    if not _NAME.match(name) or name in _RESERVED:
-        raise ValueError(f"scan name {name!r} must be a Python identifier (letters, digits, '_'; max 32) "
-                         "and not a function name")
+    """Scan names become variables in the agent's program: identifiers that shadow no library
+    function and no keyword (`api_schemas.limits`, the sandbox's own rule)."""
+    problem = scan_name_problem(name)
+    if problem:
+        raise ValueError(problem)
     return name
 
 
@@ -38,10 +36,10 @@ class AnalysisRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    prompt: str | None = Field(default=None, min_length=1, max_length=4000)
-    code: str | None = Field(default=None, min_length=1, max_length=20000,
+    prompt: str | None = Field(default=None, min_length=1, max_length=MAX_PROMPT_CHARS)
+    code: str | None = Field(default=None, min_length=1, max_length=MAX_CODE_CHARS,
                              description="A program in the sandbox language; runs without the language model.")
-    volumes: list[VolumeInput] = Field(min_length=1, max_length=8)
+    volumes: list[VolumeInput] = Field(min_length=1, max_length=MAX_VOLUMES_PER_ANALYSIS)
     wait: float = Field(default=0.0, ge=0.0, le=30.0,
                         description="Seconds to wait for completion before answering 202 (bounded).")
 

@@ -12,6 +12,8 @@ from pathlib import Path
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from api_schemas import limits
+
 
 def _default_data_dir() -> Path:
     return Path.home() / ".voxagent"
@@ -35,16 +37,15 @@ class Settings(BaseSettings):
     auth: str = Field(default="keys", description="'keys' (API keys required) or 'off' (single tenant 'default').")
 
     max_upload_bytes: int = 512 * 1024 * 1024
-    max_volumes_per_analysis: int = 8
-    max_prompt_chars: int = 4000
-    max_code_chars: int = 20000
+    # prompt and code sizes are not settings: the request schemas enforce `api_schemas.limits`
+    max_volumes_per_analysis: int = limits.MAX_VOLUMES_PER_ANALYSIS
     max_wait_s: float = 30.0
     workers: int = Field(default=2, description="Embedded dispatcher threads.")
     tenant_concurrency: int = Field(default=64, description="Queued+running jobs per tenant before 429.")
     queue_limit: int = Field(default=256, description="Queued+running jobs in total before 429.")
-    max_batch_items: int = 500
-    task_time_limit_s: int = 900
-    agent_max_wall_s: float = Field(default=300.0, description="Wall-time budget of the agent loop per job.")
+    max_batch_items: int = limits.MAX_BATCH_ITEMS
+    task_time_limit_s: int = limits.TASK_TIME_LIMIT_S
+    agent_max_wall_s: float = Field(default=limits.AGENT_MAX_WALL_S, description="Wall-time budget of the agent loop per job.")
     agent_max_steps: int = 12
     retry_after_s: int = 5
     webhook_attempts: int = 5

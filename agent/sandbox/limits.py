@@ -9,6 +9,8 @@ import logging
 import resource
 from dataclasses import dataclass
 
+from api_schemas.limits import CALL_TIMEOUT_S, JOB_TIMEOUT_S, MAX_CODE_CHARS
+
 logger = logging.getLogger(__name__)
 
 
@@ -16,7 +18,7 @@ logger = logging.getLogger(__name__)
 class SandboxLimits:
     """Per-step and per-job bounds. Defaults fit the task code of the shipped model with wide margin."""
 
-    max_code_chars: int = 4000  # characters of code in one step (after <MOD> stripping)
+    max_code_chars: int = MAX_CODE_CHARS  # characters of code in one step (after <MOD> stripping)
     max_bracket_depth: int = 32  # nesting of ( [ { checked before ast.parse sees the code
     max_expr_depth: int = 48  # depth of the parsed syntax tree, checked before evaluation
     max_nodes: int = 2000  # syntax-tree nodes in one step
@@ -29,8 +31,8 @@ class SandboxLimits:
     max_outputs: int = 16  # output() calls per job
     max_response_chars: int = 20_000  # all respond() text of a job together
     max_format_width: int = 200  # width in an f-string format spec
-    call_timeout_s: float = 300.0  # wall time of one library call
-    job_timeout_s: float = 1800.0  # wall time of all steps of a job together
+    call_timeout_s: float = CALL_TIMEOUT_S  # wall time of one library call
+    job_timeout_s: float = JOB_TIMEOUT_S  # wall time of all steps of a job together
     use_alarm: bool = True  # preempt long calls with SIGALRM when running in the main thread
 
 

@@ -34,6 +34,7 @@ from agent.sandbox.outcome import StepOutcome
 from agent.sandbox.validator import CheckedStep, check_step, parse_step
 from agent.vision_client import VisionClient
 from api_schemas import AnalysisResult, Metric, OutputVolume, StepTrace
+from api_schemas.limits import scan_name_problem
 from voxel_ops import Volume
 
 logger = logging.getLogger(__name__)
@@ -63,8 +64,9 @@ class Sandbox:
         self.job_id = job_id or uuid.uuid4().hex
         self.env: dict[str, Any] = {}
         for name, vol in scans.items():
-            if not (name.isascii() and name.isidentifier()) or name.startswith("_") or name in self._library:
-                raise ValueError(f"scan name {name!r} must be a plain identifier that is not a library function")
+            problem = scan_name_problem(name, self._library)
+            if problem:
+                raise ValueError(problem)
             self.env[name] = Scan(vol, name, source=name)
         if output_dir is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)

@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.phi_bank import PhiBank
     from agent.sandbox import Sandbox
     from agent.vision_client import LocalVisionClient
+    from api_schemas.limits import MAX_CODE_CHARS, scan_name_problem
     from service.cli import CommandError
 
     scans = _pairs(args.scan, "--scan")
@@ -86,12 +87,16 @@ def run(args: argparse.Namespace) -> int:
     unknown = set(modalities) - set(scans)
     if unknown:
         raise CommandError(f"--modality names a scan that was not given: {sorted(unknown)[0]}")
-    clash = set(scans) & set(default_registry())
-    if clash:
-        raise CommandError(f"scan name {sorted(clash)[0]!r} is a library function; choose another name")
+    for name in scans:
+        problem = scan_name_problem(name, frozenset(default_registry()))
+        if problem:
+            raise CommandError(problem)
     steps = split_steps(_read_program(args.code))
     if not steps:
         raise CommandError("the program is empty")
+    for index, code in enumerate(steps):
+        if len(code) > MAX_CODE_CHARS:
+            raise CommandError(f"step {index} has {len(code)} characters; the limit is {MAX_CODE_CHARS}")
 
     volumes, checksums = {}, {}
     for name, path in scans.items():

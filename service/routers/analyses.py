@@ -8,6 +8,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api_schemas.jobs import Job
+from api_schemas.limits import MAX_CODE_CHARS, MAX_PROMPT_CHARS
 from api_schemas.requests import AnalysisRequest, VolumeInput
 from service import jobs
 from service.auth import Principal
@@ -41,8 +42,8 @@ async def create_analysis(request: Request, body: AnalysisRequest, principal: Pr
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["files"], "properties": {
-        "prompt": {"type": "string", "maxLength": 4000},
-        "code": {"type": "string", "maxLength": 20000},
+        "prompt": {"type": "string", "maxLength": MAX_PROMPT_CHARS},
+        "code": {"type": "string", "maxLength": MAX_CODE_CHARS},
         "wait": {"type": "number", "minimum": 0, "maximum": 30},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "metadata": {"type": "string", "description": "JSON list aligned with files: [{name, modality, date}]"},

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from api_schemas.limits import AGENT_MAX_WALL_S
 from api_schemas.results import AnalysisResult
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ def build_runtime(models_dir: Path):
 
 
 def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
-               job_id: str, max_steps: int = 12, max_wall_s: float = 300.0) -> AnalysisResult:
+               job_id: str, max_steps: int = 12, max_wall_s: float = AGENT_MAX_WALL_S) -> AnalysisResult:
     """Let the agent write and run the program, step by step, in a sandbox of this job."""
     from agent.sandbox import Sandbox
     from service.tasks import resources

@@ -105,3 +105,9 @@ def test_exec_refuses_bad_scans_clearly(scan_file, tmp_path):
     assert bad.returncode == 2 and "scan t1" in bad.stderr and "Traceback" not in bad.stderr
     clash = voxagent("exec", "--scan", f"read={scan_file}", "--code", str(program))
     assert clash.returncode == 2 and "library function" in clash.stderr
+    clash = voxagent("exec", "--scan", f"volume={scan_file}", "--code", str(program))
+    assert clash.returncode == 2 and "library function" in clash.stderr
+    long_step = tmp_path / "long.txt"
+    long_step.write_text("read(1)\n" + "#" * 4715)  # 4,723 characters in one step
+    refused = voxagent("exec", "--scan", f"t1={scan_file}", "--code", str(long_step))
+    assert refused.returncode == 2 and "4723 characters; the limit is 4000" in refused.stderr

@@ -118,6 +118,39 @@ def test_errors_are_problem_json(api, scan_file, tmp_path):
     assert r.status_code == 422 and "not found" in r.json()["detail"]
 
 
+def test_requests_the_sandbox_would_fail_are_422_at_the_door(api, scan_file):
+    """What the sandbox refuses for its size or a scan name is refused before a job exists."""
+    from api_schemas.limits import MAX_CODE_CHARS
+
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    too_long = CODE + "\n" + "#" * (4723 - len(CODE) - 1)
+    assert len(too_long) == 4723 > MAX_CODE_CHARS
+    refusals = [
+        api.post("/v1/analyses", json={"code": too_long, "volumes": [{"id": vid}]}, headers=api.h["acme"]),
+        api.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid, "name": "volume"}]},
+                 headers=api.h["acme"]),
+        api.post("/v1/analyses", json={"prompt": "x" * 4001, "volumes": [{"id": vid}]}, headers=api.h["acme"]),
+        api.post("/v1/batches", json={"code": too_long, "items": [{"volumes": [{"id": vid}]}]},
+                 headers=api.h["acme"]),
+        api.post("/v1/batches", json={"code": CODE, "items": [{"volumes": [{"id": vid, "name": "threshold"}]}]},
+                 headers=api.h["acme"]),
+    ]
+    with open(path, "rb") as fh:
+        refusals.append(api.post("/v1/analyses/upload", headers=api.h["acme"], files={"files": (path.name, fh)},
+                                 data={"code": too_long}))
+    with open(path, "rb") as fh:
+        refusals.append(api.post("/v1/analyses/upload", headers=api.h["acme"], files={"files": (path.name, fh)},
+                                 data={"code": CODE, "metadata": json.dumps([{"name": "volume"}])}))
+    for r in refusals:
+        assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert api.get("/v1/analyses", headers=api.h["acme"]).json() == []  # no job was created
+    # the longest program the door accepts runs to the end
+    longest = CODE + "\n" + "#" * (MAX_CODE_CHARS - len(CODE) - 1)
+    r = run_code(api, vid, code=longest)
+    assert r.status_code == 200 and r.json()["status"] == "succeeded", r.text
+
+
 def test_hostile_and_oversized_uploads_are_refused(api, tmp_path):
     bad = tmp_path / "bad.nii"
     bad.write_bytes(b"\x00" * 400)
