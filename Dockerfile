@@ -15,6 +15,7 @@ COPY vision vision
 COPY agent agent
 COPY training training
 COPY service service
+COPY cli cli
 COPY models models
 RUN pip install --no-cache-dir .
 RUN useradd --create-home voxagent && mkdir -p /data && chown voxagent /data

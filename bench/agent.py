@@ -29,8 +29,9 @@ from agent.model import VoxAgentModel
 from agent.state import ScanInfo, initial_state_ids
 from agent.tokenizer import AgentTokenizer, train_tokenizer
 from bench.common import report, time_median
+from service.settings import DEFAULT_MODELS_DIR
 
-SHIPPED = Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"
+SHIPPED = DEFAULT_MODELS_DIR
 PROMPT = "Segment the lesion on the FLAIR scan and report its volume in mL and the hemisphere it is in."
 SCANS = [ScanInfo("t1", "T1", "2023-05-02", (1.0, 1.0, 1.0)), ScanInfo("flair", "FLAIR", "2023-05-02", (0.9, 0.9, 5.0))]
 FIRST_STEP_TOKENS = 32

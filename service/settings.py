@@ -19,8 +19,12 @@ def _default_data_dir() -> Path:
     return Path.home() / ".voxagent"
 
 
+# The shipped checkpoint: the one default for every models directory (service, workers, CLI).
+DEFAULT_MODELS_DIR = Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"
+
+
 def _default_models_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"
+    return DEFAULT_MODELS_DIR
 
 
 class Settings(BaseSettings):
@@ -30,6 +34,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="redis://... switches to Celery dispatch.")
     result_backend: str | None = Field(default=None, description="Celery result backend; defaults to broker_url.")
     models_dir: Path = Field(default_factory=_default_models_dir, description="Checkpoint directory to serve.")
+    worker_queues: str = Field(default="", description="Queues this worker process consumes (set by `voxagent worker`).")
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -56,6 +61,10 @@ class Settings(BaseSettings):
     @property
     def distributed(self) -> bool:
         return bool(self.broker_url)
+
+    @property
+    def worker_queue_list(self) -> list[str]:
+        return [q.strip() for q in self.worker_queues.split(",") if q.strip()]
 
     @property
     def artifacts_dir(self) -> Path:

@@ -9,7 +9,7 @@ from voxel_ops import Volume
 
 
 def test_cli_help_lists_commands():
-    out = subprocess.run([sys.executable, "-m", "service.cli", "--help"], capture_output=True, text=True)
+    out = subprocess.run([sys.executable, "-m", "cli", "--help"], capture_output=True, text=True)
     assert out.returncode == 0
     assert "serve" in out.stdout
 

@@ -67,12 +67,12 @@ class CeleryDispatcher(Dispatcher):
     mode = "distributed"
 
     def __init__(self, settings: Settings) -> None:
-        from service.celery_app import app
+        from service.workers.celery_app import app
 
         self._app = app
 
     def submit(self, job_id: str) -> None:
-        from service.celery_app import ANALYSIS_TASK
+        from service.workers.celery_app import ANALYSIS_TASK
 
         self._app.send_task(ANALYSIS_TASK, args=[job_id], task_id=job_id, queue="agent")
 

@@ -24,11 +24,19 @@ def _once(kind: str, models_dir: Path, build):
         return _cache[key]
 
 
-def vision_engine(models_dir: Path):
-    """The resident VisionEngine; shared with the Celery vision tasks so a process holds one."""
-    from vision.tasks import get_engine
+def _build_vision_engine(models_dir: Path):
+    from vision.engine import VisionEngine
 
-    return get_engine(models_dir)
+    if (Path(models_dir) / "vision.safetensors").is_file():
+        return VisionEngine.load(models_dir)
+    log.warning("no vision weights in %s: random-init vision network", models_dir)
+    return VisionEngine(preset="tiny")
+
+
+def vision_engine(models_dir: Path):
+    """The resident VisionEngine (shipped weights when present, else a random-init network); the
+    Celery vision tasks use this one too, so a process holds one engine."""
+    return _once("vision", Path(models_dir), _build_vision_engine)
 
 
 def agent_runtime(models_dir: Path):

@@ -9,7 +9,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from service.commands.exec import split_steps
+from cli.commands.exec import split_steps
 from tests.sandbox.conftest import phantom
 
 PROGRAM = """e = encode(t1<MOD>)
@@ -26,7 +26,7 @@ stop()
 
 
 def voxagent(*args: str, stdin: str | None = None, cwd=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           input=stdin, timeout=120, cwd=cwd)
 
 

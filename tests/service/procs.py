@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[2]
-VOXAGENT = [sys.executable, "-m", "service.cli"]
+VOXAGENT = [sys.executable, "-m", "cli"]
 
 
 def free_port() -> int:

@@ -14,7 +14,7 @@ from tests.service.conftest import CODE, expected_ml, write_scan
 
 
 def voxagent(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "service.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.cli import build_parser
+from cli.main import build_parser
 
 yaml = pytest.importorskip("yaml", reason="PyYAML is a dependency of uvicorn[standard]; needed to parse compose")
 

@@ -114,7 +114,7 @@ def test_settings_env_prefix_and_celery_reliability(monkeypatch, tmp_path):
     monkeypatch.setenv("VOXAGENT_TASK_TIME_LIMIT_S", "100")
     s = Settings()
     assert s.data_dir == tmp_path and s.host == "127.0.0.1" and not s.distributed
-    from service.celery_app import make_celery
+    from service.workers.celery_app import make_celery
 
     conf = make_celery(s).conf
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1

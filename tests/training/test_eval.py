@@ -24,7 +24,7 @@ MAX_VOLUME_ERROR = 0.05
 
 
 def _eval(*args: str) -> dict[str, float]:
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--model", str(SHIPPED), "--json", *args],
+    proc = subprocess.run([sys.executable, "-m", "cli", "eval", "--model", str(SHIPPED), "--json", *args],
                           cwd=ROOT, capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
@@ -97,7 +97,7 @@ def _saved_report(directory: Path, seed: int, wm: float, mni: bool) -> Path:
 def test_eval_compare_prints_saved_reports_side_by_side(tmp_path):
     a = _saved_report(tmp_path / "run_a", 1, 0.412, mni=True)
     b = _saved_report(tmp_path / "run_b", 2, 0.734, mni=False)
-    proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--compare", str(a), str(b)],
+    proc = subprocess.run([sys.executable, "-m", "cli", "eval", "--compare", str(a), str(b)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]] for line in proc.stdout.splitlines()}
@@ -113,7 +113,7 @@ def test_eval_compare_refuses_a_directory_without_a_report(tmp_path):
     (tmp_path / "bad").mkdir()
     (tmp_path / "bad" / "eval.json").write_text("[1, 2]")
     for d in ("empty", "bad"):
-        proc = subprocess.run([sys.executable, "-m", "service.cli", "eval", "--compare", str(tmp_path / d)],
+        proc = subprocess.run([sys.executable, "-m", "cli", "eval", "--compare", str(tmp_path / d)],
                               cwd=ROOT, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 2 and "voxagent eval: error:" in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr

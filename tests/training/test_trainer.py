@@ -166,7 +166,7 @@ def test_interrupt_saves_the_last_finished_step_and_resume_loses_nothing(tmp_pat
 
 
 def test_cli_rejects_a_cooldown_outside_the_budget(tmp_path, capsys):
-    from service.cli import main
+    from cli.main import main
 
     assert main(["train", "--steps", "1", "--cooldown", "1.5", "--out", str(tmp_path)]) == 2
     assert "--cooldown" in capsys.readouterr().err
@@ -207,7 +207,7 @@ def test_joint_weights_cannot_silence_every_family():
 
 
 def test_cli_rejects_unknown_joint_weight_families(tmp_path, capsys):
-    from service.cli import main
+    from cli.main import main
 
     assert main(["train", "--steps", "1", "--joint-weights", "hippocampus=3", "--out", str(tmp_path)]) == 2
     assert "--joint-weights" in capsys.readouterr().err
@@ -240,7 +240,7 @@ def test_balanced_voxel_ce_is_recorded_and_kept_on_resume(tmp_path):
 
 
 def test_cli_refuses_an_unknown_voxel_ce(tmp_path, capsys):
-    from service.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["train", "--steps", "1", "--voxel-ce", "focal", "--out", str(tmp_path)])
@@ -272,7 +272,7 @@ def test_vision_channels_build_the_network_and_a_resume_keeps_them(tmp_path):
 
 
 def test_impossible_vision_channels_are_refused_before_training(tmp_path, capsys):
-    from service.cli import main
+    from cli.main import main
 
     with pytest.raises(ValueError, match="group_size"):
         _cfg(vision_channels=(3, 5))
@@ -284,7 +284,7 @@ def test_impossible_vision_channels_are_refused_before_training(tmp_path, capsys
 
 
 def test_cli_refuses_to_change_the_width_of_a_checkpoint(tmp_path, capsys):
-    from service.cli import main
+    from cli.main import main
 
     (tmp_path / "checkpoint").mkdir()
     (tmp_path / "checkpoint" / STATE_FILE).write_bytes(b"")

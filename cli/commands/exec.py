@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 STEP_MARKER = "<STEP>"
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "voxagent-tiny"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,8 +22,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="modality of a scan, e.g. t1=T1, flair=FLAIR, ct=CT (repeatable)")
     p.add_argument("--code", required=True, help="program file, or - to read it from stdin")
     p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR,
-                   help="checkpoint directory with vision weights and phi bank (default: the shipped model)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint directory with vision weights and phi bank (default: the service's "
+                        "models directory, VOXAGENT_MODELS_DIR or the shipped model)")
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
     p.set_defaults(func=run)
 
@@ -47,7 +47,7 @@ def split_steps(program: str) -> list[str]:
 
 
 def _pairs(items: list[str], what: str) -> dict[str, str]:
-    from service.cli import CommandError
+    from cli.errors import CommandError
 
     out: dict[str, str] = {}
     for item in items:
@@ -61,7 +61,7 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def _read_program(source: str) -> str:
-    from service.cli import CommandError
+    from cli.errors import CommandError
 
     if source == "-":
         return sys.stdin.read()
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.sandbox import Sandbox
     from agent.vision_client import LocalVisionClient
     from api_schemas.limits import MAX_CODE_CHARS, scan_name_problem
-    from service.cli import CommandError
+    from cli.errors import CommandError, default_models_dir
 
     scans = _pairs(args.scan, "--scan")
     modalities = _pairs(args.modality, "--modality")
@@ -112,7 +112,7 @@ def run(args: argparse.Namespace) -> int:
 
     from vision.engine import VisionEngine  # torch: only once the inputs are known to be good
 
-    model_dir: Path = args.model
+    model_dir: Path = args.model or default_models_dir()
     if (model_dir / "vision.safetensors").is_file():
         engine, model_name = VisionEngine.load(model_dir), model_dir.name
     else:

@@ -37,7 +37,7 @@ def run(args: argparse.Namespace) -> int:
 
     from api_schemas.requests import AnalysisRequest, VolumeInput
     from api_schemas.results import AnalysisResult
-    from service.cli import CommandError
+    from cli.errors import CommandError
     from service.settings import Settings
     from service.storage.artifacts import ArtifactStore
     from service.storage.records import SQLiteRecordStore

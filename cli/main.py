@@ -1,4 +1,4 @@
-"""`voxagent` command line. Each subcommand lives in its own module under `service/commands/`.
+"""`voxagent` command line. Each subcommand lives in its own module under `cli/commands/`.
 
 A command module defines ``register(subparsers)`` which adds its parser and sets
 ``func=<callable(args) -> int>``. Modules import heavy dependencies (torch, the model) inside
@@ -12,8 +12,8 @@ import logging
 import pkgutil
 import sys
 
-import service.commands as commands_pkg
-from service.commands import CommandError
+import cli.commands as commands_pkg
+from cli.errors import CommandError
 
 __all__ = ["CommandError", "build_parser", "main"]
 

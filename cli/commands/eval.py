@@ -13,14 +13,14 @@ import argparse
 import json
 from pathlib import Path
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parents[2] / "models" / "voxagent-tiny"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out synthesized cases and the MNI T1")
     p.add_argument("--cases", type=int, default=20, help="held-out synthesized tasks (family i mod 20)")
     p.add_argument("--seed", type=int, default=0, help="evaluation seed (cases use task seeds >= 10**9)")
-    p.add_argument("--model", type=Path, default=DEFAULT_MODEL_DIR, help="checkpoint directory")
+    p.add_argument("--model", type=Path, default=None,
+                   help="checkpoint directory (default: VOXAGENT_MODELS_DIR or the shipped model)")
     p.add_argument("--json", action="store_true", help="print the flat figures as JSON")
     p.add_argument("--report", type=Path, default=None, help="directory for eval.json and eval.md")
     p.add_argument("--no-mni", action="store_true", help="skip the MNI152 T1 figures (reported as 0)")
@@ -32,7 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def compare(dirs: list[Path]) -> int:
-    from service.cli import CommandError
+    from cli.errors import CommandError
     from training.report import comparison
 
     reports = {}
@@ -55,12 +55,13 @@ def compare(dirs: list[Path]) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import CommandError
+    from cli.errors import CommandError, default_models_dir
 
     if args.compare:
         return compare(args.compare)
     if args.cases < 1:
         raise CommandError("--cases must be positive")
+    args.model = args.model or default_models_dir()
     if not (args.model / "agent.safetensors").is_file() or not (args.model / "vision.safetensors").is_file():
         raise CommandError(f"{args.model} is not a checkpoint directory (agent.safetensors + vision.safetensors)")
     from training.evaluate import evaluate

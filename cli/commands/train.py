@@ -45,7 +45,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import CommandError
+    from cli.errors import CommandError
 
     if args.minutes is None and args.steps is None:
         raise CommandError("give --minutes or --steps (or both) so the run ends")

@@ -1,5 +1,8 @@
 """Celery tasks of queue ``vision``: encode/generate on a resident VisionEngine.
 
+The engine is the process's one resident engine (`service.tasks.resources.vision_engine`) for the
+models directory of the settings (`service.settings`, the one place settings are read).
+
 Arrays never cross the broker: inputs arrive as NIfTI paths on storage shared with the agent
 workers, interpretable vectors and generated volumes go back as file paths. Encodings stay in
 this worker's engine cache; the encode reply names ``vision.<node name>``, the queue only this
@@ -8,8 +11,6 @@ worker consumes, so the job's later generate/release calls find them.
 from __future__ import annotations
 
 import logging
-import os
-import threading
 import uuid
 from pathlib import Path
 
@@ -18,31 +19,15 @@ import numpy as np
 from celery import shared_task
 
 log = logging.getLogger(__name__)
-_lock = threading.Lock()
-_engines: dict[str, object] = {}
 _handles: dict[str, object] = {}  # handle key -> EncodingHandle held by this worker
 
 
-def default_models_dir() -> Path:
-    return Path(os.environ.get("VOXAGENT_MODELS_DIR",
-                               Path(__file__).resolve().parent.parent / "models" / "voxagent-tiny"))
+def get_engine():
+    """This worker's resident engine, for the configured models directory."""
+    from service.settings import get_settings
+    from service.tasks import resources
 
-
-def get_engine(models_dir: Path | None = None):
-    """One VisionEngine per process: shipped weights when present, else a random-init network."""
-    models_dir = Path(models_dir or default_models_dir())
-    with _lock:
-        engine = _engines.get(str(models_dir))
-        if engine is None:
-            from vision.engine import VisionEngine
-
-            if (models_dir / "vision.safetensors").is_file():
-                engine = VisionEngine.load(models_dir)
-            else:
-                log.warning("no vision weights in %s: random-init vision network", models_dir)
-                engine = VisionEngine(preset="tiny")
-            _engines[str(models_dir)] = engine
-        return engine
+    return resources.vision_engine(get_settings().models_dir)
 
 
 def worker_queue(hostname: str | None) -> str:

@@ -8,7 +8,6 @@ Only ids and file paths cross the broker, never arrays.
 from __future__ import annotations
 
 import logging
-import os
 
 from celery import Celery, signals
 from kombu import Queue
@@ -22,7 +21,7 @@ ANALYSIS_TASK = "voxagent.analysis"
 def make_celery(settings: Settings) -> Celery:
     broker = settings.broker_url or "redis://127.0.0.1:6379/0"
     app = Celery("voxagent", broker=broker, backend=settings.result_backend or broker,
-                 include=["service.tasks.celery_analysis", "vision.tasks"])
+                 include=["service.workers.analysis_task", "service.workers.vision_tasks"])
     app.conf.update(
         task_queues=(Queue("agent"), Queue("vision")),
         task_default_queue="agent",
@@ -50,16 +49,16 @@ app = make_celery(get_settings())
 @signals.worker_process_init.connect
 def _warm_models(**_: object) -> None:
     """Load models once per worker process, before the first task arrives."""
-    queues = os.environ.get("VOXAGENT_WORKER_QUEUES", "")
     settings = get_settings()
+    queues = settings.worker_queue_list
     from service.tasks import resources
 
-    if "vision" in queues.split(","):
+    if "vision" in queues:
         try:
             resources.vision_engine(settings.models_dir)
         except Exception:  # noqa: BLE001 - a worker without a model still reports jobs as failed
             log.exception("could not load the vision engine")
-    if "agent" in queues.split(","):
+    if "agent" in queues:
         try:
             resources.agent_runtime(settings.models_dir)
         except Exception:  # noqa: BLE001

@@ -22,7 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from service import auth
-    from service.cli import CommandError
+    from cli.errors import CommandError
     from service.settings import Settings
     from service.storage import open_record_store
 

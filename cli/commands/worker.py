@@ -18,14 +18,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service.cli import CommandError
+    from cli.errors import CommandError
 
     queues = [q.strip() for q in args.queues.split(",") if q.strip()]
     if not queues or set(queues) - QUEUES:
         raise CommandError(f"--queues must name some of {sorted(QUEUES)}, got {args.queues!r}")
-    if not os.environ.get("VOXAGENT_BROKER_URL"):
-        raise CommandError("set VOXAGENT_BROKER_URL=redis://host:6379/0 to run a worker")
+    from service.settings import get_settings
+
+    # the environment carries the queues to this process's settings and to prefork children
     os.environ["VOXAGENT_WORKER_QUEUES"] = ",".join(queues)
+    get_settings.cache_clear()
+    if not get_settings().broker_url:
+        raise CommandError("set VOXAGENT_BROKER_URL=redis://host:6379/0 to run a worker")
     name = args.name or f"{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     if "vision" in queues:
         # this worker's own queue: later vision calls of a job come back to the encodings it holds
@@ -34,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
         from prometheus_client import start_http_server
 
         start_http_server(args.metrics_port)
-    from service.celery_app import app
+    from service.workers.celery_app import app
 
     # vision workers hold encodings in process memory, so they run one process (threads share it)
     pool = ["--pool", "threads", "--concurrency", "2"] if "vision" in queues else \
@@ -49,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _warm_in_process() -> None:
     """Solo/threads pools never fire worker_process_init."""
-    from service.celery_app import _warm_models
+    from service.workers.celery_app import _warm_models
 
     _warm_models()

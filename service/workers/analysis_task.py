@@ -1,33 +1,32 @@
 """Celery wrapper of the analysis task (queue ``agent``)."""
 from __future__ import annotations
 
-import os
 from functools import lru_cache
 
 from celery import shared_task
 
-from service.celery_app import ANALYSIS_TASK
+from service.workers.celery_app import ANALYSIS_TASK
 
 
 @lru_cache(maxsize=1)
 def worker_context():
     """Stores and the Celery vision client, built once per worker process."""
-    from agent.celery_vision_client import CeleryVisionClient
-    from service.celery_app import app
     from service.settings import get_settings
     from service.storage import ArtifactStore, open_record_store
     from service.tasks.context import TaskContext
+    from service.workers.celery_app import app
+    from service.workers.celery_vision_client import CeleryVisionClient
 
     settings = get_settings()
     work_dir = settings.data_dir / "vision-exchange"
 
     records, artifacts = open_record_store(settings), ArtifactStore(settings.artifacts_dir)
-    if "vision" in os.environ.get("VOXAGENT_WORKER_QUEUES", "").split(","):
+    if "vision" in settings.worker_queue_list:
         # this worker serves vision too: call its resident engine directly instead of itself over the broker
         return TaskContext.embedded(settings, records, artifacts)
 
     def client(job_id: str):
-        return CeleryVisionClient(app, work_dir, timeout_s=settings.task_time_limit_s)
+        return CeleryVisionClient(app, work_dir)  # per-call timeout: api_schemas.limits.CALL_TIMEOUT_S
 
     return TaskContext(settings, records, artifacts, client)
 

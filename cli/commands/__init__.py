@@ -1,0 +1,1 @@
+"""One module per `voxagent` subcommand; see cli/main.py."""
