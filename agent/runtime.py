@@ -30,7 +30,7 @@ from agent.model import DecodeSession, VoxAgentModel
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
 from agent.tokenizer import AgentTokenizer
-from api_schemas import AnalysisResult, StepTrace
+from api_schemas import AnalysisResult, AnalysisStatus, StepTrace
 from api_schemas.limits import AGENT_MAX_WALL_S
 
 logger = logging.getLogger(__name__)
@@ -176,7 +176,7 @@ class AgentRuntime:
         t_start = self._now()
         deadline = t_start + lim.max_wall_s
         timings = {"setup": 0.0, "prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
-        result = AnalysisResult(status="no_answer", model=self.model_name)
+        result = AnalysisResult(status=AnalysisStatus.no_answer, model=self.model_name)
         transcript = Transcript()
         self.last_transcript = transcript
         responses: list[str] = []
@@ -187,7 +187,7 @@ class AgentRuntime:
         mu1 = initial_state_ids(tok, prompt, scans)
         timings["setup"] = self._now() - t_start
         if len(mu1) + 2 > capacity:
-            return self._finish(result, "failed", responses, timings, t_start,
+            return self._finish(result, AnalysisStatus.failed, responses, timings, t_start,
                                 error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
         t0 = self._now()
         with self._lm():
@@ -219,15 +219,15 @@ class AgentRuntime:
                 logger.exception("sandbox failed on step %d", index)
                 trace.error = f"sandbox failure: {exc}"
                 trace.duration_s = self._now() - t_step
-                return self._finish(result, "failed", responses, timings, t_start, error=f"sandbox failure: {exc}")
+                return self._finish(result, AnalysisStatus.failed, responses, timings, t_start, error=f"sandbox failure: {exc}")
             timings["execute"] += self._now() - t_decoded
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
 
             if outcome.stopped:
                 if responses or result.metrics or result.outputs:
-                    return self._finish(result, "succeeded", responses, timings, t_start)
-                return self._finish(result, "no_answer", responses, timings, t_start,
+                    return self._finish(result, AnalysisStatus.succeeded, responses, timings, t_start)
+                return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start,
                                     note="the agent stopped without a response, metric or output")
             if self._now() > deadline:
                 reason = f"wall-time limit of {lim.max_wall_s:g} s reached"
@@ -251,7 +251,7 @@ class AgentRuntime:
                 transcript.enc_vectors.append(z.vectors)
             timings["feedback"] += self._now() - t_fb
 
-        return self._finish(result, "no_answer", responses, timings, t_start, note=reason)
+        return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=reason)
 
     def _decode_step(
         self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int
@@ -301,7 +301,7 @@ class AgentRuntime:
     def _finish(
         self,
         result: AnalysisResult,
-        status: str,
+        status: AnalysisStatus,
         responses: list[str],
         timings: dict[str, float],
         t_start: float,
@@ -310,9 +310,9 @@ class AgentRuntime:
         error: str | None = None,
     ) -> AnalysisResult:
         answer = " ".join(r.strip() for r in responses if r.strip())
-        if status == "succeeded":
+        if status == AnalysisStatus.succeeded:
             result.text = answer or "Done: the results are in the metrics and outputs."
-        elif status == "no_answer":
+        elif status == AnalysisStatus.no_answer:
             result.text = f"No answer: {note}." + (f" Partial response: {answer}" if answer else "")
         else:
             result.text = f"Analysis failed: {error}"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import Enum
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -46,6 +47,11 @@ class BatchRequest(BaseModel):
         return self
 
 
+class BatchStatus(str, Enum):
+    running = "running"
+    completed = "completed"
+
+
 class WebhookState(BaseModel):
     url: str
     delivered: bool = False
@@ -55,7 +61,7 @@ class WebhookState(BaseModel):
 
 class Batch(BaseModel):
     id: str
-    status: str = Field(description="'running' until every item has finished, then 'completed'.")
+    status: BatchStatus = Field(description="'running' until every item has finished, then 'completed'.")
     created_at: datetime
     finished_at: datetime | None = None
     total: int

@@ -18,7 +18,11 @@ class JobStatus(str, Enum):
     cancelled = "cancelled"
 
 
-TERMINAL = {JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled}
+TERMINAL = frozenset({JobStatus.succeeded, JobStatus.failed, JobStatus.cancelled})
+ACTIVE = frozenset({JobStatus.queued, JobStatus.running})
+# the same as plain strings, for records stored as JSON and status guards of the record store
+TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
+ACTIVE_VALUES = tuple(sorted(s.value for s in ACTIVE))
 
 
 class Job(BaseModel):

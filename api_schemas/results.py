@@ -1,6 +1,8 @@
 """What an analysis produces: the contract between sandbox, agent runtime, workers and clients."""
 from __future__ import annotations
 
+from enum import Enum
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -40,12 +42,20 @@ class StepTrace(BaseModel):
     phi_count: int = Field(default=0, description="Latent instructions (phi) consumed by vision calls.")
 
 
+class AnalysisStatus(str, Enum):
+    """How an analysis ended (a job that ran to the end; the job's own status is `JobStatus`)."""
+
+    succeeded = "succeeded"
+    no_answer = "no_answer"
+    failed = "failed"
+
+
 class AnalysisResult(BaseModel):
     """The document a user gets back, from the CLI (`voxagent run/exec --json`) or the API."""
 
     model_config = ConfigDict(extra="forbid")
 
-    status: str = Field(default="succeeded", description="'succeeded', 'no_answer' or 'failed'.")
+    status: AnalysisStatus = Field(default=AnalysisStatus.succeeded, description="'succeeded', 'no_answer' or 'failed'.")
     text: str = Field(default="", description="The answer in words.")
     metrics: list[Metric] = Field(default_factory=list)
     outputs: list[OutputVolume] = Field(default_factory=list)

@@ -2,20 +2,22 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime, timezone
 
-from api_schemas.jobs import TERMINAL
+from api_schemas.batches import BatchStatus
+from api_schemas.jobs import TERMINAL_VALUES, JobStatus
+from service.clock import now_iso
 from service.webhooks import deliver
 
 log = logging.getLogger(__name__)
-TERMINAL_VALUES = {s.value for s in TERMINAL}
 
 
 def counts(records, job_ids: list[str]) -> dict[str, int]:
-    out = {"queued": 0, "running": 0, "succeeded": 0, "failed": 0, "cancelled": 0}
+    """Jobs per status; a job whose record is gone counts as failed (the batch records every job
+    before it dispatches any, so a missing record is a lost one, never one not yet written)."""
+    out = {s.value: 0 for s in JobStatus}
     for jid in job_ids:
         doc = records.get("job", jid)
-        status = doc["status"] if doc else "failed"
+        status = doc["status"] if doc else JobStatus.failed.value
         out[status] = out.get(status, 0) + 1
     return out
 
@@ -28,9 +30,9 @@ def on_job_finished(ctx, batch_id: str) -> None:
     c = counts(ctx.records, batch["job_ids"])
     if sum(c[s] for s in TERMINAL_VALUES) < len(batch["job_ids"]):
         return
-    claimed = ctx.records.update("batch", batch_id, {"status": "completed", "counts": c,
-                                                     "finished_at": datetime.now(timezone.utc).isoformat()},
-                                 only_if_status=("running",))
+    claimed = ctx.records.update("batch", batch_id, {"status": BatchStatus.completed.value, "counts": c,
+                                                     "finished_at": now_iso()},
+                                 only_if_status=(BatchStatus.running.value,))
     if claimed is None or not claimed.get("webhook"):
         return
     hook = claimed["webhook"]

@@ -6,11 +6,12 @@ Entries are per tenant, method and path. A key reused with a different JSON body
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 
-from fastapi import Request
+from fastapi import Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
 
 from service.errors import ProblemError
 from service.state import ServiceState, utcnow
@@ -19,11 +20,31 @@ KIND = "idem"
 HEADER = "Idempotency-Key"
 
 
-async def idempotent(request: Request, state: ServiceState, tenant: str,
-                     produce: Callable[[], Awaitable[JSONResponse]], fingerprint_body: bool = True) -> JSONResponse:
+@dataclass(frozen=True)
+class Created:
+    """What a POST handler produced: the body (serialized by the route's ``response_model``), its
+    status code and its Location."""
+
+    body: BaseModel
+    status_code: int
+    location: str | None = None
+
+
+def _answer(created: Created, response: Response) -> BaseModel:
+    response.status_code = created.status_code
+    if created.location:
+        response.headers["Location"] = created.location
+    return created.body
+
+
+async def idempotent(request: Request, response: Response, state: ServiceState, tenant: str,
+                     produce: Callable[[], Awaitable[Created]], fingerprint_body: bool = True
+                     ) -> BaseModel | JSONResponse:
+    """The produced model (status and Location set on ``response``), or, for a replayed key, the
+    first answer as stored."""
     key = request.headers.get(HEADER)
     if key is None:
-        return await produce()
+        return _answer(await produce(), response)
     if not 1 <= len(key) <= 255:
         raise ProblemError(400, f"{HEADER} must be 1-255 characters")
     rid = hashlib.sha256(f"{tenant}\n{request.method}\n{request.url.path}\n{key}".encode()).hexdigest()
@@ -40,11 +61,11 @@ async def idempotent(request: Request, state: ServiceState, tenant: str,
         return JSONResponse(existing["body"], status_code=existing["status_code"],
                             headers={**existing.get("headers", {}), "Idempotent-Replayed": "true"})
     try:
-        response = await produce()
+        created = await produce()
     except BaseException:
         state.records.delete(KIND, rid)
         raise
-    headers = {k: v for k, v in response.headers.items() if k.lower() in ("location",)}
-    state.records.update(KIND, rid, {"pending": False, "status_code": response.status_code,
-                                     "body": json.loads(response.body), "headers": headers})
-    return response
+    headers = {"Location": created.location} if created.location else {}
+    state.records.update(KIND, rid, {"pending": False, "status_code": created.status_code,
+                                     "body": created.body.model_dump(mode="json"), "headers": headers})
+    return _answer(created, response)

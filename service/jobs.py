@@ -5,13 +5,12 @@ import asyncio
 import time
 import uuid
 
-from api_schemas.jobs import TERMINAL, Job
+from api_schemas.jobs import TERMINAL_VALUES, Job, JobStatus
 from api_schemas.requests import AnalysisRequest
 from service.errors import ProblemError
 from service.observability import JOBS_SUBMITTED
-from service.state import ServiceState, utcnow
+from service.state import ServiceState, now_iso, utcnow
 
-TERMINAL_VALUES = {s.value for s in TERMINAL}
 
 
 def new_job_doc(records, tenant: str, req: AnalysisRequest, batch_id: str | None = None,
@@ -20,7 +19,7 @@ def new_job_doc(records, tenant: str, req: AnalysisRequest, batch_id: str | None
         if records.get_for("volume", ref.id, tenant) is None:
             raise ProblemError(422, f"volume {ref.id} not found", title="Unknown volume")
     created, ts = utcnow()
-    return {"id": f"job_{uuid.uuid4().hex}", "tenant": tenant, "status": "queued", "created_at": created,
+    return {"id": f"job_{uuid.uuid4().hex}", "tenant": tenant, "status": JobStatus.queued.value, "created_at": created,
             "created_at_ts": ts, "prompt": req.prompt, "code": req.code,
             "volumes": [v.model_dump() for v in req.volumes], "scan_names": req.scan_names(),
             "batch_id": batch_id, "label": label, "result": None, "error": None}
@@ -38,7 +37,8 @@ def dispatch(state: ServiceState, doc: dict) -> None:
     try:
         state.dispatcher.submit(doc["id"])
     except Exception as exc:
-        state.records.update("job", doc["id"], {"status": "failed", "error": f"dispatch failed: {exc}"})
+        state.records.update("job", doc["id"], {"status": JobStatus.failed.value, "finished_at": now_iso(),
+                                                 "error": f"dispatch failed: {exc}"})
         raise ProblemError(503, f"could not queue the job: {exc}", headers={"Retry-After": "5"}) from exc
 
 

@@ -2,10 +2,9 @@
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
 
+from service.clock import now_iso, utcnow
 from service.dispatch import Dispatcher, make_dispatcher
 from service.settings import Settings
 from service.storage import ArtifactStore, RecordStore, open_record_store
@@ -35,6 +34,4 @@ class ServiceState:
         self.records.close()
 
 
-def utcnow() -> tuple[str, float]:
-    now = time.time()
-    return datetime.fromtimestamp(now, timezone.utc).isoformat(), now
+__all__ = ["ServiceState", "now_iso", "utcnow"]

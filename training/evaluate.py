@@ -151,9 +151,9 @@ class Evaluator:
         t0 = time.perf_counter()
         result, client = self.run_agent(sample.prompt, case.scans)
         codes = [t.code for t in result.trace]
-        response = " ".join(m for m in [result.text or ""]) if result.status == "succeeded" else ""
+        response = " ".join(m for m in [result.text or ""]) if result.status == AnalysisStatus.succeeded else ""
         outputs = sorted(o.name for o in result.outputs)
-        success = result.status == "succeeded" and outputs == sorted(sample.outputs)
+        success = result.status == AnalysisStatus.succeeded and outputs == sorted(sample.outputs)
         if sample.answer is not None:
             success = success and answer_matches(response, sample.answer)
         masks = generated_masks(codes, client.generated)

@@ -33,7 +33,7 @@ from agent.sandbox.markers import Position, strip_mod_markers
 from agent.sandbox.outcome import StepOutcome
 from agent.sandbox.validator import CheckedStep, check_step, parse_step
 from agent.vision_client import VisionClient
-from api_schemas import AnalysisResult, Metric, OutputVolume, StepTrace
+from api_schemas import AnalysisResult, AnalysisStatus, Metric, OutputVolume, StepTrace
 from api_schemas.limits import scan_name_problem
 from voxel_ops import Volume
 
@@ -221,10 +221,10 @@ class Sandbox:
             for item in value:
                 self._record(item)
 
-    def result(self, status: str | None = None, error: str | None = None) -> AnalysisResult:
+    def result(self, status: AnalysisStatus | None = None, error: str | None = None) -> AnalysisResult:
         """The analysis so far as the document users get (the runtime may add model and timings)."""
         if status is None:
-            status = "succeeded" if self.responses or self.outputs or self.metrics else "no_answer"
+            status = AnalysisStatus.succeeded if self.responses or self.outputs or self.metrics else AnalysisStatus.no_answer
         return AnalysisResult(status=status, text="\n".join(self.responses), metrics=list(self.metrics),
                               outputs=list(self.outputs), trace=list(self.trace), error=error,
                               timings_s={"sandbox": self.elapsed_s})

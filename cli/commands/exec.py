@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     from agent.sandbox import Sandbox
     from agent.vision_client import LocalVisionClient
     from api_schemas.limits import MAX_CODE_CHARS, scan_name_problem
+    from api_schemas.results import AnalysisStatus
     from cli.errors import CommandError, default_models_dir
 
     scans = _pairs(args.scan, "--scan")
@@ -136,7 +137,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sandbox.close()
         engine.close()
-    result = sandbox.result(status="failed" if failure else None, error=failure)
+    result = sandbox.result(status=AnalysisStatus.failed if failure else None, error=failure)
     result.model = model_name
     result.input_checksums = checksums
     if args.json:

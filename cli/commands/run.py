@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     import uuid
 
     from api_schemas.requests import AnalysisRequest, VolumeInput
-    from api_schemas.results import AnalysisResult
+    from api_schemas.results import AnalysisResult, AnalysisStatus
     from cli.errors import CommandError
     from service.settings import Settings
     from service.storage.artifacts import ArtifactStore
@@ -97,4 +97,4 @@ def run(args: argparse.Namespace) -> int:
             print(f"  output {o.name}: {o.path}")
         if result.error:
             print(f"  error: {result.error}")
-    return 0 if result.status != "failed" else 1
+    return 0 if result.status != AnalysisStatus.failed else 1

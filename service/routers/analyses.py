@@ -3,41 +3,39 @@ from __future__ import annotations
 
 import json
 
-from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
-from api_schemas.jobs import Job
+from api_schemas.jobs import ACTIVE_VALUES, TERMINAL_VALUES, Job, JobStatus
 from api_schemas.limits import MAX_CODE_CHARS, MAX_PROMPT_CHARS
 from api_schemas.requests import AnalysisRequest, VolumeInput
 from service import jobs
 from service.auth import Principal
 from service.deps import MAX_LIST_OFFSET, admit, get_principal, get_state
 from service.errors import ProblemError
-from service.idempotency import idempotent
-from service.state import ServiceState
+from service.idempotency import Created, idempotent
+from service.state import ServiceState, now_iso
 from service.uploads import parse_multipart
 from service.volumes import artifact_opener, ingest
 
 router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
 
-async def _create(state: ServiceState, tenant: str, req: AnalysisRequest) -> JSONResponse:
+async def _create(state: ServiceState, tenant: str, req: AnalysisRequest) -> Created:
     admit(state, tenant)
     doc = jobs.new_job_doc(state.records, tenant, req)
     jobs.submit(state, doc)
     if req.wait > 0:
         doc = await jobs.wait_for(state, doc["id"], req.wait) or doc
-    done = doc["status"] in jobs.TERMINAL_VALUES
-    return JSONResponse(jobs.to_model(doc).model_dump(mode="json"), status_code=200 if done else 202,
-                        headers={"Location": f"/v1/analyses/{doc['id']}"})
+    done = doc["status"] in TERMINAL_VALUES
+    return Created(jobs.to_model(doc), 200 if done else 202, f"/v1/analyses/{doc['id']}")
 
 
 @router.post("", status_code=202, response_model=Job, summary="Start an analysis of stored volumes",
              responses={200: {"model": Job, "description": "Finished within `wait` seconds"}})
-async def create_analysis(request: Request, body: AnalysisRequest, principal: Principal = Depends(get_principal),
-                          state: ServiceState = Depends(get_state)):
-    return await idempotent(request, state, principal.tenant, lambda: _create(state, principal.tenant, body))
+async def create_analysis(request: Request, response: Response, body: AnalysisRequest,
+                          principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
+    return await idempotent(request, response, state, principal.tenant, lambda: _create(state, principal.tenant, body))
 
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
@@ -54,11 +52,12 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 @router.post("/upload", status_code=202, response_model=Job, openapi_extra=UPLOAD_BODY,
              summary="Start an analysis, uploading its volumes in the same request",
              responses={200: {"model": Job, "description": "Finished within `wait` seconds"}})
-async def create_analysis_with_upload(request: Request, principal: Principal = Depends(get_principal),
+async def create_analysis_with_upload(request: Request, response: Response,
+                                      principal: Principal = Depends(get_principal),
                                       state: ServiceState = Depends(get_state)):
     tenant = principal.tenant
 
-    async def produce() -> JSONResponse:
+    async def produce() -> Created:
         admit(state, tenant)
         form = await parse_multipart(request, artifact_opener(state, tenant), state.settings.max_upload_bytes)
         files = [f for f in form.files if f.field == "files"]
@@ -94,7 +93,7 @@ async def create_analysis_with_upload(request: Request, principal: Principal = D
             raise
         return await _create(state, tenant, req)
 
-    return await idempotent(request, state, tenant, produce, fingerprint_body=False)
+    return await idempotent(request, response, state, tenant, produce, fingerprint_body=False)
 
 
 @router.get("", response_model=list[Job], summary="List this tenant's analyses (newest first)")
@@ -114,7 +113,7 @@ def _job_or_404(state: ServiceState, job_id: str, tenant: str) -> dict:
 async def get_analysis(job_id: str, wait: float = Query(0.0, ge=0.0, le=30.0),
                        principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
     doc = _job_or_404(state, job_id, principal.tenant)
-    if wait > 0 and doc["status"] not in jobs.TERMINAL_VALUES:
+    if wait > 0 and doc["status"] not in TERMINAL_VALUES:
         doc = await jobs.wait_for(state, job_id, wait) or doc
     return jobs.to_model(doc)
 
@@ -123,10 +122,8 @@ async def get_analysis(job_id: str, wait: float = Query(0.0, ge=0.0, le=30.0),
 def cancel_analysis(job_id: str, principal: Principal = Depends(get_principal),
                     state: ServiceState = Depends(get_state)):
     _job_or_404(state, job_id, principal.tenant)
-    from service.state import utcnow
-
-    doc = state.records.update("job", job_id, {"status": "cancelled", "finished_at": utcnow()[0]},
-                               only_if_status=("queued", "running"))
+    doc = state.records.update("job", job_id, {"status": JobStatus.cancelled.value, "finished_at": now_iso()},
+                               only_if_status=ACTIVE_VALUES)
     if doc is None:
         current = state.records.get("job", job_id)
         raise ProblemError(409, f"analysis {job_id} already {current['status']}")

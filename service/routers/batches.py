@@ -6,23 +6,24 @@ import io
 import uuid
 
 from fastapi import APIRouter, Depends, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 
-from api_schemas.batches import Batch, BatchRequest, BatchResults
+from api_schemas.batches import Batch, BatchRequest, BatchResults, BatchStatus
+from api_schemas.jobs import JobStatus
 from api_schemas.requests import AnalysisRequest
 from service import jobs
 from service.auth import Principal
 from service.batches import counts, on_job_finished
 from service.deps import admit, get_principal, get_state
 from service.errors import ProblemError
-from service.idempotency import idempotent
-from service.state import ServiceState, utcnow
+from service.idempotency import Created, idempotent
+from service.state import ServiceState, now_iso, utcnow
 
 router = APIRouter(prefix="/v1/batches", tags=["batches"])
 
 
 def _to_model(state: ServiceState, doc: dict) -> Batch:
-    c = doc.get("counts") if doc["status"] == "completed" else counts(state.records, doc["job_ids"])
+    c = doc.get("counts") if doc["status"] == BatchStatus.completed.value else counts(state.records, doc["job_ids"])
     hook = doc.get("webhook")
     return Batch.model_validate({
         "id": doc["id"], "status": doc["status"], "created_at": doc["created_at"],
@@ -33,11 +34,11 @@ def _to_model(state: ServiceState, doc: dict) -> Batch:
 
 
 @router.post("", status_code=202, response_model=Batch, summary="Submit many analyses at once")
-async def create_batch(request: Request, body: BatchRequest, principal: Principal = Depends(get_principal),
-                       state: ServiceState = Depends(get_state)):
+async def create_batch(request: Request, response: Response, body: BatchRequest,
+                       principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
     tenant = principal.tenant
 
-    async def produce() -> JSONResponse:
+    async def produce() -> Created:
         if len(body.items) > state.settings.max_batch_items:
             raise ProblemError(422, f"at most {state.settings.max_batch_items} items per batch")
         admit(state, tenant, len(body.items))
@@ -51,7 +52,7 @@ async def create_batch(request: Request, body: BatchRequest, principal: Principa
                 raise ProblemError(422, f"item {i}: {exc}") from exc
             docs.append(jobs.new_job_doc(state.records, tenant, req, batch_id=batch_id, label=item.label))
         created, ts = utcnow()
-        batch = {"id": batch_id, "tenant": tenant, "status": "running", "created_at": created, "created_at_ts": ts,
+        batch = {"id": batch_id, "tenant": tenant, "status": BatchStatus.running.value, "created_at": created, "created_at_ts": ts,
                  "job_ids": [d["id"] for d in docs], "labels": [i.label for i in body.items],
                  "webhook": {"url": body.webhook_url, "delivered": False, "attempts": 0} if body.webhook_url else None,
                  "webhook_secret": body.webhook_secret}
@@ -66,15 +67,14 @@ async def create_batch(request: Request, body: BatchRequest, principal: Principa
                 jobs.dispatch(state, d)
             except ProblemError:
                 for rest in docs[i + 1:]:
-                    state.records.update("job", rest["id"], {"status": "failed", "finished_at": utcnow()[0],
+                    state.records.update("job", rest["id"], {"status": JobStatus.failed.value, "finished_at": now_iso(),
                                                               "error": "not queued: an earlier item of the batch "
                                                                        "could not be queued"})
                 on_job_finished(state.ctx, batch_id)  # jobs already done never see the batch complete
                 raise
-        return JSONResponse(_to_model(state, state.records.get("batch", batch_id)).model_dump(mode="json"),
-                            status_code=202, headers={"Location": f"/v1/batches/{batch_id}"})
+        return Created(_to_model(state, state.records.get("batch", batch_id)), 202, f"/v1/batches/{batch_id}")
 
-    return await idempotent(request, state, tenant, produce)
+    return await idempotent(request, response, state, tenant, produce)
 
 
 def _batch_or_404(state: ServiceState, batch_id: str, tenant: str) -> dict:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api_schemas.health import ComponentHealth, Health
@@ -37,7 +37,7 @@ def _check(name: str, fn) -> ComponentHealth:
 
 @router.get("/readyz", response_model=Health, summary="Readiness: broker, stores and models",
             responses={503: {"model": Health}})
-def readyz(state: ServiceState = Depends(get_state)):
+def readyz(response: Response, state: ServiceState = Depends(get_state)):
     from service.tasks import resources
 
     comps = [_check("job_store", state.records.ping), _check("artifact_store", state.artifacts.ping),
@@ -49,7 +49,8 @@ def readyz(state: ServiceState = Depends(get_state)):
                                         f"loaded in this process: {', '.join(loaded) or 'none (workers load them)'}"))
     ok = all(c.ok for c in comps)
     body = Health(status="ok" if ok else "unavailable", mode=state.dispatcher.mode, components=comps)
-    return JSONResponse(body.model_dump(), status_code=200 if ok else 503)
+    response.status_code = 200 if ok else 503
+    return body
 
 
 @router.get("/metrics", summary="Prometheus metrics", response_class=Response,

@@ -2,13 +2,12 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
-from fastapi.responses import JSONResponse
 
 from api_schemas.volumes import VolumeInfo
 from service.auth import Principal
 from service.deps import MAX_LIST_OFFSET, get_principal, get_state
 from service.errors import ProblemError
-from service.idempotency import idempotent
+from service.idempotency import Created, idempotent
 from service.state import ServiceState
 from service.uploads import parse_multipart
 from service.volumes import artifact_opener, ingest, to_model
@@ -24,9 +23,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
 
 @router.post("", status_code=201, response_model=VolumeInfo, openapi_extra=UPLOAD_BODY,
              summary="Upload a NIfTI volume (streamed to disk with a size limit, then validated)")
-async def upload_volume(request: Request, principal: Principal = Depends(get_principal),
+async def upload_volume(request: Request, response: Response, principal: Principal = Depends(get_principal),
                         state: ServiceState = Depends(get_state)):
-    async def produce() -> JSONResponse:
+    async def produce() -> Created:
         form = await parse_multipart(request, artifact_opener(state, principal.tenant), state.settings.max_upload_bytes)
         files = [f for f in form.files if f.field == "file"]
         for extra in form.files:
@@ -37,10 +36,9 @@ async def upload_volume(request: Request, principal: Principal = Depends(get_pri
                 state.artifacts.delete(principal.tenant, f.artifact)
             raise ProblemError(422, "send exactly one file part named 'file'")
         record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"))
-        return JSONResponse(to_model(record).model_dump(mode="json"), status_code=201,
-                            headers={"Location": f"/v1/volumes/{record['id']}"})
+        return Created(to_model(record), 201, f"/v1/volumes/{record['id']}")
 
-    return await idempotent(request, state, principal.tenant, produce, fingerprint_body=False)
+    return await idempotent(request, response, state, principal.tenant, produce, fingerprint_body=False)
 
 
 @router.get("", response_model=list[VolumeInfo], summary="List this tenant's volumes")

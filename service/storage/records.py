@@ -14,7 +14,7 @@ from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
 
-ACTIVE_STATUSES = ("queued", "running")
+from api_schemas.jobs import ACTIVE_VALUES as ACTIVE_STATUSES
 
 
 class RecordStore(ABC):

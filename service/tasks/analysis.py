@@ -8,20 +8,16 @@ from __future__ import annotations
 
 import logging
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 from api_schemas.jobs import JobStatus
 from api_schemas.requests import VolumeInput
-from api_schemas.results import AnalysisResult, OutputVolume
+from api_schemas.results import AnalysisResult, AnalysisStatus, OutputVolume
 from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
+from service.clock import now_iso
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
-
-
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat()
 
 
 class JobCancelled(Exception):
@@ -77,7 +73,7 @@ def run_analysis(ctx: TaskContext, job_id: str) -> str:
 def _run(ctx: TaskContext, job_id: str) -> str:
     t_start = time.perf_counter()
     job = ctx.records.update("job", job_id, {"status": JobStatus.running.value, "started_at": now_iso()},
-                             only_if_status=("queued",))
+                             only_if_status=(JobStatus.queued.value,))
     if job is None:
         current = ctx.records.get("job", job_id)
         log.info("job not runnable (status %s)", current and current.get("status"))
@@ -113,11 +109,11 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         store_outputs(ctx, tenant, job_id, result, {n: v.id for n, v in zip(names, volumes)})
         timings["outputs_s"] = time.perf_counter() - t0
         result.input_checksums = {**checksums, **result.input_checksums}
-        final = JobStatus.succeeded if result.status in ("succeeded", "no_answer") else JobStatus.failed
+        final = JobStatus.failed if result.status == AnalysisStatus.failed else JobStatus.succeeded
         error = result.error
     except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job, never a lost one
         log.warning("job failed: %s", exc, exc_info=not isinstance(exc, ValueError))
-        result = AnalysisResult(status="failed", error=f"{type(exc).__name__}: {exc}")
+        result = AnalysisResult(status=AnalysisStatus.failed, error=f"{type(exc).__name__}: {exc}")
         final, error = JobStatus.failed, result.error
     finally:
         if client is not None and hasattr(client, "release"):
@@ -132,7 +128,7 @@ def _run(ctx: TaskContext, job_id: str) -> str:
     JOB_DURATION.labels(final.value, kind).observe(timings["total_s"])
     done = ctx.records.update("job", job_id, {"status": final.value, "finished_at": now_iso(),
                                               "result": result.model_dump(mode="json"), "error": error},
-                              only_if_status=("running",))
+                              only_if_status=(JobStatus.running.value,))
     if done is None:  # cancelled while running: keep the cancellation, discard the result
         log.info("job was cancelled while running; result discarded")
         return JobStatus.cancelled.value

@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 
 from api_schemas.limits import AGENT_MAX_WALL_S
-from api_schemas.results import AnalysisResult
+from api_schemas.results import AnalysisResult, AnalysisStatus
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +22,7 @@ def run_program(code: str, scans: dict, *, client, output_dir: Path, models_dir:
                       job_id=job_id)
     outcome = sandbox.execute_step(code)
     if outcome.error:
-        return sandbox.result(status="failed", error=outcome.error)
+        return sandbox.result(status=AnalysisStatus.failed, error=outcome.error)
     return sandbox.result()
 
 
