@@ -41,6 +41,7 @@ from agent.model import VoxAgentModel
 from agent.phi_bank import DEFAULT_MODALITIES, DEFAULT_TARGETS, PhiBank, normalize_target
 from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
 from training.phi_probe import PhiProbe
+from training.errors import TaskDefect
 from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
 from vision.checkpoint import load_vision, save_vision
 from vision.config import get_config as get_vision_config
@@ -171,7 +172,7 @@ def task_corpus(n_tasks: int, seed: int = 0) -> Iterator[str]:
     for i in range(n_tasks):
         try:
             sample, case = sample_training_task(seed + 100_003, i)
-        except Exception:  # a synthesis defect must not stop tokenizer training
+        except TaskDefect:  # a synthesis defect must not stop tokenizer training
             logger.exception("corpus task %d failed to synthesize", i)
             continue
         yield initial_state_text(sample.prompt, scan_infos_from_volumes(case.scans))
@@ -297,7 +298,7 @@ def build_phi_bank(model: VoxAgentModel, tokenizer: AgentTokenizer, net: VisionN
                 case_seed = EVAL_SEED_START - 1 - 1000 * mi - k  # a fixed corner of the training range
                 try:
                     case = synthesize_case(case_seed, spec)
-                except Exception:
+                except TaskDefect:
                     logger.exception("phi-bank case for %s failed", modality)
                     continue
                 # every modality gives its encode phi; generate phis are averaged over a few of them
@@ -518,7 +519,7 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                         sample, case = source(index, joint)
                         traj = run_trajectory(model, tokenizer, net, sample, case, feedback=cfg.feedback, joint=joint,
                                               voxel_ce=cfg.voxel_ce)
-                    except (TrajectoryError, ValueError, KeyError, RuntimeError) as exc:
+                    except TaskDefect as exc:  # only a bad task; a bug (typo, shape, option) stops the run
                         logger.warning("task %d skipped: %s", index, exc)
                         continue
                     phi_loss = traj.ce.new_zeros(())

@@ -23,6 +23,7 @@ from agent.sandbox import Sandbox
 from agent.sandbox.limits import SandboxLimits
 from agent.state import IGNORE_INDEX, feedback_tokens, initial_state_ids, scan_infos_from_volumes
 from agent.tokenizer import AgentTokenizer
+from training.errors import TaskDefect
 from training.phi_probe import mod_labels
 from training.synth import Case
 from training.tasks import TaskSample
@@ -33,7 +34,7 @@ from vision.model import VisionNet
 DICE_LAMBDA = 0.1  # paper 3.3
 
 
-class TrajectoryError(RuntimeError):
+class TrajectoryError(TaskDefect, RuntimeError):
     """A ground-truth step failed in the sandbox (a defect of the task, not of the model)."""
 
 

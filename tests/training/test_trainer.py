@@ -290,3 +290,29 @@ def test_cli_refuses_to_change_the_width_of_a_checkpoint(tmp_path, capsys):
     (tmp_path / "checkpoint" / STATE_FILE).write_bytes(b"")
     assert main(["train", "--steps", "1", "--resume", "--vision-channels", "16,32,32,32", "--out", str(tmp_path)]) == 2
     assert "checkpoint" in capsys.readouterr().err
+
+
+def test_a_defective_task_is_skipped_but_a_bug_stops_the_run(tmp_path):
+    """Only a TaskDefect (a task synthesis or its ground-truth program could not produce) is skipped;
+    anything else, e.g. the KeyError of a mistyped name, fails the run instead of skipping every task."""
+    from training.errors import SynthesisError
+    from training.trajectory import TrajectoryError
+
+    calls = {"n": 0}
+
+    def flaky(index):
+        calls["n"] += 1
+        if index == 0:
+            raise SynthesisError("no room for a lesion in wm on side left")
+        if index == 1:
+            raise TrajectoryError("segment seed 1 step 0: name 'x' is not defined")
+        return _fixed_task()
+
+    result = train(_cfg(), tmp_path / "ok", max_steps=1, export=False, progress=False, task_source=flaky)
+    assert result.step == 1 and calls["n"] == 3  # two skipped, the third trained
+
+    def typo(index):
+        raise KeyError("unknown target 'whte matter'")
+
+    with pytest.raises(KeyError, match="whte matter"):
+        train(_cfg(), tmp_path / "bug", max_steps=1, export=False, progress=False, task_source=typo)

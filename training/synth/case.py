@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from training.errors import SynthesisError
 from training.synth import contrast as cx
 from training.synth import geometry as geo
 from training.synth import lesions as les
@@ -215,7 +216,7 @@ def _template_truth(anatomy: Anatomy, codes: np.ndarray, box: tuple[slice, slice
                     ) -> tuple[str, str, tuple]:
     idx = np.argwhere(mine)
     if idx.size == 0:
-        raise RuntimeError("lesion vanished after painting")
+        raise SynthesisError("lesion vanished after painting")
     right = (codes[box][mine] & RIGHT_BIT) > 0
     frac_right = float(right.mean())
     side = "right" if frac_right > 0.95 else "left" if frac_right < 0.05 else "bilateral"

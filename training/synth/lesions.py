@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
+from training.errors import SynthesisError
 from training.synth.fields import upsample_linear
 from training.synth.geometry import rotation_matrix
 
@@ -161,7 +162,7 @@ def sample_design(rng: np.random.Generator, index: int, codes: np.ndarray, vox_m
         ok &= ~taken.ravel()[flat]
     candidates = flat[ok]
     if candidates.size == 0:
-        raise ValueError(f"no room for a lesion in {tissue} on side {side}")
+        raise SynthesisError(f"no room for a lesion in {tissue} on side {side}")
     center = np.array(np.unravel_index(int(rng.choice(candidates)), codes.shape))
     n_ell = int(rng.integers(1, 5))
     ellipsoids = []
