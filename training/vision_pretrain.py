@@ -60,6 +60,10 @@ LOG_NAME = "log.csv"
 LOG_FIELDS = ("step", "hours", "samples", "loss", "dice", "ce", "patch_mm", "lr", "sec_per_step")
 
 
+def _tupled(d: dict) -> dict:
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
+
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Everything a run needs; saved beside its checkpoint and cited by the model card."""
@@ -86,6 +90,10 @@ class PretrainConfig:
     synth: dict = field(default_factory=dict)  # SynthSettings overrides
 
     def __post_init__(self) -> None:
+        # JSON gives lists where code writes tuples: normalize so equal runs compare equal
+        object.__setattr__(self, "vision", _tupled(self.vision))
+        object.__setattr__(self, "synth", _tupled(self.synth))
+        object.__setattr__(self, "patch_schedule", tuple(tuple(int(x) for x in p) for p in self.patch_schedule))
         VisionConfig.from_dict(dict(self.vision))  # a bad vision key fails here, not at step 1
         SynthSettings(**self.synth)
         if self.targets_per_step < 1:

@@ -1,0 +1,128 @@
+"""Stage-1 vision pretraining: a run starts, checkpoints, stops on SIGTERM, resumes, refuses typos."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.training.synthseg_phantom import write_phantom_root
+from training.vision_pretrain import VARIANTS, PretrainConfig, VisionPretrainer, export, main
+from training.vision_eval import markdown, random_orientation, report, run
+from vision.targets import target_mask
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_phantom_root(tmp_path_factory.mktemp("synthseg"))
+
+
+def smoke(data_root, **changes) -> PretrainConfig:
+    return dataclasses.replace(VARIANTS["smoke"], data_root=str(data_root), threads=1, **changes)
+
+
+def test_run_checkpoints_and_resumes(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    trainer = VisionPretrainer(run_dir, smoke(data_root))
+    trainer.fit(max_steps=3, workers=0)
+    meta = json.loads((run_dir / "trainer_state.json").read_text())
+    assert meta["step"] == 3
+    for name in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors", "trainer_state.safetensors",
+                 "config.json", "log.csv"):
+        assert (run_dir / name).is_file(), name
+    weights = {k: v.clone() for k, v in trainer.net.state_dict().items()}
+    again = VisionPretrainer(run_dir)  # config read from the run directory
+    assert again.step == 3 and again.config == trainer.config
+    for k, v in again.net.state_dict().items():
+        assert np.array_equal(v.numpy(), weights[k].numpy()), k
+    assert np.allclose(again.phi.targets.detach().numpy(), trainer.phi.targets.detach().numpy())
+    again.fit(max_steps=5, workers=0)
+    rows = (run_dir / "log.csv").read_text().strip().splitlines()
+    assert [int(r.split(",")[0]) for r in rows[1:]] == [1, 2, 3, 4, 5]
+
+
+def test_resume_refuses_a_changed_network_and_records_a_schedule_change(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    VisionPretrainer(run_dir, smoke(data_root)).fit(max_steps=1, workers=0)
+    wider = smoke(data_root, vision={**VARIANTS["smoke"].vision, "channels": (8, 8, 8)})
+    with pytest.raises(ValueError, match="vision"):
+        VisionPretrainer(run_dir, wider)
+    VisionPretrainer(run_dir, smoke(data_root, lr=1e-4))
+    history = [json.loads(line) for line in (run_dir / "config_history.jsonl").read_text().splitlines()]
+    assert history[-1]["changed"] == ["lr"]
+
+
+def test_config_typos_fail_up_front(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"lr": 1e-3, "target_per_step": 2}))
+    with pytest.raises(ValueError, match="target_per_step"):
+        PretrainConfig.from_json(bad)
+    with pytest.raises(ValueError, match="unknown vision config keys"):
+        PretrainConfig(vision={"chanels": (4, 8)})
+    with pytest.raises(TypeError):
+        PretrainConfig(synth={"lesion_prob": 0.3})
+    assert main(["--run", str(tmp_path / "r"), "--config", str(bad)]) == 2
+
+
+def test_sigterm_saves_the_last_finished_step(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "VOXAGENT_SYNTHSEG_DIR": str(data_root), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "training.vision_pretrain", "--run", str(run_dir),
+                             "--variant", "smoke", "--workers", "1"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    log = run_dir / "log.csv"
+    try:
+        deadline = time.monotonic() + 300  # a generous bound on a stalled process, not a speed check
+        while not (log.is_file() and len(log.read_text().splitlines()) >= 3):
+            assert proc.poll() is None, proc.stdout.read().decode()
+            assert time.monotonic() < deadline, "no training step logged"
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out.decode()
+    meta = json.loads((run_dir / "trainer_state.json").read_text())
+    last_logged = int(log.read_text().strip().splitlines()[-1].split(",")[0])
+    assert meta["step"] >= last_logged >= 2
+
+
+def test_random_orientation_is_undone_by_the_affine():
+    rng = np.random.default_rng(0)
+    arr = np.arange(4 * 5 * 6).reshape(4, 5, 6)
+    for seed in range(6):
+        out, affine, _, _ = random_orientation(np.random.default_rng(seed), arr, (1.0, 2.0, 3.0))
+        # each voxel's world position is the same as in the RAS original (affine diag(1, 2, 3))
+        idx = np.array(np.unravel_index(rng.integers(out.size), out.shape))
+        world = affine[:3, :3] @ idx + affine[:3, 3]
+        ras_idx = np.round(world / np.array([1.0, 2.0, 3.0])).astype(int)
+        assert out[tuple(idx)] == arr[tuple(ras_idx)]
+
+
+def test_vision_eval_reports_dice_and_independent_volumes(tmp_path, data_root):
+    run_dir = tmp_path / "run"
+    VisionPretrainer(run_dir, smoke(data_root)).fit(max_steps=2, workers=0)
+    model = export(run_dir, tmp_path / "model")
+    targets = ["brain", "left cerebral white matter", "hippocampus"]
+    results = run(model, data_root, subjects=["training_seg_01"], targets=targets)
+    assert {r.condition for r in results} == {"t1_1mm", "random_5mm"}
+    for r in results:
+        assert set(r.dice) == set(targets) and all(0.0 <= d <= 1.0 for d in r.dice.values())
+    t1 = next(r for r in results if r.condition == "t1_1mm")
+    # independent count: the phantom's left WM ellipsoid shell, deformed by at most +-15 % per axis
+    from tests.training.synthseg_phantom import phantom_labels
+    raw_ml = float(target_mask(phantom_labels(), "left cerebral white matter").sum()) / 1000
+    assert 0.55 * raw_ml < t1.truth_ml["left cerebral white matter"] < 1.6 * raw_ml
+    rep = report(results)
+    assert set(rep["conditions"]) == {"t1_1mm", "random_5mm"}
+    assert "| brain |" in markdown(rep)
