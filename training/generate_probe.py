@@ -91,8 +91,9 @@ def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: in
           progress: bool = True) -> list[GenerateStats]:
     """Teacher-force each family's ground-truth program on `seeds` held-out cases; no gradients."""
     from agent.checkpoint import load_agent
+    from training.errors import TaskDefect
     from training.tasks import sample_task
-    from training.trajectory import TrajectoryError, run_trajectory
+    from training.trajectory import run_trajectory
     from vision.checkpoint import load_vision
 
     torch.set_num_threads(max(1, threads))
@@ -107,7 +108,7 @@ def probe(model_dir: Path, families: Iterable[str] = DEFAULT_FAMILIES, seeds: in
             try:
                 sample, case = sample_task(seed, family)
                 traj = run_trajectory(model, tokenizer, net, sample, case)
-            except (TrajectoryError, ValueError, KeyError, RuntimeError):
+            except TaskDefect:
                 continue  # a task whose ground truth cannot run (e.g. an empty target) says nothing here
             rows += [generate_stats(family, seed, g.target, g.logits, g.truth) for g in traj.generates
                      if float(g.truth.sum()) > 0]
