@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from agent.phi_bank import normalize_target
+from api_schemas.results import AnalysisStatus
 from training.report import DICE_KEYS
 from voxel_ops import Volume
 
