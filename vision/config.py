@@ -78,6 +78,11 @@ PRESETS: dict[str, VisionConfig] = {
         name="mid", channels=(8, 32, 32, 32, 32), attn_dim=16, encoding_dim=256,
         intensity_ceiling=NEW_NETWORK_CEILING,
     ),
+    # vision v2 (stage-1 pretraining on the SynthSeg label maps): 1.0 M parameters, five levels, 2 mm.
+    "v2": VisionConfig(
+        name="v2", channels=(16, 32, 64, 64, 64), attn_dim=16, encoding_dim=256, min_spacing=2.0,
+        intensity_ceiling=NEW_NETWORK_CEILING,
+    ),
     # Fast on two CPU cores: few channels, four levels, 2 mm minimum working spacing.
     "tiny": VisionConfig(
         name="tiny", channels=(8, 16, 16, 16), attn_dim=8, encoding_dim=256, min_spacing=2.0,
