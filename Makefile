@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run test test-fast bench clean system-deps
+.PHONY: venv install run lint test test-fast bench clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -26,7 +26,12 @@ run: $(STAMP)
 system-deps:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 
-test: $(STAMP) system-deps
+# ruff on everything, mypy on the packages listed in pyproject's [tool.mypy] files
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+
+test: lint system-deps
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)

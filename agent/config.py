@@ -8,9 +8,11 @@ PHI_DIM = 32  # VoxelPrompt 3.3: phi has 32 channels
 
 PRESETS: dict[str, dict[str, Any]] = {
     # trains on two CPU cores; d matches the tiny vision encoder's encoding dim (256)
-    "tiny": dict(hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024, max_positions=2048, vocab_size=3000),
+    "tiny": dict(hidden_size=256, num_layers=4, num_heads=8, intermediate_size=1024, max_positions=2048,
+                 vocab_size=3000),
     # VoxelPrompt 3.3: 16 layers, d=512, MLP 2048, 32 heads, LLaMA-2 vocabulary of 32,000
-    "paper": dict(hidden_size=512, num_layers=16, num_heads=32, intermediate_size=2048, max_positions=4096, vocab_size=32000),
+    "paper": dict(hidden_size=512, num_layers=16, num_heads=32, intermediate_size=2048, max_positions=4096,
+                  vocab_size=32000),
 }
 
 

@@ -72,7 +72,9 @@ def _code_step(rng: random.Random, scans: list[ScanInfo]) -> str:
 def _value_text(rng: random.Random) -> str:
     unit = rng.choice(UNITS)
     value = f"{rng.uniform(0, 5000):.{rng.randint(0, 3)}f}"
-    return f"{value} {unit}".strip() if rng.random() < 0.7 else rng.choice(["left", "right", "bilateral", "hyperintense", "hypointense", "isointense", "True", "False"])
+    if rng.random() < 0.7:
+        return f"{value} {unit}".strip()
+    return rng.choice(["left", "right", "bilateral", "hyperintense", "hypointense", "isointense", "True", "False"])
 
 
 def seed_corpus(n: int = 2000, seed: int = 0) -> Iterator[str]:

@@ -188,7 +188,8 @@ class AgentRuntime:
         timings["setup"] = self._now() - t_start
         if len(mu1) + 2 > capacity:
             return self._finish(result, AnalysisStatus.failed, responses, timings, t_start,
-                                error=f"prompt and scan metadata take {len(mu1)} tokens, over the {capacity}-token limit")
+                                error=f"prompt and scan metadata take {len(mu1)} tokens, "
+                                      f"over the {capacity}-token limit")
         t0 = self._now()
         with self._lm():
             hidden = session.feed(mu1)
@@ -219,7 +220,8 @@ class AgentRuntime:
                 logger.exception("sandbox failed on step %d", index)
                 trace.error = f"sandbox failure: {exc}"
                 trace.duration_s = self._now() - t_step
-                return self._finish(result, AnalysisStatus.failed, responses, timings, t_start, error=f"sandbox failure: {exc}")
+                return self._finish(result, AnalysisStatus.failed, responses, timings, t_start,
+                                    error=f"sandbox failure: {exc}")
             timings["execute"] += self._now() - t_decoded
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
@@ -286,7 +288,8 @@ class AgentRuntime:
 
     # ---- result assembly -----------------------------------------------------------------------
     @staticmethod
-    def _record(result: AnalysisResult, trace: StepTrace, outcome: StepOutcome, index: int, responses: list[str]) -> None:
+    def _record(result: AnalysisResult, trace: StepTrace, outcome: StepOutcome, index: int,
+                responses: list[str]) -> None:
         for fb in outcome.feedback:
             parts = [fb.text] if fb.text else []
             if fb.vectors is not None:
@@ -295,8 +298,10 @@ class AgentRuntime:
         trace.error = outcome.error
         trace.phi_count = outcome.phis_used
         responses.extend(outcome.responses)
-        result.metrics.extend(m if m.step is not None else m.model_copy(update={"step": index}) for m in outcome.metrics)
-        result.outputs.extend(o if o.step is not None else o.model_copy(update={"step": index}) for o in outcome.outputs)
+        result.metrics.extend(m if m.step is not None else m.model_copy(update={"step": index})
+                              for m in outcome.metrics)
+        result.outputs.extend(o if o.step is not None else o.model_copy(update={"step": index})
+                              for o in outcome.outputs)
 
     def _finish(
         self,

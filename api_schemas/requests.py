@@ -20,9 +20,11 @@ class VolumeInput(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$", description="Volume id from POST /v1/volumes.")
+    id: str = Field(min_length=1, max_length=80, pattern=r"^[A-Za-z0-9_.-]+$",
+                    description="Volume id from POST /v1/volumes.")
     name: str | None = Field(default=None, description="Variable name in the program; default scan, scan2, ...")
-    modality: str | None = Field(default=None, max_length=32, description="e.g. T1, T2, FLAIR, CT; overrides the volume's own.")
+    modality: str | None = Field(default=None, max_length=32,
+                                 description="e.g. T1, T2, FLAIR, CT; overrides the volume's own.")
     date: str | None = Field(default=None, pattern=r"^\d{4}-\d{2}-\d{2}$", description="Acquisition date (ISO 8601).")
 
     @field_validator("name")

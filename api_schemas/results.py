@@ -55,7 +55,8 @@ class AnalysisResult(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    status: AnalysisStatus = Field(default=AnalysisStatus.succeeded, description="'succeeded', 'no_answer' or 'failed'.")
+    status: AnalysisStatus = Field(default=AnalysisStatus.succeeded,
+                                   description="'succeeded', 'no_answer' or 'failed'.")
     text: str = Field(default="", description="The answer in words.")
     metrics: list[Metric] = Field(default_factory=list)
     outputs: list[OutputVolume] = Field(default_factory=list)

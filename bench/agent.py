@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
@@ -121,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         del paper
 
     if torch.cuda.is_available():
-        for name, m in (("gpu", model), ("gpu_paper", VoxAgentModel(AgentConfig.from_preset("paper", tokenizer, vocab_size=32000)))):
+        paper = VoxAgentModel(AgentConfig.from_preset("paper", tokenizer, vocab_size=32000))
+        for name, m in (("gpu", model), ("gpu_paper", paper)):
             results.update({f"{name}_{k}": v for k, v in measure(m.cuda(), tokenizer, args.repeats).items()})
     report("agent", results, goals)
     return 0

@@ -19,11 +19,11 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
-import httpx  # noqa: E402
-import nibabel as nib  # noqa: E402
-import numpy as np  # noqa: E402
+import httpx  # noqa: E402 - after OMP_NUM_THREADS is set, before numpy reads it
+import nibabel as nib  # noqa: E402 - after OMP_NUM_THREADS
+import numpy as np  # noqa: E402 - after OMP_NUM_THREADS
 
-from bench.common import report, time_median  # noqa: E402
+from bench.common import report, time_median  # noqa: E402 - after OMP_NUM_THREADS
 
 CODE = "v = volume(threshold(scan, 50))\nread(v)"
 

@@ -8,10 +8,10 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from bench.common import report, time_median  # noqa: E402
-from training.synth import CaseSpec, LesionSpec, ScanSpec, synthesize_case  # noqa: E402
-from training.synth.anatomy import load_anatomy  # noqa: E402
-from training.synth.fields import _noise_pool  # noqa: E402
+from bench.common import report, time_median  # noqa: E402 - after OMP_NUM_THREADS
+from training.synth import CaseSpec, LesionSpec, ScanSpec, synthesize_case  # noqa: E402 - after OMP_NUM_THREADS
+from training.synth.anatomy import load_anatomy  # noqa: E402 - after OMP_NUM_THREADS
+from training.synth.fields import _noise_pool  # noqa: E402 - after OMP_NUM_THREADS
 
 KINDS: dict[str, CaseSpec] = {
     "t1": CaseSpec(),
@@ -30,7 +30,7 @@ def main() -> None:
     medians = []
     for name, spec in KINDS.items():
         seeds = iter(range(10_000))
-        median, _ = time_median(lambda: synthesize_case(next(seeds), spec), repeats=15, warmup=2)
+        median, _ = time_median(lambda seeds=seeds, spec=spec: synthesize_case(next(seeds), spec), repeats=15, warmup=2)
         scans = len(spec.scans)
         results[f"{name}_case_s"] = round(median, 4)
         results[f"{name}_per_scan_s"] = round(median / scans, 4)

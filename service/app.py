@@ -76,9 +76,9 @@ def _warm(settings: Settings) -> None:
 
     try:
         resources.vision_engine(settings.models_dir)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the service starts; jobs load it on first use
         log.warning("vision engine not available", exc_info=True)
     try:
         resources.agent_runtime(settings.models_dir)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - the service starts; jobs load it on first use
         log.warning("agent runtime not available", exc_info=True)

@@ -12,7 +12,6 @@ from service.observability import JOBS_SUBMITTED
 from service.state import ServiceState, now_iso, utcnow
 
 
-
 def new_job_doc(records, tenant: str, req: AnalysisRequest, batch_id: str | None = None,
                 label: str | None = None) -> dict:
     for ref in req.volumes:

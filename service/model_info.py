@@ -26,7 +26,7 @@ def _targets(models_dir: Path) -> list[str]:
         from service.tasks import resources
 
         return list(resources.phi_bank(models_dir).targets)
-    except Exception:  # noqa: BLE001
+    except Exception:  # noqa: BLE001 - without a phi bank the model info lists no targets
         log.warning("phi bank unavailable", exc_info=True)
         return []
 

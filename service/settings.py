@@ -34,7 +34,8 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(default=None, description="redis://... switches to Celery dispatch.")
     result_backend: str | None = Field(default=None, description="Celery result backend; defaults to broker_url.")
     models_dir: Path = Field(default_factory=_default_models_dir, description="Checkpoint directory to serve.")
-    worker_queues: str = Field(default="", description="Queues this worker process consumes (set by `voxagent worker`).")
+    worker_queues: str = Field(default="",
+                               description="Queues this worker process consumes (set by `voxagent worker`).")
 
     host: str = "127.0.0.1"
     port: int = 8000
@@ -50,7 +51,8 @@ class Settings(BaseSettings):
     queue_limit: int = Field(default=256, description="Queued+running jobs in total before 429.")
     max_batch_items: int = limits.MAX_BATCH_ITEMS
     task_time_limit_s: int = limits.TASK_TIME_LIMIT_S
-    agent_max_wall_s: float = Field(default=limits.AGENT_MAX_WALL_S, description="Wall-time budget of the agent loop per job.")
+    agent_max_wall_s: float = Field(default=limits.AGENT_MAX_WALL_S,
+                                    description="Wall-time budget of the agent loop per job.")
     agent_max_steps: int = 12
     retry_after_s: int = 5
     webhook_attempts: int = 5

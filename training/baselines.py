@@ -30,7 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from training.generate_probe import probability_split
-from training.trainer import EVAL_SEED_START, train_task_seed
+from training.trainer import train_task_seed
 from vision.config import NEW_NETWORK_CEILING, VisionConfig, get_config
 from vision.losses import soft_dice_loss, voxel_bce_loss
 from vision.model import VisionNet, build_vision_net
@@ -182,7 +182,8 @@ def evaluate_baselines(nets: dict[str, VisionNet], classifier: SideClassifier | 
                 net = nets[target].eval()
                 x, sp = _tensor(case.scans[scan], net.config)
                 probs = torch.sigmoid(net.generate(net.encode([x], [sp], [_zero_phi()]), 0, _zero_phi()))
-                per_target[target].append(dice(probs[0, 0].numpy(), _mask_tensor(case.mask(target, scan))[0, 0].numpy()))
+                truth = _mask_tensor(case.mask(target, scan))[0, 0].numpy()
+                per_target[target].append(dice(probs[0, 0].numpy(), truth))
         if fam == "lesion_side" and classifier is not None:
             scan = next(iter(case.scans))
             x, sp = _tensor(case.scans[scan], classifier.net.config)

@@ -79,7 +79,7 @@ def dice(pred: np.ndarray, truth: np.ndarray) -> float:
 
 def answer_matches(response: str, answer: str, tol: float = REL_TOLERANCE) -> bool:
     """Same words, and each number within ``tol`` relative (or 0.05 absolute near zero)."""
-    norm = lambda s: re.sub(r"\s+", " ", NUMBER.sub("#", s)).strip().lower()  # noqa: E731
+    norm = lambda s: re.sub(r"\s+", " ", NUMBER.sub("#", s)).strip().lower()
     if norm(response) != norm(answer):
         return False
     for got, want in zip(NUMBER.findall(response), NUMBER.findall(answer)):
@@ -173,7 +173,8 @@ class Evaluator:
             volume_error = min(1.0, abs(float(got[0]) - true) / max(true, 1e-6)) if got else 1.0
         return CaseResult(seed=seed, family=sample.family, prompt=sample.prompt, code_match=codes == sample.steps,
                           success=bool(success), response=response, answer=sample.answer, dice=dices,
-                          volume_error=volume_error, grid_ceiling=ceiling, seconds=time.perf_counter() - t0, steps=codes)
+                          volume_error=volume_error, grid_ceiling=ceiling, seconds=time.perf_counter() - t0,
+                          steps=codes)
 
     def run_program(self, steps: Sequence[str], scans: dict[str, Volume]) -> RecordingClient:
         """Run a fixed program (no language model) through the same engine and phi bank."""

@@ -142,7 +142,8 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{args.model} holds no vision checkpoint (vision_config.json)")
     rows = probe(args.model, args.families, args.seeds, args.threads)
     summary = summarize(rows)
-    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice | Dice at true volume | best-threshold Dice |")
+    print("| target | calls | share of grid | mean p inside | mean p outside | max p outside | share > 0.5 | Dice "
+          "| Dice at true volume | best-threshold Dice |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for target, s in summary.items():
         print(f"| {target} | {int(s['calls'])} | {s['target_fraction']:.4f} | {s['p_inside']:.3f} | "

@@ -40,8 +40,8 @@ from agent.config import AgentConfig
 from agent.model import VoxAgentModel
 from agent.phi_bank import DEFAULT_MODALITIES, DEFAULT_TARGETS, PhiBank, normalize_target
 from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
-from training.phi_probe import PhiProbe
 from training.errors import TaskDefect
+from training.phi_probe import PhiProbe
 from training.trajectory import DICE_LAMBDA, TrajectoryError, run_trajectory
 from vision.checkpoint import load_vision, save_vision
 from vision.config import get_config as get_vision_config
@@ -531,7 +531,8 @@ def train(cfg: TrainConfig, out: Path, *, max_steps: int | None = None, minutes:
                             phi_seen += len(traj.mod_labels)
                         phi_sum += float(phi_loss.detach())
                     if joint:
-                        ((traj.loss(cfg.dice_lambda, cfg.bce_weight) + cfg.phi_lambda * phi_loss) / cfg.accum).backward()
+                        loss = traj.loss(cfg.dice_lambda, cfg.bce_weight) + cfg.phi_lambda * phi_loss
+                        (loss / cfg.accum).backward()
                         ce_sum += float(traj.ce.detach())
                         dice_sum += float(traj.dice_loss.detach())
                         bce_sum += float(traj.bce_loss.detach())

@@ -31,7 +31,7 @@ class NativeConv3d(nn.Module):
         nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x: Tensor, flat_axes: Sequence[int] = ()) -> Tensor:
-        weight = self.weight
+        weight: Tensor = self.weight
         padding = [1, 1, 1]
         for axis in flat_axes:
             weight = weight.narrow(2 + axis, 1, 1)
@@ -149,7 +149,9 @@ class StreamAttention(nn.Module):
         for s, a in enumerate(streams):
             logits = torch.stack([(q[s] * k[t]).sum(1) for t in range(len(streams))], 1) * scale
             weights = torch.softmax(logits, dim=1)  # (B, S, X, Y, Z)
-            mixed = sum(weights[:, t : t + 1] * v[t] for t in range(len(streams)))
+            mixed = weights[:, 0:1] * v[0]
+            for t in range(1, len(streams)):
+                mixed = mixed + weights[:, t : t + 1] * v[t]
             mixed = _resize(mixed, shapes[s])
             out.append(a + _pointwise(mixed, self.proj.weight, self.proj.bias))
         return out

@@ -83,7 +83,7 @@ class VisionNet(nn.Module):
         super().__init__()
         self.config = config
         ch = config.channels
-        block = lambda cin, cout: Block(  # noqa: E731 - local shorthand
+        block = lambda cin, cout: Block(
             cin, cout, config.phi_dim, config.attn_dim, config.group_size, config.baseline
         )
         self.encoder = nn.ModuleList(block(1 if n == 0 else ch[n - 1], ch[n]) for n in range(config.levels))

@@ -28,7 +28,8 @@ def network_input(volume: Volume, config: VisionConfig, device: torch.device | s
     ras, transform = conform_ras(volume)
     image = normalize_intensity(ras, ceiling=config.intensity_ceiling).array
     tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None].to(device)
-    return NetworkInput(tensor, tuple(float(s) for s in ras.spacing), transform)
+    sx, sy, sz = (float(s) for s in ras.spacing)
+    return NetworkInput(tensor, (sx, sy, sz), transform)
 
 
 __all__ = ["NetworkInput", "network_input"]

@@ -153,7 +153,8 @@ def _read(
         raise ValueError(f"nonfinite must be 'refuse' or 'zero', got {nonfinite!r}")
     report = ReadReport(source=name)
     if file_size > limits.max_file_bytes:
-        raise SizeLimitError(f"{name}: file is {file_size / 1e6:.0f} MB, more than the {limits.max_file_bytes / 1e6:.0f} MB allowed")
+        raise SizeLimitError(f"{name}: file is {file_size / 1e6:.0f} MB, more than the "
+                             f"{limits.max_file_bytes / 1e6:.0f} MB allowed")
     with opener() as raw:
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
@@ -208,7 +209,7 @@ class _translate_stream_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, exc_type, exc, tb) -> bool:  # type: ignore[no-untyped-def]
+    def __exit__(self, exc_type: object, exc: BaseException | None, tb: object) -> Literal[False]:
         if exc is None or isinstance(exc, VolumeError):
             return False
         if isinstance(exc, EOFError):
@@ -260,7 +261,8 @@ def _parse_header(prefix: bytes, name: str, report: ReadReport) -> nib.Nifti1Hea
         raise NotNiftiError(f"{name}: unreadable NIfTI header ({exc})") from exc
     magic = bytes(hdr["magic"].item())[:3]
     if magic in (b"ni1", b"ni2"):
-        raise NotNiftiError(f"{name}: this is the header of a two-file NIfTI pair (.hdr/.img); send a single .nii or .nii.gz")
+        raise NotNiftiError(f"{name}: this is the header of a two-file NIfTI pair (.hdr/.img); "
+                            "send a single .nii or .nii.gz")
     if magic not in (b"n+1", b"n+2"):
         raise NotNiftiError(f"{name}: not a NIfTI file (magic string {magic!r} is not 'n+1'/'n+2')")
     return hdr
@@ -277,7 +279,8 @@ class _Layout:
     nbytes: int
 
 
-def _validate_layout(hdr: nib.Nifti1Header, name: str, limits: ReadLimits, frame: int | None, report: ReadReport) -> _Layout:
+def _validate_layout(hdr: nib.Nifti1Header, name: str, limits: ReadLimits, frame: int | None,
+                     report: ReadReport) -> _Layout:
     dim = [int(d) for d in hdr["dim"]]
     ndim = dim[0]
     if not 1 <= ndim <= 7:
@@ -295,7 +298,8 @@ def _validate_layout(hdr: nib.Nifti1Header, name: str, limits: ReadLimits, frame
         raise SizeLimitError(f"{name}: image has {nvox:,} voxels, more than the {limits.max_voxels:,} allowed")
     extra = shape[3:]
     if len(extra) > 1 and math.prod(extra[1:]) > 1:
-        raise DimensionError(f"{name}: a {ndim}D image {shape}; voxagent reads 3D volumes (or one frame of a 4D series)")
+        raise DimensionError(f"{name}: a {ndim}D image {shape}; voxagent reads 3D volumes "
+                             "(or one frame of a 4D series)")
     frames = extra[0] if extra else 1
     if frames > 1 and frame is None:
         raise DimensionError(f"{name}: a 4D series of {frames} volumes {shape}; choose one frame to read")
@@ -314,7 +318,8 @@ def _validate_layout(hdr: nib.Nifti1Header, name: str, limits: ReadLimits, frame
     report.stored_dtype = str(dtype.newbyteorder("="))
     nbytes = nvox * dtype.itemsize
     if nbytes > limits.max_data_bytes:
-        raise SizeLimitError(f"{name}: image data is {nbytes / 1e6:.0f} MB, more than the {limits.max_data_bytes / 1e6:.0f} MB allowed")
+        raise SizeLimitError(f"{name}: image data is {nbytes / 1e6:.0f} MB, more than the "
+                             f"{limits.max_data_bytes / 1e6:.0f} MB allowed")
 
     min_offset = int(hdr.single_vox_offset)
     raw_offset = float(hdr["vox_offset"])

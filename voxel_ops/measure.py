@@ -25,6 +25,8 @@ Definitions (world = RAS+ millimetres, as NIfTI defines it; masks read as in ``_
 """
 from __future__ import annotations
 
+from typing import Literal, cast
+
 import cc3d
 import numpy as np
 from scipy import ndimage
@@ -81,7 +83,10 @@ def intensity_stats(image: Volume, mask: Volume) -> dict[str, float]:
 def snr(image: Volume, mask: Volume, background: Volume | None = None) -> float:
     """Signal-to-noise ratio (definition in the module docstring)."""
     signal = _region_stats(_values_in(image, mask, "SNR"))
-    noise = signal["std"] if background is None else _region_stats(_values_in(image, background, "SNR background"))["std"]
+    if background is None:
+        noise = signal["std"]
+    else:
+        noise = _region_stats(_values_in(image, background, "SNR background"))["std"]
     if noise == 0.0:
         raise MeasurementError("SNR is undefined: the noise region has no intensity variation")
     return signal["mean"] / noise
@@ -154,7 +159,8 @@ def connected_components(mask: Volume, connectivity: int = 26) -> Components:
     inside = as_bool(mask)
     if not inside.any():
         return Components(0, (), mask, None, None)
-    labels, count = cc3d.connected_components(inside, connectivity=connectivity, return_N=True, binary_image=True)
+    conn = cast(Literal[6, 18, 26], connectivity)  # checked above
+    labels, count = cc3d.connected_components(inside, connectivity=conn, return_N=True, binary_image=True)
     sizes = np.bincount(values_at(labels, inside), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     lut = np.zeros(count + 1, dtype=np.int32)
@@ -274,7 +280,8 @@ def _region_stats(values: np.ndarray, with_median: bool = False) -> dict[str, fl
     mean = float(as64.sum()) / as64.size
     centred = as64 - mean
     np.square(centred, out=centred)
-    out = {"mean": mean, "std": float(np.sqrt(centred.sum() / as64.size)), "min": float(values.min()), "max": float(values.max())}
+    out = {"mean": mean, "std": float(np.sqrt(centred.sum() / as64.size)), "min": float(values.min()),
+           "max": float(values.max())}
     if with_median:
         n = values.size
         lower, upper = (n - 1) // 2, n // 2
@@ -293,7 +300,8 @@ def _integer_moments(values: np.ndarray) -> dict[str, float]:
     s2 = int(wide.sum(dtype=acc))
     n = values.size
     variance = (n * s2 - s1 * s1) / (n * n)  # exact integer numerator
-    return {"mean": s1 / n, "std": float(np.sqrt(max(variance, 0.0))), "min": float(values.min()), "max": float(values.max())}
+    return {"mean": s1 / n, "std": float(np.sqrt(max(variance, 0.0))), "min": float(values.min()),
+            "max": float(values.max())}
 
 
 def _histogram_stats(values: np.ndarray) -> dict[str, float]:
@@ -313,7 +321,8 @@ def _histogram_stats(values: np.ndarray) -> dict[str, float]:
     lower, upper = (n - 1) // 2, n // 2
     at = np.searchsorted(cumulative, [lower + 1, upper + 1])  # first level whose count reaches rank
     median = 0.5 * (float(levels[at[0]]) + float(levels[at[1]]))
-    return {"mean": mean, "std": std, "min": float(levels[present[0]]), "max": float(levels[present[-1]]), "median": median}
+    return {"mean": mean, "std": std, "min": float(levels[present[0]]), "max": float(levels[present[-1]]),
+            "median": median}
 
 
 def _centre_ranges(inside: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

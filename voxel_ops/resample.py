@@ -44,6 +44,7 @@ def _resample(vol: Volume, affine: np.ndarray, shape: tuple[int, int, int], orde
         raise VolumeError(f"interpolation order must be 0 (nearest), 1 (linear) or 3 (cubic), got {order}")
     target_to_source = np.linalg.inv(vol.affine) @ affine
     source = vol.array
+    out_dtype: np.dtype | type[np.generic]
     if order == 0:
         out_dtype = source.dtype if source.dtype != np.bool_ else np.uint8
         source = source.astype(out_dtype, copy=False)

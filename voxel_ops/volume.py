@@ -54,7 +54,7 @@ class Volume:
     @property
     def orientation(self) -> tuple[str, str, str]:
         """Axis codes such as ('R', 'A', 'S'): the world direction each array axis points to."""
-        return tuple(nib.aff2axcodes(self.affine))  # type: ignore[return-value]
+        return tuple(nib.aff2axcodes(self.affine))
 
     def voxel_to_world(self, ijk: np.ndarray) -> np.ndarray:
         """Map (..., 3) voxel indices to (..., 3) world coordinates in mm."""

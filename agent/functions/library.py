@@ -204,7 +204,8 @@ def _stats(scan: ImageValue, mask: Mask) -> dict[str, float]:
 
 
 def mean_intensity(ctx: CallContext, scan: ImageValue, mask: Mask) -> Quantity:
-    return Quantity(float(_stats(scan, mask)["mean"]), _intensity_unit(scan), f"{mask.name} mean intensity in {scan.name}")
+    return Quantity(float(_stats(scan, mask)["mean"]), _intensity_unit(scan),
+                    f"{mask.name} mean intensity in {scan.name}")
 
 
 def intensity_stats(ctx: CallContext, scan: ImageValue, mask: Mask) -> Record:
@@ -362,7 +363,8 @@ def build_registry() -> Registry:
             "Segment a target structure in one encoded scan; the mask lies on that scan's grid.", generate),
         _fn("read", [Param("x", ANY)], "None",
             "Show a value to the agent in the next step (an encoding as its feature vectors).", read),
-        _fn("respond", [Param("text", MESSAGE)], "None", "Add text (or a value in its text form) to the answer for the user.", respond),
+        _fn("respond", [Param("text", MESSAGE)], "None",
+            "Add text (or a value in its text form) to the answer for the user.", respond),
         _fn("output", [Param("volume", IMAGE), Param("name", TEXT)], "None",
             "Mark a mask or image as a named result volume (saved as NIfTI).", output),
         _fn("stop", [], "None", "End the analysis; nothing after it runs.", stop),

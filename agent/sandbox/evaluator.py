@@ -231,7 +231,8 @@ class Evaluator:
             count = max(count, 0)
             limit = self.limits.max_str_len if isinstance(seq, str) else self.limits.max_seq_len
             if len(seq) * count > limit:
-                raise SandboxRuntimeError(f"the result would exceed {limit} {'characters' if isinstance(seq, str) else 'items'}")
+                unit = "characters" if isinstance(seq, str) else "items"
+                raise SandboxRuntimeError(f"the result would exceed {limit} {unit}")
             return seq * count if isinstance(seq, str) else self._bounded_seq(seq * count)
         raise SandboxRuntimeError(f"cannot apply {_SYMBOL[op]} to {type_name(a)} and {type_name(b)}")
 

@@ -224,7 +224,8 @@ class Sandbox:
     def result(self, status: AnalysisStatus | None = None, error: str | None = None) -> AnalysisResult:
         """The analysis so far as the document users get (the runtime may add model and timings)."""
         if status is None:
-            status = AnalysisStatus.succeeded if self.responses or self.outputs or self.metrics else AnalysisStatus.no_answer
+            answered = self.responses or self.outputs or self.metrics
+            status = AnalysisStatus.succeeded if answered else AnalysisStatus.no_answer
         return AnalysisResult(status=status, text="\n".join(self.responses), metrics=list(self.metrics),
                               outputs=list(self.outputs), trace=list(self.trace), error=error,
                               timings_s={"sandbox": self.elapsed_s})

@@ -30,7 +30,8 @@ ALLOWED_NODES: frozenset[type] = frozenset({
 _REFUSALS: dict[type, str] = {
     ast.Attribute: "attribute access (a.b) is not allowed",
     ast.Import: "imports are not allowed", ast.ImportFrom: "imports are not allowed",
-    ast.FunctionDef: "function definitions are not allowed", ast.AsyncFunctionDef: "function definitions are not allowed",
+    ast.FunctionDef: "function definitions are not allowed",
+    ast.AsyncFunctionDef: "function definitions are not allowed",
     ast.ClassDef: "class definitions are not allowed", ast.Lambda: "lambdas are not allowed",
     ast.For: "loops are not allowed", ast.AsyncFor: "loops are not allowed", ast.While: "loops are not allowed",
     ast.ListComp: "comprehensions are not allowed", ast.SetComp: "comprehensions are not allowed",
@@ -41,10 +42,12 @@ _REFUSALS: dict[type, str] = {
     ast.With: "with is not allowed", ast.AsyncWith: "with is not allowed", ast.Try: "try is not allowed",
     ast.Raise: "raise is not allowed", ast.Assert: "assert is not allowed", ast.If: "if statements are not allowed",
     ast.Dict: "dict literals are not allowed", ast.Set: "set literals are not allowed",
-    ast.Slice: "slices are not allowed; use a constant index", ast.AugAssign: "augmented assignment (+=) is not allowed",
+    ast.Slice: "slices are not allowed; use a constant index",
+    ast.AugAssign: "augmented assignment (+=) is not allowed",
     ast.AnnAssign: "annotated assignment is not allowed", ast.Return: "return is not allowed",
     ast.Pass: "pass is not allowed", ast.Break: "break is not allowed", ast.Continue: "continue is not allowed",
-    ast.Match: "match is not allowed", ast.Is: "'is' is not allowed; use ==", ast.IsNot: "'is not' is not allowed; use !=",
+    ast.Match: "match is not allowed", ast.Is: "'is' is not allowed; use ==",
+    ast.IsNot: "'is not' is not allowed; use !=",
     ast.Invert: "the operator ~ is not allowed", ast.MatMult: "the operator @ is not allowed",
     ast.LShift: "the operator << is not allowed", ast.RShift: "the operator >> is not allowed",
     ast.BitOr: "the operator | is not allowed", ast.BitAnd: "the operator & is not allowed",
@@ -238,5 +241,6 @@ def _collect_markers(call: ast.Call, vision_calls: Container[str], marker_index:
             volume_arg = name == "encode" or (name == "generate" and (
                 position == 1 if position < len(call.args) else call.keywords[position - len(call.args)].arg == "scan"))
             if name not in vision_calls or not volume_arg:
-                raise SandboxViolation(f"<MOD> after an argument of {name}() that is not a volume to encode or generate")
+                raise SandboxViolation(f"<MOD> after an argument of {name}() that is not a volume to encode "
+                                       "or generate")
             marked[id(arg)] = marker_index[end]

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("eval", help="evaluate a checkpoint on held-out synthesized cases and the MNI T1")
     p.add_argument("--cases", type=int, default=20, help="held-out synthesized tasks (family i mod 20)")

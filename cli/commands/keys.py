@@ -21,8 +21,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from service import auth
     from cli.errors import CommandError
+    from service import auth
     from service.settings import Settings
     from service.storage import open_record_store
 
@@ -44,7 +44,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(keys))
             else:
                 for k in keys:
-                    print(f"{k['id']}\t{k['tenant']}\t{'revoked' if k.get('revoked') else 'active'}\t{k.get('name', '')}")
+                    state = "revoked" if k.get("revoked") else "active"
+                    print(f"{k['id']}\t{k['tenant']}\t{state}\t{k.get('name', '')}")
             return 0
         if not auth.revoke_key(store, args.key_id):
             raise CommandError(f"no key with id {args.key_id}")

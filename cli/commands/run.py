@@ -30,7 +30,6 @@ def parse_scans(items: list[str]) -> list[tuple[str | None, Path]]:
 
 
 def run(args: argparse.Namespace) -> int:
-    import json
     import shutil
     import tempfile
     import uuid

@@ -24,7 +24,7 @@ class Dispatcher(ABC):
     @abstractmethod
     def ping(self) -> tuple[bool, str]: ...
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - optional hook, a no-op unless the dispatcher holds workers
         pass
 
 
@@ -84,7 +84,7 @@ class CeleryDispatcher(Dispatcher):
             with self._app.connection_for_write() as conn:
                 conn.ensure_connection(max_retries=1, timeout=2)
             return True, "broker reachable"
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:  # noqa: BLE001 - any broker error means unreachable
             return False, f"broker unreachable: {exc}"
 
 

@@ -45,7 +45,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "wait": {"type": "number", "minimum": 0, "maximum": 30},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
         "metadata": {"type": "string", "description": "JSON list aligned with files: [{name, modality, date}]"},
-        "volumes": {"type": "string", "description": "JSON list of already stored volumes: [{id, name, modality, date}]"},
+        "volumes": {"type": "string",
+                    "description": "JSON list of already stored volumes: [{id, name, modality, date}]"},
     }}}}}}
 
 

@@ -52,7 +52,8 @@ async def create_batch(request: Request, response: Response, body: BatchRequest,
                 raise ProblemError(422, f"item {i}: {exc}") from exc
             docs.append(jobs.new_job_doc(state.records, tenant, req, batch_id=batch_id, label=item.label))
         created, ts = utcnow()
-        batch = {"id": batch_id, "tenant": tenant, "status": BatchStatus.running.value, "created_at": created, "created_at_ts": ts,
+        batch = {"id": batch_id, "tenant": tenant, "status": BatchStatus.running.value, "created_at": created,
+                 "created_at_ts": ts,
                  "job_ids": [d["id"] for d in docs], "labels": [i.label for i in body.items],
                  "webhook": {"url": body.webhook_url, "delivered": False, "attempts": 0} if body.webhook_url else None,
                  "webhook_secret": body.webhook_secret}

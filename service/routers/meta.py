@@ -31,7 +31,7 @@ def _check(name: str, fn) -> ComponentHealth:
         result = fn()
         ok, detail = result if isinstance(result, tuple) else (bool(result), None)
         return ComponentHealth(name=name, ok=ok, detail=detail)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - a failing check is reported as unhealthy, not raised
         return ComponentHealth(name=name, ok=False, detail=f"{type(exc).__name__}: {exc}")
 
 

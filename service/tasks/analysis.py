@@ -13,8 +13,8 @@ from pathlib import Path
 from api_schemas.jobs import JobStatus
 from api_schemas.requests import VolumeInput
 from api_schemas.results import AnalysisResult, AnalysisStatus, OutputVolume
-from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
 from service.clock import now_iso
+from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -119,7 +119,7 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         if client is not None and hasattr(client, "release"):
             try:
                 client.release(job_id)
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - the job has its result; a failed release only leaks cache
                 log.warning("could not release encodings of job", exc_info=True)
     timings["total_s"] = time.perf_counter() - t_start
     result.timings_s = {**result.timings_s, **{k: round(v, 6) for k, v in timings.items()}}

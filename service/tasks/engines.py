@@ -53,10 +53,9 @@ def build_runtime(models_dir: Path):
 def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
                job_id: str, max_steps: int = 12, max_wall_s: float = AGENT_MAX_WALL_S) -> AnalysisResult:
     """Let the agent write and run the program, step by step, in a sandbox of this job."""
+    from agent.runtime import RuntimeLimits
     from agent.sandbox import Sandbox
     from service.tasks import resources
-
-    from agent.runtime import RuntimeLimits
 
     runtime = resources.agent_runtime(models_dir)  # shared by concurrent jobs: never mutate it per job
     limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget

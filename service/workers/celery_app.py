@@ -61,5 +61,5 @@ def _warm_models(**_: object) -> None:
     if "agent" in queues:
         try:
             resources.agent_runtime(settings.models_dir)
-        except Exception:  # noqa: BLE001
+        except Exception:  # noqa: BLE001 - loaded on the first job instead
             log.warning("agent runtime not loaded at start-up", exc_info=True)

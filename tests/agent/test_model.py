@@ -24,7 +24,8 @@ def test_presets_build_in_code(tokenizer):
 
 def test_cached_session_matches_full_forward_with_encodings(tokenizer, random_model):
     d = random_model.cfg.hidden_size
-    steps = [StepRecord(STEP_CODE, feedback=[text_and_vector_outcome(d).feedback[0], text_and_vector_outcome(d).feedback[1]]),
+    feedback = text_and_vector_outcome(d).feedback
+    steps = [StepRecord(STEP_CODE, feedback=[feedback[0], feedback[1]]),
              StepRecord("stop()\n")]
     seq = build_training_sequence(tokenizer, "how big", SCANS, steps, d)
     with torch.no_grad():

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-
 import numpy as np
 import torch
 
@@ -154,7 +153,8 @@ def test_runs_are_deterministic(tokenizer, random_model):
     (r1, p1), (r2, p2) = once(), once()
     assert r1.model_dump(exclude={"timings_s"}, mode="json") == {
         **r2.model_dump(exclude={"timings_s"}, mode="json"),
-        "trace": [{**t, "duration_s": r1.trace[i].duration_s} for i, t in enumerate(r2.model_dump(mode="json")["trace"])],
+        "trace": [{**t, "duration_s": r1.trace[i].duration_s}
+                  for i, t in enumerate(r2.model_dump(mode="json")["trace"])],
     }
     assert r1.trace[1].error == "name 'q' is not defined"
     assert all(torch.equal(a, b) for a, b in zip(p1, p2))

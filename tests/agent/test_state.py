@@ -33,7 +33,8 @@ def test_phi_positions_for_several_volume_arguments(tokenizer, random_model):
     # each <MOD> follows the argument it marks, in textual order
     names = [tokenizer.decode(ids[:p]).rsplit("(", 1)[-1].rsplit(", ", 1)[-1] for p in positions]
     assert names == ["t1", "flair", "t2", "flair"]
-    seq = build_training_sequence(tokenizer, "segment the lesion", SCANS, [StepRecord(STEP_CODE), StepRecord("stop()\n")], 256)
+    seq = build_training_sequence(tokenizer, "segment the lesion", SCANS,
+                                  [StepRecord(STEP_CODE), StepRecord("stop()\n")], 256)
     assert seq.mod_positions.numel() == 4 and seq.step_mod_counts == [4, 0]
     assert all(seq.input_ids[p].item() == tokenizer.mod_id for p in seq.mod_positions)
     with torch.no_grad():

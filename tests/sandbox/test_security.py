@@ -16,8 +16,8 @@ def test_corpus_is_large_enough():
 
 @pytest.fixture(scope="module")
 def sandbox():
-    from tests.sandbox.conftest import RecordingClient, phantom
     from agent.sandbox import Sandbox, SandboxLimits
+    from tests.sandbox.conftest import RecordingClient, phantom
 
     client = RecordingClient()
     client.volumes_for_generate = phantom()

@@ -7,12 +7,12 @@ from hypothesis import HealthCheck, settings
 
 schemathesis = pytest.importorskip("schemathesis", reason="schemathesis is in the [test] extras")
 
-from service import auth  # noqa: E402
-from service.app import create_app  # noqa: E402
-from service.settings import Settings  # noqa: E402
+import tempfile  # noqa: E402 - below the importorskip that skips the module
+from pathlib import Path  # noqa: E402 - below importorskip
 
-import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
+from service import auth  # noqa: E402 - below importorskip
+from service.app import create_app  # noqa: E402 - below importorskip
+from service.settings import Settings  # noqa: E402 - below importorskip
 
 _tmp = Path(tempfile.mkdtemp(prefix="voxagent-fuzz-"))
 app = create_app(Settings(data_dir=_tmp, broker_url=None, max_upload_bytes=100_000))

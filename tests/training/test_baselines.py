@@ -38,7 +38,7 @@ def test_baselines_widen_the_network_on_request():
     wide, _ = train_segmentation("brain", minutes=0.0, channels=(16, 32, 32, 32))
     narrow, _ = train_segmentation("brain", minutes=0.0)
     assert wide.config.channels == (16, 32, 32, 32) and narrow.config.channels == (8, 16, 16, 16)
-    count = lambda net: sum(p.numel() for p in net.parameters())  # noqa: E731
+    count = lambda net: sum(p.numel() for p in net.parameters())
     assert count(wide) > 3 * count(narrow)
 
 

@@ -44,7 +44,8 @@ def test_generated_masks_follow_code_order_and_dice():
 
     a = Volume(np.ones((2, 2, 2), np.float32), np.eye(4))
     b = Volume(np.zeros((2, 2, 2), np.float32), np.eye(4))
-    codes = ['e = encode(t1<MOD>)\nread(e)', 'gm = generate(e, t1<MOD>, "grey matter")\nb = generate(e, t1<MOD>, "brain")']
+    codes = ['e = encode(t1<MOD>)\nread(e)',
+             'gm = generate(e, t1<MOD>, "grey matter")\nb = generate(e, t1<MOD>, "brain")']
     masks = generated_masks(codes, [a, b])
     assert masks[("t1", "gray matter")] is a and masks[("t1", "brain")] is b
     assert dice(a.array, a.array) == 1.0 and dice(a.array, b.array) == 0.0

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import voxel_ops as vo
-
 from agent.phi_bank import DEFAULT_TARGETS, PhiBank
 from agent.sandbox import Sandbox
 from training.oracle import OracleVisionClient

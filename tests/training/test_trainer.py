@@ -45,7 +45,7 @@ def test_loss_decreases_on_a_repeated_instance(tmp_path):
 
 
 def test_resume_continues_from_saved_step(tmp_path):
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(), tmp_path, max_steps=2, export=False, progress=False, task_source=task)
     state = torch.load(tmp_path / "checkpoint" / STATE_FILE, weights_only=False)
     assert state["step"] == 2
@@ -58,7 +58,7 @@ def test_resume_continues_from_saved_step(tmp_path):
 
 def test_resume_after_a_kill_drops_the_rows_logged_after_the_checkpoint(tmp_path):
     """A kill (no handler runs) leaves log rows past the last checkpoint; resume logs those steps again."""
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(), tmp_path, max_steps=2, export=False, progress=False, task_source=task)
     log = tmp_path / "log.csv"
     rows = log.read_text().splitlines(keepends=True)
@@ -88,7 +88,7 @@ def test_export_writes_models_layout(tmp_path):
 
 def test_old_runs_resume_without_cross_entropy(tmp_path):
     """A checkpoint saved before bce_weight existed trained on soft Dice alone, and resumes that way."""
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(bce_weight=0.5), tmp_path, max_steps=1, export=False, progress=False, task_source=task)
     state_path = tmp_path / "checkpoint" / STATE_FILE
     state = torch.load(state_path, weights_only=False)
@@ -120,7 +120,7 @@ def test_cooldown_scale_is_flat_then_linear_to_zero():
 
 
 def test_cooldown_lowers_the_logged_learning_rate_at_the_end_of_the_budget(tmp_path):
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(lr=1e-3), tmp_path, max_steps=4, export=False, progress=False, task_source=task, cooldown=0.5)
     lrs = [float(r["lr"]) for r in _rows(tmp_path / "log.csv")]
     # progress before steps 1..4 is 0, 1/4, 2/4, 3/4 of the budget; decay over the last half
@@ -228,7 +228,7 @@ def test_training_draws_joint_tasks_from_the_weighted_families(tmp_path):
 def test_balanced_voxel_ce_is_recorded_and_kept_on_resume(tmp_path):
     import json
 
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(), tmp_path / "grid", max_steps=1, export=False, progress=False, task_source=task)
     train(_cfg(voxel_ce="balanced"), tmp_path, max_steps=1, export=False, progress=False, task_source=task)
     assert json.loads((tmp_path / "train_config.json").read_text())["voxel_ce"] == "balanced"
@@ -260,7 +260,7 @@ def test_vision_channels_build_the_network_and_a_resume_keeps_them(tmp_path):
 
     from vision.checkpoint import load_vision
 
-    task = lambda index: _fixed_task()  # noqa: E731
+    task = lambda index: _fixed_task()
     train(_cfg(vision_channels=(16, 32, 32, 32)), tmp_path, max_steps=1, export=False, progress=False,
           task_source=task)
     assert load_vision(tmp_path / "checkpoint").config.channels == (16, 32, 32, 32)

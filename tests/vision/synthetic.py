@@ -23,7 +23,7 @@ def ellipsoid_case(shape=(48, 48, 48), seed: int = 0) -> tuple[torch.Tensor, tor
         image += 0.5 * np.exp(-(((grid - c) ** 2).sum(0)) / (2 * r**2))
     image += 0.6 * target + rng.normal(0, 0.08, size=shape)
     image = (image - image.min()) / (image.max() - image.min())
-    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]  # noqa: E731
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[None, None]
     return as_t(image), as_t(target)
 
 

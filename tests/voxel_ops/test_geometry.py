@@ -93,7 +93,8 @@ OBLIQUE = [rotation("z", 30), rotation("x", -20) @ rotation("y", 15), rotation("
 
 @pytest.mark.parametrize("rot", OBLIQUE, ids=["z30", "x-20y15", "y50z-35"])
 def test_oblique_grid_measures_the_world_object(rot, tmp_path):
-    """An ellipsoid whose principal axes follow an oblique grid: volume, centroid and world-RAS extents stay analytic."""
+    """An ellipsoid whose principal axes follow an oblique grid: volume, centroid and world-RAS extents
+    stay analytic."""
     affine = grid_affine(SPACING, SHAPE, rotation=rot, centre_world=CENTRE)
     vol = ellipsoid(affine, SHAPE, CENTRE, SEMI_AXES_MM, axes=rot)
     assert vo.volume_ml(vol) == pytest.approx(ANALYTIC_ML, rel=0.01)

@@ -6,7 +6,6 @@ import gzip
 import io
 import tracemalloc
 from collections.abc import Callable
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -97,7 +96,8 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str, type[vo.VolumeError]]] = {
     "gzip_bomb_huge_dims": (_huge_declared_bomb, "huge.nii.gz", vo.SizeLimitError),
     "dim_over_2048": (lambda: _patched(BASE, **_dims(4000, 9, 10)), "wide.nii", vo.SizeLimitError),
     "too_many_voxels": (lambda: _patched(BASE, **_dims(2048, 2048, 64)), "many.nii", vo.SizeLimitError),
-    "nifti2_huge_dims": (lambda: _patched(BASE2, nifti2=True, **_dims(10**9, 10**9, 10)), "n2huge.nii", vo.SizeLimitError),
+    "nifti2_huge_dims": (lambda: _patched(BASE2, nifti2=True, **_dims(10**9, 10**9, 10)), "n2huge.nii",
+                         vo.SizeLimitError),
     "two_d": (lambda: _patched(BASE, **_dims(8, 90)), "flat.nii", vo.DimensionError),
     "five_d": (lambda: _patched(BASE, **_dims(2, 3, 4, 5, 6)), "five.nii", vo.DimensionError),
     "real_4d_without_frame": (lambda: FOUR_D, "series.nii", vo.DimensionError),
@@ -114,8 +114,10 @@ CORPUS: dict[str, tuple[Callable[[], bytes], str, type[vo.VolumeError]]] = {
         "parallel.nii",
         vo.AffineError,
     ),
-    "nan_affine": (lambda: _patched(BASE, **_srow([[np.nan, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]])), "nan_aff.nii", vo.AffineError),
-    "inf_affine": (lambda: _patched(BASE, **_srow([[2, 0, 0, np.inf], [0, 2, 0, 0], [0, 0, 2, 0]])), "inf_aff.nii", vo.AffineError),
+    "nan_affine": (lambda: _patched(BASE, **_srow([[np.nan, 0, 0, 0], [0, 2, 0, 0], [0, 0, 2, 0]])), "nan_aff.nii",
+                   vo.AffineError),
+    "inf_affine": (lambda: _patched(BASE, **_srow([[2, 0, 0, np.inf], [0, 2, 0, 0], [0, 0, 2, 0]])), "inf_aff.nii",
+                   vo.AffineError),
     "absurd_spacing": (lambda: _patched(BASE, **_srow(np.diag([1000.0, 2, 2, 1]))), "giant.nii", vo.SpacingError),
     "tiny_spacing": (lambda: _patched(BASE, **_srow(np.diag([0.001, 2, 2, 1]))), "tiny.nii", vo.SpacingError),
     "zero_pixdim_qform_only": (

@@ -260,7 +260,8 @@ def test_intensity_stats_match_numpy_for_every_type(dtype, n_inside):
     inside.ravel()[rng.choice(inside.size, n_inside, replace=False)] = True
     stats = vo.intensity_stats(_grid(image), _grid(inside.astype(np.uint8)))
     values = image[inside].astype(np.float64)
-    expected = {"mean": values.mean(), "median": np.median(values), "std": values.std(), "min": values.min(), "max": values.max()}
+    expected = {"mean": values.mean(), "median": np.median(values), "std": values.std(), "min": values.min(),
+                "max": values.max()}
     assert stats == pytest.approx(expected, rel=1e-9, abs=1e-9)
 
 

@@ -20,8 +20,23 @@ from training.synth import geometry as geo
 from training.synth import lesions as les
 from training.synth.anatomy import Anatomy, load_anatomy
 from training.synth.fields import pooled_normal
-from training.synth.labels import (CSF, GM, LESION_FIRST, LOW_MASK, MAX_LESIONS, PART_CORE, PART_EDEMA, PART_RIM,
-                                   PART_SOLID, RIGHT_BIT, SHELL_FIRST, SHELL_LAST, WM, lesion_code, target_lut)
+from training.synth.labels import (
+    CSF,
+    GM,
+    LESION_FIRST,
+    LOW_MASK,
+    MAX_LESIONS,
+    PART_CORE,
+    PART_EDEMA,
+    PART_RIM,
+    PART_SOLID,
+    RIGHT_BIT,
+    SHELL_FIRST,
+    SHELL_LAST,
+    WM,
+    lesion_code,
+    target_lut,
+)
 from voxel_ops import Volume, VolumeMeta
 
 log = logging.getLogger(__name__)
@@ -370,7 +385,8 @@ def synthesize_case(seed: int, spec: CaseSpec | None = None) -> Case:
         warp = geo.sample_warp(_rng(seed, "pose", session), anatomy.brain_center_mm, subject_linear, elastic,
                                anatomy.brain_min_mm, anatomy.brain_max_mm, max_pitch_deg=spec.max_pitch_deg,
                                max_roll_yaw_deg=spec.max_roll_yaw_deg, max_shift_mm=spec.max_shift_mm)
-        corners = np.array(np.meshgrid(*zip(anatomy.brain_min_mm, anatomy.brain_max_mm), indexing="ij")).reshape(3, -1).T
+        corners = np.array(np.meshgrid(*zip(anatomy.brain_min_mm, anatomy.brain_max_mm), indexing="ij"))
+        corners = corners.reshape(3, -1).T
         scanner = warp.to_scanner_linear(corners)
         box_min, box_max = scanner.min(axis=0), scanner.max(axis=0)
         grid = geo.sample_grid(_rng(seed, "grid", session), box_min, box_max, inplane_mm=spec.inplane_mm,

@@ -20,9 +20,18 @@ from scipy import ndimage
 from training.errors import SynthesisError
 from training.synth.fields import upsample_linear
 from training.synth.geometry import rotation_matrix
-
-from training.synth.labels import (CSF, GM, LOW_MASK, PART_CORE, PART_EDEMA, PART_RIM, PART_SOLID, RIGHT_BIT,
-                                   WM, lesion_code)
+from training.synth.labels import (
+    CSF,
+    GM,
+    LOW_MASK,
+    PART_CORE,
+    PART_EDEMA,
+    PART_RIM,
+    PART_SOLID,
+    RIGHT_BIT,
+    WM,
+    lesion_code,
+)
 
 HYPER, HYPO, ISO = "hyperintense", "hypointense", "isointense"
 FACTOR_BANDS = {HYPER: (1.4, 2.2), HYPO: (0.35, 0.68), ISO: (0.975, 1.025)}

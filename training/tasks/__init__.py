@@ -10,10 +10,31 @@ import zlib
 import numpy as np
 
 from training.synth import Case, synthesize_case
-from training.tasks.families import (BoundingBox, Compare, Crop, Extents, Family, IcvNormalized, KeepRemove,
-                                     MeanIntensity, Segment, Snr, Volume, Asymmetry)
-from training.tasks.families_lesion import (Enhancement, LesionCount, LesionRegion, LesionSide, LesionSignal,
-                                            Longitudinal, OutOfScope, Restriction, TargetLesion)
+from training.tasks.families import (
+    Asymmetry,
+    BoundingBox,
+    Compare,
+    Crop,
+    Extents,
+    Family,
+    IcvNormalized,
+    KeepRemove,
+    MeanIntensity,
+    Segment,
+    Snr,
+    Volume,
+)
+from training.tasks.families_lesion import (
+    Enhancement,
+    LesionCount,
+    LesionRegion,
+    LesionSide,
+    LesionSignal,
+    Longitudinal,
+    OutOfScope,
+    Restriction,
+    TargetLesion,
+)
 from training.tasks.program import MOD, STEP, TaskSample
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (

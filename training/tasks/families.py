@@ -15,12 +15,18 @@ import numpy as np
 import voxel_ops as vo
 from agent.functions.types import number_text
 from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
-from training.synth.lesions import HYPER, HYPO, ISO
 from training.tasks.grammar import expand, tidy
 from training.tasks.lexicon import LEXICON
 from training.tasks.program import Program, TaskSample
-from training.tasks.targets import (BILATERAL_PAIRS, SCAN_PHRASES, SEQUENCE_NAMES, SIMPLE_TISSUE, TARGETS, TISSUE,
-                                    truth_mask)
+from training.tasks.targets import (
+    BILATERAL_PAIRS,
+    SCAN_PHRASES,
+    SEQUENCE_NAMES,
+    SIMPLE_TISSUE,
+    TARGETS,
+    TISSUE,
+    truth_mask,
+)
 
 REFUSAL = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
            "brain, gray matter, white matter, CSF, the left and right hemispheres and lesions (with their "
@@ -132,7 +138,8 @@ class Segment(Family):
             options = ["lesion", "lesion"]
             if any(t.has_edema for t in case.lesions) and case.mask("edema", scan).array.any():
                 options.append("edema")
-            if mod == "T1C" and any(t.enhancing for t in case.lesions) and case.mask("enhancing tumor", scan).array.any():
+            enhancing = any(t.enhancing for t in case.lesions)
+            if mod == "T1C" and enhancing and case.mask("enhancing tumor", scan).array.any():
                 options.append("enhancing tumor")
             target = pick(rng, options)
         else:
@@ -263,10 +270,13 @@ class BoundingBox(MeasureFamily):
         p.line(f"b = bbox({var})")
         p.respond(f"The {target} bounding box is {{b}}.", fstring=True)
         lo, hi = vo.bounding_box_mm(truth_mask(case, target, scan))
-        parts = [f"min_{a}={q(v, 'mm')}" for a, v in zip("xyz", lo)] + [f"max_{a}={q(v, 'mm')}" for a, v in zip("xyz", hi)]
-        expected = {f"min_{a}_mm": float(v) for a, v in zip("xyz", lo)} | {f"max_{a}_mm": float(v) for a, v in zip("xyz", hi)}
+        parts = ([f"min_{a}={q(v, 'mm')}" for a, v in zip("xyz", lo)]
+                 + [f"max_{a}={q(v, 'mm')}" for a, v in zip("xyz", hi)])
+        expected = ({f"min_{a}_mm": float(v) for a, v in zip("xyz", lo)}
+                    | {f"max_{a}_mm": float(v) for a, v in zip("xyz", hi)})
         return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
-                           f"The {target} bounding box is {', '.join(parts)}.", {"target": target, **expected}, ti, case)
+                           f"The {target} bounding box is {', '.join(parts)}.", {"target": target, **expected},
+                           ti, case)
 
 
 class MeanIntensity(MeasureFamily):
@@ -325,7 +335,8 @@ class Snr(MeasureFamily):
         p.line(f"s = snr({scan}, {var})")
         p.respond(f"The SNR of the {target} is {{s}}.", fstring=True)
         value = vo.snr(case.scans[scan], truth_mask(case, target, scan))
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)), f"The SNR of the {target} is {q(value, None)}.",
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+                           f"The SNR of the {target} is {q(value, None)}.",
                            {"target": target, "snr": float(value)}, ti, case)
 
 
@@ -396,7 +407,8 @@ class KeepRemove(MeasureFamily):
         edited = fn(case.scans[scan], truth)
         bound = self.bound(target, mod) | {"verb": ["{keep_verb}"] if mode == "keep" else ["{remove_verb}"]}
         return self.sample(p, self.prompt(rng, ti, bound), answer,
-                           {"target": target, "mode": mode, "edited_sum": float(np.sum(edited.array, dtype=np.float64))},
+                           {"target": target, "mode": mode,
+                            "edited_sum": float(np.sum(edited.array, dtype=np.float64))},
                            ti, case)
 
 
@@ -512,7 +524,8 @@ class IcvNormalized(MeasureFamily):
         p.line(f"icv = volume({icv})")
         p.line("r = ratio(v, icv)")
         p.respond(f"The {target} volume normalized by intracranial volume is {{r}}.", fstring=True)
-        value = float(vo.ratio(vo.volume_ml(truth_mask(case, target, scan)), vo.volume_ml(truth_mask(case, "brain", scan))))
+        value = float(vo.ratio(vo.volume_ml(truth_mask(case, target, scan)),
+                               vo.volume_ml(truth_mask(case, "brain", scan))))
         return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
                            f"The {target} volume normalized by intracranial volume is {q(value, None)}.",
                            {"target": target, "value": value}, ti, case)

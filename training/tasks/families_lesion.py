@@ -11,10 +11,9 @@ import numpy as np
 import voxel_ops as vo
 from training.synth import CaseSpec, LesionSpec, ScanSpec
 from training.synth.lesions import HYPER, HYPO
-from training.tasks.families import Draw, Family, pick, q
+from training.tasks.families import REFUSAL, Draw, Family, pick, q
 from training.tasks.program import Program
 from training.tasks.targets import SCAN_PHRASES, SEQUENCE_NAMES, truth_mask
-from training.tasks.families import REFUSAL
 
 SIDE_ANSWERS = {"left": "The lesion is in the left hemisphere.", "right": "The lesion is in the right hemisphere.",
                 "bilateral": "The lesion crosses the midline and involves both hemispheres."}
@@ -213,7 +212,8 @@ class LesionRegion(Family):
         answer = (f"The lesion is in the {t.side} {t.region} lobe." if t.side != "bilateral"
                   else f"The lesion crosses the midline in the {t.region} lobes.")
         p.respond(answer)
-        return self.sample(p, self.prompt(rng, ti, LESION_BOUND), answer, {"side": t.side, "region": t.region}, ti, case)
+        return self.sample(p, self.prompt(rng, ti, LESION_BOUND), answer, {"side": t.side, "region": t.region},
+                           ti, case)
 
 
 
