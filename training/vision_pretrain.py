@@ -1,7 +1,7 @@
 """Stage 1: pretrain the vision network on its own, phi taken from a learned bank per target.
 
 Shaped like nnU-Net's trainer: one class, :class:`VisionPretrainer`, whose small methods are the
-override points (``patch_mm``, ``choose_targets``, ``loss``, ``learning_rate``), and named variants
+override points (``choose_targets``, ``loss``, ``learning_rate``; patches follow ``patch_for_step``), and named variants
 (:data:`VARIANTS`) or a JSON run file instead of an ever longer list of flags. A run lives in one
 directory and is stopped and resumed many times::
 
@@ -78,6 +78,9 @@ class PretrainConfig:
     warmup_steps: int = 200
     # (from_step, patch edge in mm at 1 mm synthesis): small patches early, larger later
     patch_schedule: tuple[tuple[int, int], ...] = ((0, 96), (6000, 128), (30000, 160))
+    # share of samples that are whole heads with a random field of view instead of patches, so that
+    # the group norms see at inference-time fields of view (whole volumes) during training too
+    whole_volume_share: float = 0.0
     targets_per_step: int = 4
     present_target_share: float = 0.85  # share of a step's targets drawn among those in the patch
     dice_weight: float = 1.0
@@ -117,7 +120,7 @@ class PretrainConfig:
 
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
-RESUMABLE_KEYS = frozenset({"data_root", "lr", "warmup_steps", "patch_schedule", "targets_per_step", "present_target_share",
+RESUMABLE_KEYS = frozenset({"data_root", "whole_volume_share", "lr", "warmup_steps", "patch_schedule", "targets_per_step", "present_target_share",
                             "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
                             "autocast_bf16"})
 
@@ -177,10 +180,11 @@ class SynthStream(torch.utils.data.IterableDataset):
         step = self.start_step
         while True:
             patch = patch_for_step(cfg, step)
-            s = gen.sample(rng, patch_mm=patch)
+            whole = rng.random() < cfg.whole_volume_share
+            s = gen.sample(rng, patch_mm=None if whole else patch)
             present = np.unique(s.labels.numpy())
             yield dict(image=_normalize(s.image, ceiling), labels=s.labels, spacing=s.spacing,
-                       contrast=s.contrast, present=present, patch_mm=patch)
+                       contrast=s.contrast, present=present, patch_mm=0 if whole else patch)
             step += 1
 
 

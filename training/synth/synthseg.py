@@ -32,6 +32,7 @@ VALIDATION_SUBJECTS = ("training_seg_17", "training_seg_18")  # never trained on
 CONTRASTS = ("T1", "T2", "FLAIR", "PD", "CT", "DWI", "random")
 BRAIN_MARGIN_MM = 6  # label maps are cropped to the head's bounding box plus this margin
 WHOLE_MARGIN_MM = 16  # a whole-volume sample keeps this much head around the intracranial box
+MAX_WHOLE_VOXELS = 12_000_000  # whole-volume samples are shrunk to at most this many 1 mm voxels
 
 # Tissue kind of each of SynthSeg's 25 contrast-specific classes (priors/generation_classes_contrast_
 # specific.npy), for the orderings that are not T1. Extra-cerebral classes 14-24 are sorted by their
@@ -265,8 +266,14 @@ class SynthSegGenerator:
         source = self.maps.maps[idx]
         lo, hi = self.maps.brain_boxes[idx]
         if patch_mm is None:
-            # the intracranial box plus a margin of head: what a brain MRI's field of view holds
+            # the intracranial box plus a margin of head: what a brain MRI's field of view holds; with
+            # augmentation each side moves by -20..+40 mm (cut-off vertex or chin, or much air around)
             lo, hi = np.maximum(lo - WHOLE_MARGIN_MM, 0), np.minimum(hi + WHOLE_MARGIN_MM, np.array(source.shape) - 1)
+            if augment:
+                lo = lo - rng.uniform(-20, 40, 3)
+                hi = hi + rng.uniform(-20, 40, 3)
+                while np.prod(hi - lo + 1) > MAX_WHOLE_VOXELS:
+                    lo, hi = lo + 4, hi - 4
             shape = tuple(int(n) for n in (hi - lo + 1))
             center = (lo + hi) / 2 + (rng.uniform(-4, 4, 3) if augment else 0)
         else:
