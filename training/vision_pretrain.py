@@ -34,7 +34,6 @@ from safetensors.torch import load_file, save_file
 
 from agent.phi_bank import PHI_DIM, PhiBank
 from training.synth.synthseg import (
-    CONTRASTS,
     DEFAULT_ROOT,
     LabelMaps,
     Priors,
@@ -120,9 +119,10 @@ class PretrainConfig:
 
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
-RESUMABLE_KEYS = frozenset({"data_root", "whole_volume_share", "lr", "warmup_steps", "patch_schedule", "targets_per_step", "present_target_share",
-                            "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
-                            "autocast_bf16"})
+RESUMABLE_KEYS = frozenset({
+    "data_root", "whole_volume_share", "lr", "warmup_steps", "patch_schedule", "targets_per_step",
+    "present_target_share", "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
+    "autocast_bf16"})
 
 VARIANTS: dict[str, PretrainConfig] = {
     "default": PretrainConfig(),

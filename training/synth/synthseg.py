@@ -242,7 +242,7 @@ class SynthSegGenerator:
         return np.clip(means, 0, 255).astype(np.float32), np.clip(stds, 0, 40).astype(np.float32)
 
     # -- geometry ----------------------------------------------------------------------------
-    def _sample_grid(self, rng: np.random.Generator, source: torch.Tensor, shape: tuple[int, int, int],
+    def _sample_grid(self, rng: np.random.Generator, source: torch.Tensor, shape: tuple[int, ...],
                      center: np.ndarray) -> torch.Tensor:
         """grid_sample coordinates (1, X, Y, Z, 3) of a deformed 1 mm box centred at ``center``."""
         s = self.settings
@@ -325,9 +325,9 @@ class SynthSegGenerator:
             span = float(image.max() - image.min()) or 1.0
             image = image + torch.randn(image.shape, generator=_torch_gen(rng)) * rng.uniform(0, s.noise_max) * span
             image = image.clamp_min(0)
-            lo, hi = float(image.min()), float(image.max())
-            if hi > lo:
-                image = ((image - lo) / (hi - lo)) ** float(np.exp(rng.normal(0, s.gamma_std)))
+            bottom, top = float(image.min()), float(image.max())
+            if top > bottom:
+                image = ((image - bottom) / (top - bottom)) ** float(np.exp(rng.normal(0, s.gamma_std)))
         return SynthSample(image.float().contiguous(), seg.contiguous(), tuple(spacing),  # type: ignore[arg-type]
                            contrast, self.maps.names[idx], lesions)
 

@@ -112,7 +112,7 @@ def paint_lesions(rng: np.random.Generator, labels: torch.Tensor, settings: Lesi
         else:
             new[shape] = LESION_SOLID + side
         labels[sl] = new
-        painted.append(PaintedLesion(tuple(int(v) for v in c), radius, right, hetero, n))
+        painted.append(PaintedLesion((int(c[0]), int(c[1]), int(c[2])), radius, right, hetero, n))
     return painted
 
 
