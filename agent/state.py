@@ -66,7 +66,7 @@ def as_scan_infos(scans_meta: Sequence[ScanInfo] | Mapping[str, object]) -> list
             elif isinstance(item, Mapping):
                 infos.append(ScanInfo(name=name, **dict(item)))
             else:  # a Volume
-                infos.extend(scan_infos_from_volumes({name: item}))  # type: ignore[dict-item]
+                infos.extend(scan_infos_from_volumes({name: item}))  # type: ignore[dict-item]  # duck-typed Volume
         return infos
     return list(scans_meta)
 

@@ -39,7 +39,7 @@ def problem_response(request: Request, status: int, title: str | None = None, de
                    instance=str(request.url.path), **extra)
     rid = getattr(request.state, "request_id", None)
     if rid:
-        body.request_id = rid  # type: ignore[attr-defined]
+        body.request_id = rid  # type: ignore[attr-defined]  # Problem allows extension members (RFC 9457)
     return JSONResponse(body.model_dump(exclude_none=True), status_code=status, media_type=PROBLEM_JSON,
                         headers=headers)
 

@@ -23,7 +23,7 @@ def artifact_opener(state: ServiceState, tenant: str):
         name = f"vol_{uuid.uuid4().hex}.upload"
         return name, state.artifacts.writer(tenant, name, state.settings.max_upload_bytes)
 
-    open_writer.discard = lambda name: state.artifacts.delete(tenant, name)  # type: ignore[attr-defined]
+    open_writer.discard = lambda name: state.artifacts.delete(tenant, name)  # type: ignore[attr-defined]  # a function attribute
     return open_writer
 
 

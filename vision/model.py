@@ -104,7 +104,7 @@ class VisionNet(nn.Module):
 
     def plan(self, shape: Sequence[int], spacing: Sequence[float]) -> StreamPlan:
         """The per-level grids and kernel decisions this network would use for one input grid."""
-        return plan_stream(tuple(shape), tuple(spacing), self.config)  # type: ignore[arg-type]
+        return plan_stream(shape, spacing, self.config)
 
     def encode(
         self, streams: Sequence[Tensor], spacings: Sequence[Sequence[float]], phis: Sequence[Tensor]

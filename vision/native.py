@@ -10,12 +10,15 @@ decisions inspectable (and testable) and lets the generator retrace the exact gr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from vision.config import VisionConfig
 
 Shape3 = tuple[int, int, int]
 Spacing3 = tuple[float, float, float]
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,21 @@ def working_grid(shape: Shape3, spacing: Spacing3, min_spacing: float | None) ->
         else:
             new_shape.append(size)
             new_spacing.append(step)
-    return tuple(new_shape), tuple(new_spacing)  # type: ignore[return-value]
+    return _three(new_shape), _three(new_spacing)
 
 
-def plan_stream(shape: Shape3, spacing: Spacing3, config: VisionConfig) -> StreamPlan:
+def _three(values: Sequence[T]) -> tuple[T, T, T]:
+    a, b, c = values
+    return a, b, c
+
+
+def plan_stream(shape: Sequence[int], spacing: Sequence[float], config: VisionConfig) -> StreamPlan:
     """Per-level shapes, spacings, kernel and pooling decisions for one input grid."""
-    shape = tuple(int(s) for s in shape)  # type: ignore[assignment]
-    spacing = tuple(float(s) for s in spacing)  # type: ignore[assignment]
     if len(shape) != 3 or len(spacing) != 3:
-        raise ValueError(f"expected a 3D shape and spacing, got {shape} and {spacing}")
+        raise ValueError(f"expected a 3D shape and spacing, got {tuple(shape)} and {tuple(spacing)}")
+    shape3: Shape3 = _three([int(s) for s in shape])
+    spacing3: Spacing3 = _three([float(s) for s in spacing])
+    shape, spacing = shape3, spacing3
     if min(shape) < 1:
         raise ValueError(f"empty grid {shape}")
     if not all(math.isfinite(s) and s > 0 for s in spacing):
@@ -84,9 +93,7 @@ def plan_stream(shape: Shape3, spacing: Spacing3, config: VisionConfig) -> Strea
         ratios = [s / finest for s in cur_spacing]
         flat = tuple(a for a in range(3) if ratios[a] > config.omega_threshold)
         last = level == config.levels - 1
-        pool = tuple(
-            1 if (last or a in flat or cur_shape[a] == 1) else 2 for a in range(3)
-        )
+        pool: Shape3 = _three([1 if (last or a in flat or cur_shape[a] == 1) else 2 for a in range(3)])
         levels.append(
             LevelPlan(
                 level=level,
@@ -94,11 +101,11 @@ def plan_stream(shape: Shape3, spacing: Spacing3, config: VisionConfig) -> Strea
                 spacing=cur_spacing,
                 omega=max(ratios),
                 flat_axes=flat,
-                pool=pool,  # type: ignore[arg-type]
+                pool=pool,
             )
         )
-        cur_shape = tuple(math.ceil(n / p) for n, p in zip(cur_shape, pool))  # type: ignore[assignment]
-        cur_spacing = tuple(s * p for s, p in zip(cur_spacing, pool))  # type: ignore[assignment]
+        cur_shape = _three([math.ceil(n / p) for n, p in zip(cur_shape, pool)])
+        cur_spacing = _three([s * p for s, p in zip(cur_spacing, pool)])
     return StreamPlan(
         input_shape=shape,
         input_spacing=spacing,

@@ -54,7 +54,9 @@ def axis_counts(inside: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     counts[kept[1]] = plane.sum(axis=0, dtype=np.int64)
     side = u.sum(axis=middle, dtype=acc)  # axes inner and outer remain
     counts[outer] = side.sum(axis=0 if inner < outer else 1, dtype=np.int64)
-    return counts[0], counts[1], counts[2]  # type: ignore[return-value]
+    first, second, third = counts
+    assert first is not None and second is not None and third is not None  # each axis filled above
+    return first, second, third
 
 
 def index_box(inside: np.ndarray, counts: tuple[np.ndarray, ...] | None = None) -> tuple[slice, slice, slice] | None:

@@ -29,7 +29,7 @@ import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, cast
 
 import nibabel as nib
 import numpy as np
@@ -159,7 +159,7 @@ def _read(
         compressed = raw.read(2) == _GZIP_MAGIC
         raw.seek(0)
         report.compressed = compressed
-        stream: BinaryIO = gzip.GzipFile(fileobj=raw, mode="rb") if compressed else raw  # type: ignore[assignment]
+        stream = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")) if compressed else raw
         with _translate_stream_errors(name):
             prefix = _read_upto(stream, _PREFIX)
         hdr = _parse_header(prefix, name, report)
@@ -238,7 +238,7 @@ def _fill(stream: BinaryIO, view: memoryview) -> int:
     pos = 0
     total = len(view)
     while pos < total:
-        n = stream.readinto(view[pos : min(total, pos + _CHUNK)])  # type: ignore[attr-defined]
+        n = stream.readinto(view[pos : min(total, pos + _CHUNK)])  # type: ignore[attr-defined]  # BinaryIO lacks readinto
         if not n:
             break
         pos += n

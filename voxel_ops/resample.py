@@ -30,13 +30,14 @@ def resample_to_spacing(vol: Volume, spacing: float | Sequence[float], *, order:
         raise VolumeError(f"target spacing must be positive, got {tuple(new)}")
     old = np.asarray(vol.spacing)
     extent = old * np.asarray(vol.shape)
-    shape = tuple(int(max(1, round(e / s))) for e, s in zip(extent, new))
+    sx, sy, sz = (int(max(1, round(e / s))) for e, s in zip(extent, new))
+    shape = (sx, sy, sz)
     ratio = new / old
     # voxel centre i' of the new grid sits at old index (i' + 0.5) * ratio - 0.5
     scale = np.eye(4)
     scale[:3, :3] = np.diag(ratio)
     scale[:3, 3] = (ratio - 1.0) / 2.0
-    return _resample(vol, vol.affine @ scale, shape, order)  # type: ignore[arg-type]
+    return _resample(vol, vol.affine @ scale, shape, order)
 
 
 def _resample(vol: Volume, affine: np.ndarray, shape: tuple[int, int, int], order: int) -> Volume:

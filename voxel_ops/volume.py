@@ -40,12 +40,14 @@ class Volume:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.array.shape)  # type: ignore[return-value]
+        x, y, z = (int(s) for s in self.array.shape)  # 3D by construction
+        return x, y, z
 
     @property
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size in mm along each array axis (lengths of the affine's columns)."""
-        return tuple(float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))  # type: ignore[return-value]
+        x, y, z = (float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0))
+        return x, y, z
 
     @property
     def voxel_volume_mm3(self) -> float:

@@ -64,7 +64,7 @@ class Evaluator:
         if isinstance(target, ast.Name):
             self.env[target.id] = value
             return
-        names = [elt.id for elt in target.elts]  # type: ignore[attr-defined]
+        names = [elt.id for elt in target.elts]  # type: ignore[attr-defined]  # validator: a tuple of names
         items = value.values() if isinstance(value, Record) else value
         if not isinstance(items, (tuple, list)):
             raise SandboxRuntimeError(f"cannot unpack {type_name(value)} into {len(names)} names")
@@ -97,8 +97,8 @@ class Evaluator:
                     phis[i] = self.marked_args[id(a)]
             for kw in node.keywords:
                 if id(kw.value) in self.marked_args:
-                    phis[kw.arg] = self.marked_args[id(kw.value)]  # type: ignore[index]
-        return self.call(node.func.id, args, kwargs, phis)  # type: ignore[attr-defined]
+                    phis[kw.arg] = self.marked_args[id(kw.value)]  # type: ignore[index]  # no **kwargs: arg is str
+        return self.call(node.func.id, args, kwargs, phis)  # type: ignore[attr-defined]  # calls by name only
 
     def _list(self, node: ast.List) -> list[Any]:
         return self._bounded_seq([self.eval(e) for e in node.elts])
@@ -147,7 +147,8 @@ class Evaluator:
             if isinstance(value, ast.Constant):
                 text = value.value
             else:
-                field = self.eval(value.value)  # type: ignore[attr-defined]
+                field = self.eval(value.value)  # type: ignore[attr-defined]  # a FormattedValue part
+                # a FormattedValue whose spec the validator allowed only as one constant
                 spec = value.format_spec.values[0].value if value.format_spec else ""  # type: ignore[attr-defined]
                 self.on_format(field)
                 try:

@@ -27,11 +27,11 @@ def strip_mod_markers(code: str) -> tuple[str, list[Position]]:
         piece = code[last:match.start()]
         pieces.append(piece)
         kept += len(piece)
-        positions.append(kept)  # type: ignore[arg-type]  # converted below
+        positions.append(kept)  # type: ignore[arg-type]  # an offset now, a Position below
         last = match.end()
     pieces.append(code[last:])
     stripped = "".join(pieces)
-    return stripped, [_line_col(stripped, offset) for offset in positions]  # type: ignore[arg-type]
+    return stripped, [_line_col(stripped, offset) for offset in positions]  # type: ignore[arg-type]  # offsets
 
 
 def _line_col(text: str, offset: int) -> Position:

@@ -233,7 +233,7 @@ def _constant_index(node: ast.AST) -> bool:
 def _collect_markers(call: ast.Call, vision_calls: Container[str], marker_index: dict[Position, int],
                      marked: dict[int, int]) -> None:
     """Attach each <MOD> marker to the argument it follows; only volume arguments of vision calls."""
-    name = call.func.id  # type: ignore[attr-defined]
+    name = call.func.id  # type: ignore[attr-defined]  # calls by name only (checked before)
     args: list[ast.AST] = list(call.args) + [kw.value for kw in call.keywords]
     for position, arg in enumerate(args):
         end = (getattr(arg, "end_lineno", None), getattr(arg, "end_col_offset", None))

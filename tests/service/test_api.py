@@ -30,7 +30,7 @@ def api(tmp_path):
     with TestClient(app) as client:
         store = app.state.service.records
         keys = {t: auth.create_key(store, t)[0] for t in ("acme", "other")}
-        client.h = {t: {"X-API-Key": k} for t, k in keys.items()}  # type: ignore[attr-defined]
+        client.h = {t: {"X-API-Key": k} for t, k in keys.items()}  # type: ignore[attr-defined]  # headers per tenant, for the tests
         yield client
 
 

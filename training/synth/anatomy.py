@@ -61,7 +61,8 @@ class Anatomy:
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return tuple(int(s) for s in self.codes.shape)  # type: ignore[return-value]
+        x, y, z = (int(s) for s in self.codes.shape)
+        return x, y, z
 
 
 def template_path(name: str) -> Path:

@@ -163,10 +163,8 @@ def _rng(seed: int, *keys: str | int) -> np.random.Generator:
 
 
 def volume_ml(mask: Volume) -> float:
-    try:
-        from voxel_ops import volume_ml as _volume_ml  # type: ignore[attr-defined]
-    except ImportError:  # voxel_ops measurements not landed yet
-        return float(np.count_nonzero(mask.array)) * mask.voxel_volume_mm3 / 1000.0
+    from voxel_ops import volume_ml as _volume_ml
+
     return float(_volume_ml(mask))
 
 
@@ -434,7 +432,7 @@ def synthesize_case(seed: int, spec: CaseSpec | None = None) -> Case:
                 centroid = tuple(float(c) for c in m.voxel_to_world(idx.mean(axis=0))) if idx.size else \
                     (float("nan"),) * 3
                 measured[key] = (volume_ml(m), centroid)
-            truth.volume_ml[name], truth.centroid_mm[name] = measured[key]  # type: ignore[assignment]
+            truth.volume_ml[name], truth.centroid_mm[name] = measured[key]  # type: ignore[assignment]  # 3-tuple
         if len(sessions) > 1:
             v0, v1 = truth.volume_ml[first_of[sessions[0]]], truth.volume_ml[first_of[sessions[-1]]]
             truth.growth_percent = 100.0 * (v1 - v0) / v0 if v0 > 0 else None

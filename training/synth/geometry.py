@@ -111,7 +111,7 @@ class ScanGrid:
         shape = list(self.shape)
         if self.slice_axis is not None:
             shape[self.slice_axis] *= self.oversample
-        return tuple(shape)  # type: ignore[return-value]
+        return tuple(shape)  # type: ignore[return-value]  # 3 axes
 
     @property
     def fine_affine(self) -> np.ndarray:
@@ -146,7 +146,7 @@ def sample_grid(rng: np.random.Generator, box_min: np.ndarray, box_max: np.ndarr
         else:
             hi[axis] = box_max[axis] - cut
     shape = tuple(int(max(8, np.ceil((hi[a] - lo[a]) / spacing[a]))) for a in range(3))
-    return ScanGrid(shape=shape, spacing=tuple(spacing), origin=lo, slice_axis=slice_axis,  # type: ignore[arg-type]
+    return ScanGrid(shape=shape, spacing=tuple(spacing), origin=lo, slice_axis=slice_axis,  # type: ignore[arg-type]  # 3 axes
                     oversample=oversample)
 
 
@@ -201,7 +201,7 @@ def thick_slices(fine: np.ndarray, grid: ScanGrid, *, blur: bool) -> np.ndarray:
 def random_orientation(rng: np.random.Generator) -> tuple[tuple[int, int, int], tuple[bool, bool, bool]]:
     perm = tuple(int(p) for p in rng.permutation(3))
     flips = tuple(bool(f) for f in rng.random(3) < 0.5)
-    return perm, flips  # type: ignore[return-value]
+    return perm, flips  # type: ignore[return-value]  # 3 axes each
 
 
 def reorient(array: np.ndarray, affine: np.ndarray, perm: tuple[int, int, int],

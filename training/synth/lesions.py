@@ -235,7 +235,7 @@ def render(design: LesionDesign, codes: np.ndarray, vox_mm: float, scale: float 
         ring = ndimage.binary_dilation(mask, iterations=grow) & ~mask & ((low == WM) | (low == GM))
         if ring.any():
             parts[PART_EDEMA] = ring
-    return box, parts  # type: ignore[return-value]
+    return box, parts  # type: ignore[return-value]  # box: a 3-tuple of slices
 
 
 def paint(codes: np.ndarray, design: LesionDesign, box: tuple[slice, slice, slice],
