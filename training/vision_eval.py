@@ -84,9 +84,23 @@ def random_orientation(rng: np.random.Generator, array: np.ndarray, spacing: Seq
 def evaluate_scan(engine, bank: PhiBank, image: np.ndarray, labels: np.ndarray, affine: np.ndarray,
                   modality: str, targets: Sequence[str]) -> tuple[dict, dict, dict]:
     vol = Volume(image, affine, VolumeMeta(modality=modality))
-    handle = engine.encode([vol], [bank.encode_phi(modality)], job_id="vision-eval")
     voxel_ml = float(abs(np.linalg.det(affine[:3, :3]))) / 1000.0
     dices, truth_ml, pred_ml = {}, {}, {}
+    if engine.config.out_channels > 1:  # the multi-label baseline: one arg-max map, targets by label set
+        from training.vision_baseline import predict_labels
+        from vision.preprocess import network_input
+        from voxel_ops import unconform
+
+        inp = network_input(vol, engine.config)
+        ras = predict_labels(engine.net, inp.tensor, inp.spacing)
+        predicted = unconform(Volume(ras, inp.transform.ras_affine), inp.transform).array
+        for target in targets:
+            pred, truth = target_mask(predicted, target), target_mask(labels, target)
+            dices[target] = dice(pred, truth)
+            truth_ml[target] = float(truth.sum()) * voxel_ml
+            pred_ml[target] = float(pred.sum()) * voxel_ml
+        return dices, truth_ml, pred_ml
+    handle = engine.encode([vol], [bank.encode_phi(modality)], job_id="vision-eval")
     try:
         for target in targets:
             probs = engine.generate(handle, 0, bank.generate_phi(target)).array

@@ -68,6 +68,7 @@ class PretrainConfig:
     """Everything a run needs; saved beside its checkpoint and cited by the model card."""
 
     name: str = "vision_v2"
+    trainer: str = "VisionPretrainer"  # the class that runs it (TRAINERS): a variant may override steps
     vision: dict = field(default_factory=lambda: dict(
         name="v2", channels=(16, 32, 64, 64, 64), attn_dim=16, encoding_dim=256, min_spacing=2.0,
         intensity_ceiling=NEW_NETWORK_CEILING))
@@ -98,6 +99,8 @@ class PretrainConfig:
         object.__setattr__(self, "patch_schedule", tuple(tuple(int(x) for x in p) for p in self.patch_schedule))
         VisionConfig.from_dict(dict(self.vision))  # a bad vision key fails here, not at step 1
         SynthSettings(**self.synth)
+        if self.trainer not in TRAINERS:
+            raise ValueError(f"unknown trainer {self.trainer!r}; known: {sorted(TRAINERS)}")
         if self.targets_per_step < 1:
             raise ValueError("targets_per_step must be >= 1")
         if not self.patch_schedule or self.patch_schedule[0][0] != 0:
@@ -118,6 +121,18 @@ class PretrainConfig:
         return json.dumps(dataclasses.asdict(self), indent=2)
 
 
+# Trainer classes by name ("module:Class"), imported when a run asks for one.
+TRAINERS = {"VisionPretrainer": "training.vision_pretrain:VisionPretrainer",
+            "MultiLabelPretrainer": "training.vision_baseline:MultiLabelPretrainer"}
+
+
+def trainer_class(name: str) -> type:
+    import importlib
+
+    module, cls = TRAINERS[name].split(":")
+    return getattr(importlib.import_module(module), cls)
+
+
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
     "data_root", "whole_volume_share", "lr", "warmup_steps", "patch_schedule", "targets_per_step",
@@ -131,6 +146,12 @@ VARIANTS: dict[str, PretrainConfig] = {
                                                       encoding_dim=16, min_spacing=4.0,
                                                       intensity_ceiling=NEW_NETWORK_CEILING),
                             patch_schedule=((0, 32),), targets_per_step=2, log_every=1, warmup_steps=2),
+    # the single-task baseline (training.vision_baseline): one net, one logit per label class, no phi
+    "multilabel_baseline": PretrainConfig(
+        name="multilabel_baseline", trainer="MultiLabelPretrainer",
+        vision=dict(name="v2-multilabel", channels=(16, 32, 64, 64, 64), attn_dim=16, encoding_dim=256,
+                    min_spacing=2.0, intensity_ceiling=NEW_NETWORK_CEILING, baseline=True, out_channels=37),  # 1 + 32 + 4 classes
+        synth={"lesion_probability": 0.3}, whole_volume_share=0.05),
 }
 
 
@@ -427,7 +448,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         config = PretrainConfig.from_json(args.config) if args.config else (
             VARIANTS[args.variant] if args.variant else None)
-        trainer = VisionPretrainer(args.run, config)
+        saved = Path(args.run) / "config.json"
+        name = (config or (PretrainConfig.from_json(saved) if saved.is_file() else VARIANTS["default"])).trainer
+        trainer = trainer_class(name)(args.run, config)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

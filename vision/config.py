@@ -30,6 +30,9 @@ class VisionConfig:
     # 1.0 (what checkpoints without the key were trained with) flattens bright lesions; see
     # voxel_ops.normalize_intensity.
     intensity_ceiling: float = 1.0
+    # Output channels of the head. 1 for the instructable network (one mask per generate); a plain
+    # multi-label baseline (baseline=True) emits one logit per label class instead.
+    out_channels: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
@@ -42,6 +45,10 @@ class VisionConfig:
             raise ValueError(f"channels {bad} are not multiples of group_size={self.group_size}")
         if self.min_spacing is not None and self.min_spacing <= 0:
             raise ValueError("min_spacing must be positive or None")
+        if self.out_channels < 1:
+            raise ValueError(f"out_channels must be >= 1, got {self.out_channels}")
+        if self.out_channels > 1 and not self.baseline:
+            raise ValueError("out_channels > 1 is the multi-label baseline: set baseline=True too")
         if not self.intensity_ceiling >= 1.0:
             raise ValueError("intensity_ceiling must be >= 1")
 

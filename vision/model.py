@@ -94,7 +94,7 @@ class VisionNet(nn.Module):
         )
         # Per-voxel one-channel output layer: the level's 3^3 conv has just run, and a 3^3 conv with a
         # single output channel is a slow path for CPU convolution libraries.
-        self.head = nn.Linear(ch[0], 1)
+        self.head = nn.Linear(ch[0], config.out_channels)
         nn.init.constant_(self.head.bias, math.log(HEAD_PRIOR / (1 - HEAD_PRIOR)))
         self.to_vector = nn.Linear(ch[-1], config.encoding_dim)
 

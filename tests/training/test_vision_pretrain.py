@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from tests.training.synthseg_phantom import write_phantom_root
-from training.vision_pretrain import VARIANTS, PretrainConfig, VisionPretrainer, export, main
 from training.vision_eval import markdown, random_orientation, report, run
+from training.vision_pretrain import VARIANTS, PretrainConfig, VisionPretrainer, export, main
 from vision.targets import target_mask
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -126,3 +126,25 @@ def test_vision_eval_reports_dice_and_independent_volumes(tmp_path, data_root):
     rep = report(results)
     assert set(rep["conditions"]) == {"t1_1mm", "random_5mm"}
     assert "| brain |" in markdown(rep)
+
+
+def test_multilabel_baseline_trains_and_is_scored_by_label_sets(tmp_path, data_root):
+    from training.vision_baseline import CLASS_LABELS, MultiLabelPretrainer, class_lut
+
+    lut = class_lut()
+    assert len(CLASS_LABELS) == 37 and lut[1012] == lut[1002] != 0 and lut[17] != lut[53]
+    config = smoke(data_root, trainer="MultiLabelPretrainer",
+                   vision={**VARIANTS["smoke"].vision, "baseline": True, "out_channels": len(CLASS_LABELS)})
+    run_dir = tmp_path / "baseline"
+    trainer = MultiLabelPretrainer(run_dir, config)
+    trainer.fit(max_steps=2, workers=0)
+    assert json.loads((run_dir / "trainer_state.json").read_text())["step"] == 2
+    with pytest.raises(ValueError, match="out_channels"):
+        MultiLabelPretrainer(tmp_path / "wrong", smoke(data_root, trainer="MultiLabelPretrainer"))
+    model = export(run_dir, tmp_path / "model")
+    results = run(model, data_root, conditions=["t1_1mm"], subjects=["training_seg_02"],
+                  targets=["brain", "hippocampus"])
+    assert all(0.0 <= d <= 1.0 for d in results[0].dice.values())
+    # the CLI picks the trainer class named in the run's config
+    assert main(["--run", str(run_dir), "--max-steps", "3", "--workers", "0"]) == 0
+    assert json.loads((run_dir / "trainer_state.json").read_text())["step"] == 3

@@ -1,0 +1,91 @@
+"""The single-task baseline for stage 1: a plain multi-label UNet on the same data and budget.
+
+Same encoder/generator shape as the instructable network, but phi is ignored (``baseline=True``)
+and the head emits one logit per label class (the 32 SynthSeg structures, background and the four
+lesion parts), trained with softmax cross-entropy + soft Dice, as nnU-Net and SynthSeg train. A group
+target (``brain``, ``hippocampus``, ...) is the union of its classes in the arg-max map. Issue #19's
+figure: the phi-instructed network within 2 Dice points of this one at the same number of samples.
+
+    python -m training.vision_pretrain --run runs/baseline --variant multilabel_baseline --hours 2
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from training.vision_pretrain import VisionPretrainer
+from vision.targets import LEFT_LESION_LABELS, LUT_SIZE, RIGHT_LESION, SYNTHSEG_STRUCTURES, TARGETS
+
+# class index -> segmentation label it stands for (lesion parts: the left code; side from anatomy)
+CLASS_LABELS: tuple[int, ...] = (0, *(next(iter(TARGETS[n].labels)) for n in SYNTHSEG_STRUCTURES),
+                                 *LEFT_LESION_LABELS)
+
+
+def class_lut() -> np.ndarray:
+    """Segmentation label -> class index (both sides of a lesion part share a class)."""
+    lut = np.zeros(LUT_SIZE, dtype=np.int64)
+    for i, label in enumerate(CLASS_LABELS):
+        lut[label] = i
+        if label in LEFT_LESION_LABELS:
+            lut[label + RIGHT_LESION] = i
+    return lut
+
+
+class MultiLabelPretrainer(VisionPretrainer):
+    """Override of ``train_step``: all classes at once from one forward pass, no phi."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        if self.net.config.out_channels != len(CLASS_LABELS) or not self.net.config.baseline:
+            raise ValueError(f"the multi-label baseline needs vision baseline=True and out_channels="
+                             f"{len(CLASS_LABELS)}, got {self.net.config}")
+        self._class_lut = torch.from_numpy(class_lut())
+
+    def loss(self, logits: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Softmax CE + soft Dice over the foreground classes present in the sample (nnU-Net's pair)."""
+        ce = F.cross_entropy(logits, classes)
+        probs = torch.softmax(logits, 1)
+        onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
+        dims = (0, *range(2, logits.ndim))
+        inter = (probs * onehot).sum(dims)
+        denom = probs.sum(dims) + onehot.sum(dims)
+        dice = ((2 * inter + 1.0) / (denom + 1.0))[1:]
+        present = onehot.sum(dims)[1:] > 0
+        dice_mean = dice[present].mean() if bool(present.any()) else dice.mean()
+        total = self.config.dice_weight * (1 - dice_mean) + self.config.ce_weight * ce
+        return total, {"dice": float(dice_mean.detach()), "ce": float(ce.detach())}
+
+    def train_step(self, sample: dict) -> dict[str, float]:
+        self.net.train()
+        image = sample["image"][None, None]
+        classes = self._class_lut[sample["labels"].to(torch.int64)][None]
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate()
+        zero = torch.zeros(self.net.config.phi_dim)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
+            enc = self.net.encode([image], [sample["spacing"]], [zero])
+            logits = self.net.decode([enc.streams[0].skips], [enc.streams[0].plan], [zero])[0]
+        loss, parts = self.loss(logits.float(), classes)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss at step {self.step}")
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
+        self.optimizer.step()
+        self.step += 1
+        self.samples += 1
+        return {"loss": float(loss.detach()), **parts}
+
+
+def predict_labels(net, tensor: torch.Tensor, spacing) -> np.ndarray:
+    """Arg-max segmentation labels of a multi-label baseline on one prepared input."""
+    zero = torch.zeros(net.config.phi_dim)
+    with torch.inference_mode():
+        enc = net.encode([tensor], [spacing], [zero])
+        logits = net.decode([enc.streams[0].skips], [enc.streams[0].plan], [zero])[0]
+    idx = logits[0].argmax(0).numpy()
+    return np.asarray(CLASS_LABELS, dtype=np.int16)[idx]
+
+
+__all__ = ["CLASS_LABELS", "MultiLabelPretrainer", "class_lut", "predict_labels"]
