@@ -42,16 +42,16 @@ class MultiLabelPretrainer(VisionPretrainer):
                              f"{len(CLASS_LABELS)}, got {self.net.config}")
         self._class_lut = torch.from_numpy(class_lut())
 
-    def loss(self, logits: torch.Tensor, classes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Softmax CE + soft Dice over the foreground classes present in the sample (nnU-Net's pair)."""
-        ce = F.cross_entropy(logits, classes)
+    def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """Softmax CE + soft Dice over the foreground classes present (nnU-Net's pair); ``targets`` are
+        class probabilities (B, C, ...): one-hot, or area-averaged one-hot on the working grid."""
+        ce = F.cross_entropy(logits, targets)
         probs = torch.softmax(logits, 1)
-        onehot = F.one_hot(classes, logits.shape[1]).movedim(-1, 1).to(probs.dtype)
         dims = (0, *range(2, logits.ndim))
-        inter = (probs * onehot).sum(dims)
-        denom = probs.sum(dims) + onehot.sum(dims)
+        inter = (probs * targets).sum(dims)
+        denom = probs.sum(dims) + targets.sum(dims)
         dice = ((2 * inter + 1.0) / (denom + 1.0))[1:]
-        present = onehot.sum(dims)[1:] > 0
+        present = targets.sum(dims)[1:] > 0
         dice_mean = dice[present].mean() if bool(present.any()) else dice.mean()
         total = self.config.dice_weight * (1 - dice_mean) + self.config.ce_weight * ce
         return total, {"dice": float(dice_mean.detach()), "ce": float(ce.detach())}
@@ -60,13 +60,18 @@ class MultiLabelPretrainer(VisionPretrainer):
         self.net.train()
         image = sample["image"][None, None]
         classes = self._class_lut[sample["labels"].to(torch.int64)][None]
+        targets = F.one_hot(classes, len(CLASS_LABELS)).movedim(-1, 1).float()
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
         zero = torch.zeros(self.net.config.phi_dim)
+        working = self.config.loss_grid == "working"
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
             enc = self.net.encode([image], [sample["spacing"]], [zero])
-            logits = self.net.decode([enc.streams[0].skips], [enc.streams[0].plan], [zero])[0]
-        loss, parts = self.loss(logits.float(), classes)
+            plan = enc.streams[0].plan
+            logits = self.net.decode([enc.streams[0].skips], [plan], [zero], at_input_grid=not working)[0]
+        if working and plan.reduced:
+            targets = F.interpolate(targets, size=plan.working_shape, mode="area")
+        loss, parts = self.loss(logits.float(), targets)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)

@@ -81,6 +81,9 @@ class PretrainConfig:
     # share of samples that are whole heads with a random field of view instead of patches, so that
     # the group norms see at inference-time fields of view (whole volumes) during training too
     whole_volume_share: float = 0.0
+    # "working": logits on the network's working grid against area-averaged (soft) targets, the path
+    # training.grid_ceiling scores; "input": logits interpolated to the input grid first (8x the voxels)
+    loss_grid: str = "working"
     targets_per_step: int = 4
     present_target_share: float = 0.85  # share of a step's targets drawn among those in the patch
     dice_weight: float = 1.0
@@ -101,6 +104,8 @@ class PretrainConfig:
         SynthSettings(**self.synth)
         if self.trainer not in TRAINERS:
             raise ValueError(f"unknown trainer {self.trainer!r}; known: {sorted(TRAINERS)}")
+        if self.loss_grid not in ("working", "input"):
+            raise ValueError(f"loss_grid must be 'working' or 'input', got {self.loss_grid!r}")
         if self.targets_per_step < 1:
             raise ValueError("targets_per_step must be >= 1")
         if not self.patch_schedule or self.patch_schedule[0][0] != 0:
@@ -135,7 +140,7 @@ def trainer_class(name: str) -> type:
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
-    "data_root", "whole_volume_share", "lr", "warmup_steps", "patch_schedule", "targets_per_step",
+    "data_root", "whole_volume_share", "loss_grid", "lr", "warmup_steps", "patch_schedule", "targets_per_step",
     "present_target_share", "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
     "autocast_bf16"})
 
@@ -150,7 +155,8 @@ VARIANTS: dict[str, PretrainConfig] = {
     "multilabel_baseline": PretrainConfig(
         name="multilabel_baseline", trainer="MultiLabelPretrainer",
         vision=dict(name="v2-multilabel", channels=(16, 32, 64, 64, 64), attn_dim=16, encoding_dim=256,
-                    min_spacing=2.0, intensity_ceiling=NEW_NETWORK_CEILING, baseline=True, out_channels=37),  # 1 + 32 + 4 classes
+                    min_spacing=2.0, intensity_ceiling=NEW_NETWORK_CEILING, baseline=True,
+                    out_channels=37),  # background + 32 structures + 4 lesion parts
         synth={"lesion_probability": 0.3}, whole_volume_share=0.05),
 }
 
@@ -315,7 +321,11 @@ class VisionPretrainer:
             enc = self.net.encode([image], [sample["spacing"]], [self.phi.modalities[mod]])
             k = len(chosen)
             skips = [s.expand(k, *s.shape[1:]) for s in enc.streams[0].skips]
-            logits = self.net.decode([skips], [enc.streams[0].plan], [self.phi.targets[chosen]])[0]
+            plan = enc.streams[0].plan
+            working = self.config.loss_grid == "working"
+            logits = self.net.decode([skips], [plan], [self.phi.targets[chosen]], at_input_grid=not working)[0]
+        if working and plan.reduced:
+            masks = F.interpolate(masks, size=plan.working_shape, mode="area")
         loss, parts = self.loss(logits.float(), masks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")

@@ -158,9 +158,14 @@ class VisionNet(nn.Module):
         return self.decode([c.skips for c in chosen], [c.plan for c in chosen], phis)
 
     def decode(
-        self, skips: Sequence[Sequence[Tensor]], plans: Sequence[StreamPlan], phis: Sequence[Tensor]
+        self, skips: Sequence[Sequence[Tensor]], plans: Sequence[StreamPlan], phis: Sequence[Tensor],
+        at_input_grid: bool = True,
     ) -> list[Tensor]:
-        """The up arm over decoded streams given their skip features (batched along dim 0)."""
+        """The up arm over decoded streams given their skip features (batched along dim 0).
+
+        ``at_input_grid=False`` returns the logits on each stream's working grid (training computes
+        its loss there, against area-averaged targets: 8x fewer voxels for a 1 mm input at 2 mm).
+        """
         if not (len(skips) == len(plans) == len(phis)) or not skips:
             raise ValueError("decode needs matching, non-empty skips, plans and phis")
         batch = skips[0][0].shape[0]
@@ -181,7 +186,7 @@ class VisionNet(nn.Module):
         out = []
         for h, plan in zip(hs, plans):
             logits = F.conv3d(h, self.head.weight[:, :, None, None, None], self.head.bias)
-            if plan.reduced:
+            if plan.reduced and at_input_grid:
                 logits = F.interpolate(logits, size=plan.input_shape, mode="trilinear", align_corners=False)
             out.append(logits.contiguous())
         return out
