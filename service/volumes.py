@@ -11,6 +11,7 @@ from starlette.concurrency import run_in_threadpool
 from api_schemas.volumes import VolumeInfo
 from service.errors import ProblemError
 from service.state import ServiceState, utcnow
+from service.storage import VolumeRecord
 from service.uploads import UploadedFile
 
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
@@ -36,7 +37,7 @@ def _validate(path) -> dict:
 
 
 async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
-                 date: str | None) -> dict:
+                 date: str | None) -> VolumeRecord:
     """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable."""
     if modality is not None and not (1 <= len(modality) <= 32):
         raise ProblemError(422, "modality must be 1-32 characters")
@@ -61,18 +62,18 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
         raise ProblemError(422, f"could not read the volume: {type(exc).__name__}: {exc}",
                            title="Unusable volume", type_="https://voxagent.dev/problems/volume") from exc
     record = _record(vid, tenant, artifact, up.filename, up.size, up.sha256, modality, date, info)
-    state.records.put("volume", record)
+    state.records.put_record(record)
     return record
 
 
-def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info) -> dict:
+def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info) -> VolumeRecord:
     created, ts = utcnow()
-    return {"id": vid, "tenant": tenant, "artifact": artifact, "filename": filename[:255], "size_bytes": size,
-            "sha256": sha256, "modality": modality, "date": date, "created_at": created, "created_at_ts": ts, **info}
+    return VolumeRecord(id=vid, tenant=tenant, artifact=artifact, filename=filename[:255], size_bytes=size,
+                        sha256=sha256, modality=modality, date=date, created_at=created, created_at_ts=ts, **info)
 
 
 def validate_file(records, artifacts, tenant: str, path: Path, modality: str | None = None,
-                  date: str | None = None) -> dict:
+                  date: str | None = None) -> VolumeRecord:
     """Copy a local file in and validate it (CLI path); raises ValueError with voxel_ops' message."""
     vid = f"vol_{uuid.uuid4().hex}"
     with open(path, "rb") as fh:
@@ -85,9 +86,9 @@ def validate_file(records, artifacts, tenant: str, path: Path, modality: str | N
         final.unlink(missing_ok=True)
         raise
     record = _record(vid, tenant, artifact, path.name, final.stat().st_size, digest, modality, date, info)
-    records.put("volume", record)
+    records.put_record(record)
     return record
 
 
-def to_model(record: dict) -> VolumeInfo:
-    return VolumeInfo.model_validate({k: v for k, v in record.items() if k in VolumeInfo.model_fields})
+def to_model(record: VolumeRecord) -> VolumeInfo:
+    return VolumeInfo.model_validate(record.model_dump(include=set(VolumeInfo.model_fields)))

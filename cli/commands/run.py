@@ -62,18 +62,21 @@ def run(args: argparse.Namespace) -> int:
                 record = validate_file(records, artifacts, "local", path, modality=modality)
             except ValueError as exc:
                 raise CommandError(f"{path}: {exc}") from exc
-            refs.append(VolumeInput(id=record["id"], name=name, modality=modality))
+            refs.append(VolumeInput(id=record.id, name=name, modality=modality))
         try:
             req = AnalysisRequest(prompt=args.prompt, code=code, volumes=refs)
         except ValueError as exc:
             raise CommandError(str(exc)) from exc
-        from service.jobs import new_job_doc
+        from service.jobs import new_job_record
+        from service.storage import JobRecord
 
-        doc = new_job_doc(records, "local", req)
-        records.put("job", doc)
-        run_analysis(TaskContext.embedded(settings, records, artifacts), doc["id"])
-        done = records.get("job", doc["id"])
-        result = AnalysisResult.model_validate(done["result"])
+        job = new_job_record(records, "local", req)
+        records.put_record(job)
+        run_analysis(TaskContext.embedded(settings, records, artifacts), job.id)
+        done = records.get_record(JobRecord, job.id)
+        if done is None or done.result is None:
+            raise CommandError("the analysis left no result")
+        result = AnalysisResult.model_validate(done.result)
         if result.outputs:
             args.out.mkdir(parents=True, exist_ok=True)
         outputs = []

@@ -6,7 +6,7 @@ import json
 from fastapi import APIRouter, Depends, Query, Request, Response
 from pydantic import ValidationError
 
-from api_schemas.jobs import ACTIVE_VALUES, TERMINAL_VALUES, Job, JobStatus
+from api_schemas.jobs import ACTIVE_VALUES, TERMINAL, Job, JobStatus
 from api_schemas.limits import MAX_CODE_CHARS, MAX_PROMPT_CHARS
 from api_schemas.requests import AnalysisRequest, VolumeInput
 from service import jobs
@@ -15,6 +15,7 @@ from service.deps import MAX_LIST_OFFSET, admit, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import Created, idempotent
 from service.state import ServiceState, now_iso
+from service.storage import JobRecord
 from service.uploads import parse_multipart
 from service.volumes import artifact_opener, ingest
 
@@ -23,12 +24,12 @@ router = APIRouter(prefix="/v1/analyses", tags=["analyses"])
 
 async def _create(state: ServiceState, tenant: str, req: AnalysisRequest) -> Created:
     admit(state, tenant)
-    doc = jobs.new_job_doc(state.records, tenant, req)
-    jobs.submit(state, doc)
+    job = jobs.new_job_record(state.records, tenant, req)
+    jobs.submit(state, job)
     if req.wait > 0:
-        doc = await jobs.wait_for(state, doc["id"], req.wait) or doc
-    done = doc["status"] in TERMINAL_VALUES
-    return Created(jobs.to_model(doc), 200 if done else 202, f"/v1/analyses/{doc['id']}")
+        job = await jobs.wait_for(state, job.id, req.wait) or job
+    done = job.status in TERMINAL
+    return Created(jobs.to_model(job), 200 if done else 202, f"/v1/analyses/{job.id}")
 
 
 @router.post("", status_code=202, response_model=Job, summary="Start an analysis of stored volumes",
@@ -80,7 +81,7 @@ async def create_analysis_with_upload(request: Request, response: Response,
             refs = []
             for up, m in zip(files, meta):
                 record = await ingest(state, tenant, up, m.get("modality"), m.get("date"))
-                refs.append({"id": record["id"], "name": m.get("name"), "modality": m.get("modality"),
+                refs.append({"id": record.id, "name": m.get("name"), "modality": m.get("modality"),
                              "date": m.get("date")})
             try:
                 req = AnalysisRequest(prompt=form.one("prompt"), code=form.one("code"),
@@ -100,37 +101,37 @@ async def create_analysis_with_upload(request: Request, response: Response,
 @router.get("", response_model=list[Job], summary="List this tenant's analyses (newest first)")
 def list_analyses(limit: int = Query(50, ge=1, le=500), offset: int = Query(0, ge=0, le=MAX_LIST_OFFSET),
                   principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
-    return [jobs.to_model(d) for d in state.records.list("job", principal.tenant, limit, offset)]
+    return [jobs.to_model(j) for j in state.records.list_records(JobRecord, principal.tenant, limit, offset)]
 
 
-def _job_or_404(state: ServiceState, job_id: str, tenant: str) -> dict:
-    doc = state.records.get_for("job", job_id, tenant)
-    if doc is None:
+def _job_or_404(state: ServiceState, job_id: str, tenant: str) -> JobRecord:
+    job = state.records.get_record(JobRecord, job_id, tenant)
+    if job is None:
         raise ProblemError(404, f"analysis {job_id} not found")
-    return doc
+    return job
 
 
 @router.get("/{job_id}", response_model=Job, summary="Status, and the result once finished")
 async def get_analysis(job_id: str, wait: float = Query(0.0, ge=0.0, le=30.0),
                        principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
-    doc = _job_or_404(state, job_id, principal.tenant)
-    if wait > 0 and doc["status"] not in TERMINAL_VALUES:
-        doc = await jobs.wait_for(state, job_id, wait) or doc
-    return jobs.to_model(doc)
+    job = _job_or_404(state, job_id, principal.tenant)
+    if wait > 0 and job.status not in TERMINAL:
+        job = await jobs.wait_for(state, job_id, wait) or job
+    return jobs.to_model(job)
 
 
 @router.post("/{job_id}/cancel", response_model=Job, summary="Cancel a queued or running analysis")
 def cancel_analysis(job_id: str, principal: Principal = Depends(get_principal),
                     state: ServiceState = Depends(get_state)):
     _job_or_404(state, job_id, principal.tenant)
-    doc = state.records.update("job", job_id, {"status": JobStatus.cancelled.value, "finished_at": now_iso()},
-                               only_if_status=ACTIVE_VALUES)
-    if doc is None:
-        current = state.records.get("job", job_id)
-        raise ProblemError(409, f"analysis {job_id} already {current['status']}")
+    job = state.records.update_record(JobRecord, job_id, {"status": JobStatus.cancelled, "finished_at": now_iso()},
+                                      only_if_status=ACTIVE_VALUES)
+    if job is None:
+        current = state.records.get_record(JobRecord, job_id)
+        raise ProblemError(409, f"analysis {job_id} already {current.status.value if current else 'gone'}")
     state.dispatcher.cancel(job_id)
-    if doc.get("batch_id"):
+    if job.batch_id:
         from service.batches import on_job_finished
 
-        on_job_finished(state.ctx, doc["batch_id"])
-    return jobs.to_model(doc)
+        on_job_finished(state.ctx, job.batch_id)
+    return jobs.to_model(job)

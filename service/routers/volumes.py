@@ -9,6 +9,7 @@ from service.deps import MAX_LIST_OFFSET, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import Created, idempotent
 from service.state import ServiceState
+from service.storage import VolumeRecord
 from service.uploads import parse_multipart
 from service.volumes import artifact_opener, ingest, to_model
 
@@ -36,7 +37,7 @@ async def upload_volume(request: Request, response: Response, principal: Princip
                 state.artifacts.delete(principal.tenant, f.artifact)
             raise ProblemError(422, "send exactly one file part named 'file'")
         record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"))
-        return Created(to_model(record), 201, f"/v1/volumes/{record['id']}")
+        return Created(to_model(record), 201, f"/v1/volumes/{record.id}")
 
     return await idempotent(request, response, state, principal.tenant, produce, fingerprint_body=False)
 
@@ -44,12 +45,12 @@ async def upload_volume(request: Request, response: Response, principal: Princip
 @router.get("", response_model=list[VolumeInfo], summary="List this tenant's volumes")
 def list_volumes(limit: int = Query(100, ge=1, le=1000), offset: int = Query(0, ge=0, le=MAX_LIST_OFFSET),
                  principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
-    return [to_model(r) for r in state.records.list("volume", principal.tenant, limit, offset)]
+    return [to_model(r) for r in state.records.list_records(VolumeRecord, principal.tenant, limit, offset)]
 
 
 @router.get("/{volume_id}", response_model=VolumeInfo, summary="Volume metadata")
 def get_volume(volume_id: str, principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
-    record = state.records.get_for("volume", volume_id, principal.tenant)
+    record = state.records.get_record(VolumeRecord, volume_id, principal.tenant)
     if record is None:
         raise ProblemError(404, f"volume {volume_id} not found")
     return to_model(record)
@@ -58,9 +59,9 @@ def get_volume(volume_id: str, principal: Principal = Depends(get_principal), st
 @router.delete("/{volume_id}", status_code=204, response_class=Response, summary="Delete a volume and its file")
 def delete_volume(volume_id: str, principal: Principal = Depends(get_principal),
                   state: ServiceState = Depends(get_state)):
-    record = state.records.get_for("volume", volume_id, principal.tenant)
+    record = state.records.get_record(VolumeRecord, volume_id, principal.tenant)
     if record is None:
         raise ProblemError(404, f"volume {volume_id} not found")
-    state.artifacts.delete(principal.tenant, record["artifact"])
-    state.records.delete("volume", volume_id)
+    state.artifacts.delete(principal.tenant, record.artifact)
+    state.records.delete(VolumeRecord.KIND, volume_id)
     return Response(status_code=204)

@@ -11,10 +11,26 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from enum import Enum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from api_schemas.jobs import ACTIVE_VALUES as ACTIVE_STATUSES
+from service.storage.models import StoredRecord
+
+R = TypeVar("R", bound=StoredRecord)
+
+
+def _plain(changes: dict[str, Any]) -> dict[str, Any]:
+    """Enum members as their values, models as JSON: what a JSON document holds."""
+    out: dict[str, Any] = {}
+    for key, value in changes.items():
+        if isinstance(value, Enum):
+            value = value.value
+        elif hasattr(value, "model_dump"):
+            value = value.model_dump(mode="json")
+        out[key] = value
+    return out
 
 
 class RecordStore(ABC):
@@ -52,6 +68,23 @@ class RecordStore(ABC):
 
     def close(self) -> None:  # pragma: no cover  # noqa: B027 - optional hook: only stores with connections close
         pass
+
+    # ---- typed records (service.storage.models): what the service reads and writes ----------------
+    def put_record(self, record: StoredRecord) -> None:
+        self.put(record.KIND, record.model_dump(mode="json"))
+
+    def get_record(self, cls: type[R], record_id: str, tenant: str | None = None) -> R | None:
+        """The record, or None; with ``tenant`` only if it belongs to that tenant."""
+        doc = self.get(cls.KIND, record_id) if tenant is None else self.get_for(cls.KIND, record_id, tenant)
+        return None if doc is None else cls.model_validate(doc)
+
+    def update_record(self, cls: type[R], record_id: str, changes: dict[str, Any],
+                      only_if_status: tuple[str, ...] | None = None) -> R | None:
+        doc = self.update(cls.KIND, record_id, _plain(changes), only_if_status=only_if_status)
+        return None if doc is None else cls.model_validate(doc)
+
+    def list_records(self, cls: type[R], tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[R]:
+        return [cls.model_validate(d) for d in self.list(cls.KIND, tenant, limit, offset)]
 
     def get_for(self, kind: str, record_id: str, tenant: str) -> dict[str, Any] | None:
         """A record only if it belongs to ``tenant``: other tenants' records do not exist for them."""

@@ -15,6 +15,7 @@ from api_schemas.requests import VolumeInput
 from api_schemas.results import AnalysisResult, AnalysisStatus, OutputVolume
 from service.clock import now_iso
 from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
+from service.storage import ArtifactRecord, JobRecord, VolumeRecord
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -30,14 +31,13 @@ def load_inputs(ctx: TaskContext, tenant: str, volumes: list[VolumeInput], names
 
     scans, checksums = {}, {}
     for ref, name in zip(volumes, names):
-        record = ctx.records.get_for("volume", ref.id, tenant)
+        record = ctx.records.get_record(VolumeRecord, ref.id, tenant)
         if record is None:
             raise ValueError(f"volume {ref.id} not found")
-        meta = VolumeMeta(modality=ref.modality or record.get("modality"),
-                          acquisition_date=ref.date or record.get("date"),
-                          source_name=record.get("filename"))
-        scans[name] = load_volume(ctx.artifacts.path(tenant, record["artifact"]), meta=meta)
-        checksums[name] = record["sha256"]
+        meta = VolumeMeta(modality=ref.modality or record.modality, acquisition_date=ref.date or record.date,
+                          source_name=record.filename)
+        scans[name] = load_volume(ctx.artifacts.path(tenant, record.artifact), meta=meta)
+        checksums[name] = record.sha256
     return scans, checksums
 
 
@@ -52,11 +52,10 @@ def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisRe
             continue
         artifact = f"{job_id}_out{i}.nii.gz" if src.name.endswith(".gz") else f"{job_id}_out{i}.nii"
         _, digest = ctx.artifacts.put_file(tenant, artifact, src)
-        ctx.records.put("artifact", {"id": artifact, "tenant": tenant, "job_id": job_id, "name": out.name,
-                                     "kind": out.kind, "source": out.source,
-                                     "source_volume_id": volume_ids.get(out.source or "") or (
-                                         next(iter(volume_ids.values())) if len(volume_ids) == 1 else None),
-                                     "sha256": digest, "created_at_ts": time.time()})
+        only = next(iter(volume_ids.values())) if len(volume_ids) == 1 else None
+        ctx.records.put_record(ArtifactRecord(
+            id=artifact, tenant=tenant, job_id=job_id, name=out.name, kind=out.kind, source=out.source,
+            source_volume_id=volume_ids.get(out.source or "") or only, sha256=digest, created_at_ts=time.time()))
         kept.append(out.model_copy(update={"path": artifact}))
     result.outputs = kept
 
@@ -72,20 +71,20 @@ def run_analysis(ctx: TaskContext, job_id: str) -> str:
 
 def _run(ctx: TaskContext, job_id: str) -> str:
     t_start = time.perf_counter()
-    job = ctx.records.update("job", job_id, {"status": JobStatus.running.value, "started_at": now_iso()},
-                             only_if_status=(JobStatus.queued.value,))
+    job = ctx.records.update_record(JobRecord, job_id, {"status": JobStatus.running, "started_at": now_iso()},
+                                    only_if_status=(JobStatus.queued.value,))
     if job is None:
-        current = ctx.records.get("job", job_id)
-        log.info("job not runnable (status %s)", current and current.get("status"))
-        return current["status"] if current else "missing"
-    tenant = job["tenant"]
+        current = ctx.records.get_record(JobRecord, job_id)
+        log.info("job not runnable (status %s)", current.status.value if current else None)
+        return current.status.value if current else "missing"
+    tenant = job.tenant
     timings: dict[str, float] = {}
-    kind = "code" if job.get("code") else "prompt"
+    kind = "code" if job.code else "prompt"
     scans: dict = {}
     client = None
     try:
-        volumes = [VolumeInput.model_validate(v) for v in job["volumes"]]
-        names = job["scan_names"]
+        volumes = [VolumeInput.model_validate(v) for v in job.volumes]
+        names = job.scan_names
         t0 = time.perf_counter()
         scans, checksums = load_inputs(ctx, tenant, volumes, names)
         timings["load_s"] = time.perf_counter() - t0
@@ -95,11 +94,11 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         client = ctx.vision_client(job_id)
         out_dir = ctx.artifacts.job_dir(tenant, job_id)
         t0 = time.perf_counter()
-        if job.get("code"):
-            result = engines.run_program(job["code"], scans, client=client, output_dir=out_dir,
+        if job.code:
+            result = engines.run_program(job.code, scans, client=client, output_dir=out_dir,
                                          models_dir=ctx.settings.models_dir, job_id=job_id)
         else:
-            result = engines.run_prompt(job["prompt"], scans, client=client, output_dir=out_dir,
+            result = engines.run_prompt(job.prompt or "", scans, client=client, output_dir=out_dir,
                                         models_dir=ctx.settings.models_dir, job_id=job_id,
                                         max_steps=ctx.settings.agent_max_steps,
                                         max_wall_s=ctx.settings.agent_max_wall_s)
@@ -126,14 +125,14 @@ def _run(ctx: TaskContext, job_id: str) -> str:
     for stage, seconds in timings.items():
         STAGE_DURATION.labels(stage.removesuffix("_s")).observe(seconds)
     JOB_DURATION.labels(final.value, kind).observe(timings["total_s"])
-    done = ctx.records.update("job", job_id, {"status": final.value, "finished_at": now_iso(),
-                                              "result": result.model_dump(mode="json"), "error": error},
-                              only_if_status=(JobStatus.running.value,))
+    done = ctx.records.update_record(JobRecord, job_id, {"status": final, "finished_at": now_iso(),
+                                                         "result": result, "error": error},
+                                     only_if_status=(JobStatus.running.value,))
     if done is None:  # cancelled while running: keep the cancellation, discard the result
         log.info("job was cancelled while running; result discarded")
         return JobStatus.cancelled.value
-    if done.get("batch_id"):
+    if done.batch_id:
         from service.batches import on_job_finished
 
-        on_job_finished(ctx, done["batch_id"])
+        on_job_finished(ctx, done.batch_id)
     return final.value

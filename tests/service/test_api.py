@@ -222,17 +222,19 @@ def test_cancel_a_queued_job(api, scan_file):
     store = api.app.state.service.records
     # a job the pool has not picked up yet: cancelled before it starts, so it never runs
     from api_schemas.requests import AnalysisRequest
-    from service.jobs import new_job_doc
+    from service.jobs import new_job_record
+    from service.storage import JobRecord
 
-    doc = new_job_doc(store, "acme", AnalysisRequest(code=CODE, volumes=[{"id": vid}]))
-    store.put("job", doc)
-    r = api.post(f"/v1/analyses/{doc['id']}/cancel", headers=api.h["acme"])
+    job = new_job_record(store, "acme", AnalysisRequest(code=CODE, volumes=[{"id": vid}]))
+    store.put_record(job)
+    r = api.post(f"/v1/analyses/{job.id}/cancel", headers=api.h["acme"])
     assert r.status_code == 200 and r.json()["status"] == "cancelled"
     from service.tasks.analysis import run_analysis
 
-    assert run_analysis(api.app.state.service.ctx, doc["id"]) == "cancelled"
-    assert store.get("job", doc["id"])["result"] is None
-    assert api.post(f"/v1/analyses/{doc['id']}/cancel", headers=api.h["acme"]).status_code == 409
+    assert run_analysis(api.app.state.service.ctx, job.id) == "cancelled"
+    stored = store.get_record(JobRecord, job.id)
+    assert stored is not None and stored.result is None and stored.status == "cancelled"
+    assert api.post(f"/v1/analyses/{job.id}/cancel", headers=api.h["acme"]).status_code == 409
 
 
 def test_batch_with_signed_webhook_and_csv(api, tmp_path):

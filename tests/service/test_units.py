@@ -72,6 +72,28 @@ def test_sqlite_store_guards_status_and_counts_active(tmp_path):
     assert store.delete("job", "j1") and not store.delete("job", "j1")
 
 
+def test_typed_records_round_trip_and_refuse_a_wrong_status(tmp_path):
+    from api_schemas.jobs import JobStatus
+    from service.storage import BatchRecord, JobRecord
+
+    store = SQLiteRecordStore(tmp_path / "db.sqlite3")
+    job = JobRecord(id="j1", tenant="a", status=JobStatus.queued, created_at="2026-01-01T00:00:00+00:00",
+                    created_at_ts=time.time(), code="read(1)", scan_names=["scan"], legacy_field=7)
+    store.put_record(job)
+    assert store.get("job", "j1")["status"] == "queued"  # stored as plain JSON
+    got = store.get_record(JobRecord, "j1")
+    assert got == job and got.status is JobStatus.queued and got.model_extra == {"legacy_field": 7}
+    assert store.get_record(JobRecord, "j1", tenant="b") is None  # other tenants: absent
+    running = store.update_record(JobRecord, "j1", {"status": JobStatus.running}, only_if_status=("queued",))
+    assert running is not None and running.status is JobStatus.running
+    assert store.update_record(JobRecord, "j1", {"status": JobStatus.failed}, only_if_status=("queued",)) is None
+    assert [j.id for j in store.list_records(JobRecord, "a")] == ["j1"]
+    with pytest.raises(ValidationError):
+        JobRecord(id="j2", tenant="a", status="finished", created_at="x", created_at_ts=0.0)
+    with pytest.raises(ValidationError):  # a batch needs its job ids
+        BatchRecord(id="b1", tenant="a", status="running", created_at="x", created_at_ts=0.0)
+
+
 def test_artifact_writer_enforces_limit_while_streaming(tmp_path):
     store = ArtifactStore(tmp_path)
     w = store.writer("acme", "f.bin", max_bytes=10)
