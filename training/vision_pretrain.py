@@ -269,13 +269,13 @@ class VisionPretrainer:
             self.load()
 
     # -- override points ---------------------------------------------------------------------
-    def choose_targets(self, present: np.ndarray) -> list[int]:
+    def choose_targets(self, present: np.ndarray, k: int | None = None) -> list[int]:
         """Indices into BANK_TARGETS: mostly targets with voxels in the sample, some absent ones.
 
         When the sample holds a lesion, one of the step's targets is a lesion target half of the time
         (there are 4 lesion targets among ~60, and lesions are what users ask about most).
         """
-        k = self.config.targets_per_step
+        k = k or self.config.targets_per_step
         lesions_on = SynthSettings(**self.config.synth).lesion_probability > 0
         allowed = [BANK_TARGETS.index(n) for n in ANATOMY_TARGETS + (LESION_TARGETS if lesions_on else ())]
         present = np.asarray(present, dtype=np.int64)
@@ -312,7 +312,8 @@ class VisionPretrainer:
         self.net.train()
         image = sample["image"][None, None]
         labels = sample["labels"].to(torch.int64)
-        chosen = self.choose_targets(sample["present"])
+        # a whole head costs ~12 patches at the working grid: one target for it, not targets_per_step
+        chosen = self.choose_targets(sample["present"], 1 if sample["patch_mm"] == 0 else None)
         masks = torch.stack([self._luts[i][labels] for i in chosen]).float()[:, None]
         mod = MODALITIES.index(MODALITY_OF_CONTRAST[sample["contrast"]])
         for group in self.optimizer.param_groups:
