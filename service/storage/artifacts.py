@@ -89,6 +89,19 @@ class ArtifactStore:
         os.replace(tmp, dst)
         return dst, sha256_file(dst)
 
+    def adopt(self, tenant: str, name: str, src: Path) -> tuple[Path, str]:
+        """Move a file written inside this store (a job's output) to its artifact name: one write in
+        all, no copy left behind. Falls back to copy-and-delete across file systems."""
+        if not Path(src).resolve().is_relative_to(self._dir(tenant).resolve()):
+            return self.put_file(tenant, name, src)  # not ours to move: copy
+        dst = self.path(tenant, name)
+        try:
+            os.replace(src, dst)
+        except OSError:
+            self.put_file(tenant, name, src)
+            Path(src).unlink(missing_ok=True)
+        return dst, sha256_file(dst)
+
     def exists(self, tenant: str, name: str) -> bool:
         try:
             return self.path(tenant, name).is_file()

@@ -6,6 +6,7 @@ artifacts on the input grids, and stores the AnalysisResult on the job record.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from pathlib import Path
@@ -43,7 +44,8 @@ def load_inputs(ctx: TaskContext, tenant: str, volumes: list[VolumeInput], names
 
 def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisResult,
                   volume_ids: dict[str, str]) -> None:
-    """Copy each output file into the artifact store; ``path`` becomes the artifact id."""
+    """Move each output file to its artifact name (the sandbox wrote it once, into the job's directory
+    of the same store); ``path`` becomes the artifact id."""
     kept: list[OutputVolume] = []
     for i, out in enumerate(result.outputs):
         src = Path(out.path) if out.path else None
@@ -51,12 +53,14 @@ def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisRe
             log.warning("output %s has no NIfTI file (%s); dropped", out.name, out.path)
             continue
         artifact = f"{job_id}_out{i}.nii.gz" if src.name.endswith(".gz") else f"{job_id}_out{i}.nii"
-        _, digest = ctx.artifacts.put_file(tenant, artifact, src)
+        _, digest = ctx.artifacts.adopt(tenant, artifact, src)  # written once, by the sandbox
         only = next(iter(volume_ids.values())) if len(volume_ids) == 1 else None
         ctx.records.put_record(ArtifactRecord(
             id=artifact, tenant=tenant, job_id=job_id, name=out.name, kind=out.kind, source=out.source,
             source_volume_id=volume_ids.get(out.source or "") or only, sha256=digest, created_at_ts=time.time()))
         kept.append(out.model_copy(update={"path": artifact}))
+        with contextlib.suppress(OSError):  # the job's directory, once it holds nothing more
+            src.parent.rmdir()
     result.outputs = kept
 
 

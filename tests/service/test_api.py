@@ -75,6 +75,8 @@ def test_code_analysis_returns_exact_mask_on_input_grid_and_metric(api, scan_fil
     assert result["input_checksums"]["scan"] == info["sha256"]
     assert {"load_s", "analysis_s", "total_s"} <= set(result["timings_s"])
     (out,) = result["outputs"]
+    tenant_dir = tmp_path / "data" / "artifacts" / "acme"
+    assert (tenant_dir / out["path"]).is_file() and not (tenant_dir / job["id"]).exists()  # written once
     r = api.get(job["links"]["output:bright"], headers=api.h["acme"])
     assert r.status_code == 200
     got = tmp_path / "mask.nii.gz"
