@@ -70,6 +70,8 @@ class SynthSettings:
     max_slice_mm: int = 7
     skull_strip_prob: float = 0.2
     contrast_odds: tuple[float, ...] = (0.3, 0.1, 0.1, 0.05, 0.05, 0.05, 0.35)  # CONTRASTS order
+    center_pull: float = 0.5  # patch centres: this far from a random brain voxel towards the brain's centre
+    center_jitter_mm: float = 0.0
     lesion_probability: float = 0.0  # share of samples with painted lesions (synthseg_lesions)
     max_lesions: int = 2
 
@@ -278,10 +280,10 @@ class SynthSegGenerator:
             center = (lo + hi) / 2 + (rng.uniform(-4, 4, 3) if augment else 0)
         else:
             shape = (patch_mm,) * 3
-            # centred on a random intracranial voxel (so every structure is drawn as often as its size)
-            # pulled halfway to the brain's centre, so that most of a patch is brain
+            # centred on a random intracranial voxel (so every structure is drawn as often as its size),
+            # pulled towards the brain's centre by ``center_pull`` (1: always the centre), then jittered
             point = self.maps.brain_points[idx][int(rng.integers(len(self.maps.brain_points[idx])))]
-            center = (point + (lo + hi) / 2) / 2
+            center = point + s.center_pull * ((lo + hi) / 2 - point) + rng.uniform(-1, 1, 3) * s.center_jitter_mm
         if augment:
             grid = self._sample_grid(rng, source, shape, center)
             labels = F.grid_sample(source[None, None].float(), grid, mode="nearest", padding_mode="zeros",
