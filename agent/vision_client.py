@@ -43,7 +43,8 @@ class LocalVisionClient:
 
 
 def _as_array(phi: Any) -> Any:
-    """Phis from the agent may be torch tensors (possibly requiring grad); the engine takes either."""
+    """The engine takes tensors and arrays alike: a tensor from the agent goes as it is, detached
+    (no numpy round trip; the engine moves it to its device), anything else as float32 numbers."""
     if hasattr(phi, "detach"):
-        return phi.detach().cpu().numpy().astype(np.float32)
+        return phi.detach()
     return np.asarray(phi, dtype=np.float32)
