@@ -30,16 +30,17 @@ def load_inputs(ctx: TaskContext, tenant: str, volumes: list[VolumeInput], names
     """Read the job's volumes from the artifact store with the hostile-input checks of voxel_ops."""
     from voxel_ops import VolumeMeta, load_volume
 
-    scans, checksums = {}, {}
+    scans, checksums, paths = {}, {}, {}
     for ref, name in zip(volumes, names):
         record = ctx.records.get_record(VolumeRecord, ref.id, tenant)
         if record is None:
             raise ValueError(f"volume {ref.id} not found")
         meta = VolumeMeta(modality=ref.modality or record.modality, acquisition_date=ref.date or record.date,
                           source_name=record.filename)
-        scans[name] = load_volume(ctx.artifacts.path(tenant, record.artifact), meta=meta)
+        paths[name] = ctx.artifacts.path(tenant, record.artifact)
+        scans[name] = load_volume(paths[name], meta=meta)
         checksums[name] = record.sha256
-    return scans, checksums
+    return scans, checksums, paths
 
 
 def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisResult,
@@ -90,12 +91,15 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         volumes = [VolumeInput.model_validate(v) for v in job.volumes]
         names = job.scan_names
         t0 = time.perf_counter()
-        scans, checksums = load_inputs(ctx, tenant, volumes, names)
+        scans, checksums, paths = load_inputs(ctx, tenant, volumes, names)
         timings["load_s"] = time.perf_counter() - t0
 
         from service.tasks import engines
 
         client = ctx.vision_client(job_id)
+        if hasattr(client, "register_stored"):  # a remote client: inputs go by artifact reference
+            for name, vol in scans.items():
+                client.register_stored(vol, paths[name], checksums[name])
         out_dir = ctx.artifacts.job_dir(tenant, job_id)
         t0 = time.perf_counter()
         if job.code:

@@ -1,6 +1,8 @@
 """A VisionClient whose encode/generate run on Celery vision workers (queue ``vision``).
 
-Volumes go to the worker as NIfTI files in a directory both sides can read; the first encode
+Inputs read from the artifact store go to the worker by reference (artifact path and sha256, which
+the worker checks); only volumes derived in the program are written, as NIfTI files in a directory
+both sides can read. The first encode
 of a job names the worker queue holding the encodings, and every later call of that job goes
 there. Calls block the agent task, which is fine: agent and vision run on separate workers.
 """
@@ -22,6 +24,12 @@ class CeleryVisionClient:
         self.exchange_dir = Path(exchange_dir)
         self.timeout_s = timeout_s
         self._queues: dict[str, str] = {}  # job id -> the vision worker queue that holds its encodings
+        self._stored: dict[int, tuple[object, str, str]] = {}  # id(volume) -> (volume, artifact path, sha256)
+
+    def register_stored(self, volume, path: Path, sha256: str) -> None:
+        """``volume`` is an input read from the artifact store: encode passes the artifact (path and
+        checksum) to the vision worker instead of writing the volume out again."""
+        self._stored[id(volume)] = (volume, str(path), sha256)
 
     def _dir(self, job_id: str) -> Path:
         d = self.exchange_dir / job_id
@@ -36,14 +44,21 @@ class CeleryVisionClient:
         from vision.engine import EncodingHandle
 
         d = self._dir(job_id)
-        paths = []
+        paths: list[str] = []
+        checksums: list[str | None] = []
         for vol in volumes:
-            p = d / f"in_{uuid.uuid4().hex}.nii.gz"
+            stored = self._stored.get(id(vol))
+            if stored is not None and stored[0] is vol:  # an unchanged input: by reference
+                paths.append(stored[1])
+                checksums.append(stored[2])
+                continue
+            p = d / f"in_{uuid.uuid4().hex}.nii.gz"  # a derived volume (e.g. a crop): written for the worker
             nib.save(nib.Nifti1Image(np.asarray(vol.array, dtype=np.float32), vol.affine), p)
             paths.append(str(p))
+            checksums.append(None)
         phi_lists = [np.asarray(_numpy(p), dtype=np.float32).reshape(-1).tolist() for p in phis]
         queue = self._queues.get(job_id, "vision")
-        reply = self._call("vision.encode", [job_id, paths, phi_lists], queue)
+        reply = self._call("vision.encode", [job_id, paths, phi_lists, checksums], queue)
         self._queues[job_id] = reply["queue"]
         vectors = np.load(reply["vectors_path"])
         return EncodingHandle(key=reply["key"], job_id=reply["job_id"], stream_count=reply["stream_count"],
@@ -66,6 +81,7 @@ class CeleryVisionClient:
         if queue is not None:
             self.app.send_task("vision.release", args=[job_id], queue=queue)
         shutil.rmtree(self.exchange_dir / job_id, ignore_errors=True)
+        self._stored.clear()
 
 
 def _numpy(x):

@@ -34,17 +34,26 @@ def worker_queue(hostname: str | None) -> str:
     return f"vision.{hostname}"
 
 
-def _read(path: str):
-    from voxel_ops import Volume
+def _read(path: str, sha256: str | None = None):
+    """A volume the agent worker wrote for this call, or (with ``sha256``) a stored input artifact,
+    checked against its checksum and read with the same hostile-input checks as the agent worker."""
+    from voxel_ops import Volume, load_volume
 
+    if sha256 is not None:
+        from service.storage.artifacts import sha256_file
+
+        if sha256_file(Path(path)) != sha256:
+            raise ValueError(f"artifact {Path(path).name} does not match its checksum")
+        return load_volume(path)
     img = nib.load(path)
     return Volume(np.asarray(img.dataobj, dtype=np.float32), img.affine)
 
 
 @shared_task(name="vision.encode", bind=True)
-def encode(self, job_id: str, volume_paths: list[str], phis: list[list[float]]) -> dict:
+def encode(self, job_id: str, volume_paths: list[str], phis: list[list[float]],
+           checksums: list[str | None] | None = None) -> dict:
     engine = get_engine()
-    volumes = [_read(p) for p in volume_paths]
+    volumes = [_read(p, s) for p, s in zip(volume_paths, checksums or [None] * len(volume_paths))]
     handle = engine.encode(volumes, [np.asarray(p, dtype=np.float32) for p in phis], job_id=job_id)
     _handles[handle.key] = handle
     out_dir = Path(volume_paths[0]).parent

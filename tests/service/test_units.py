@@ -4,6 +4,7 @@ from __future__ import annotations
 import struct
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -143,3 +144,43 @@ def test_settings_env_prefix_and_celery_reliability(monkeypatch, tmp_path):
     assert conf.task_acks_late and conf.task_reject_on_worker_lost and conf.worker_prefetch_multiplier == 1
     assert conf.broker_transport_options["visibility_timeout"] > s.task_time_limit_s
     assert {q.name for q in conf.task_queues} == {"agent", "vision"}
+
+
+def test_celery_vision_client_sends_stored_inputs_by_reference(tmp_path):
+    """An input read from the artifact store goes to the vision worker as its path and checksum (the
+    worker verifies it); only a volume derived in the program is written out for the worker."""
+    import nibabel as nib
+
+    from service.storage.artifacts import sha256_file
+    from service.workers.celery_vision_client import CeleryVisionClient
+    from service.workers.vision_tasks import _read
+    from voxel_ops import Volume, load_volume
+
+    stored_path = tmp_path / "vol_1.nii.gz"
+    nib.save(nib.Nifti1Image(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.eye(4)), stored_path)
+    stored = load_volume(stored_path)
+    derived = Volume(np.ones((2, 3, 4), np.float32), np.eye(4))
+    sent = []
+
+    class Reply:
+        def get(self, timeout, disable_sync_subtasks):
+            np.save(tmp_path / "v.npy", np.zeros((2, 8), np.float32))
+            return {"key": "k", "job_id": "j", "stream_count": 2, "vectors_path": str(tmp_path / "v.npy"),
+                    "queue": "vision.w1"}
+
+    class App:
+        def send_task(self, name, args, queue):
+            sent.append((name, args, queue))
+            return Reply()
+
+    client = CeleryVisionClient(App(), tmp_path / "exchange")
+    digest = sha256_file(stored_path)
+    client.register_stored(stored, stored_path, digest)
+    client.encode([stored, derived], [np.zeros(32), np.zeros(32)], "j")
+    (name, (job_id, paths, _phis, checksums), queue) = sent[0]
+    assert name == "vision.encode" and queue == "vision"
+    assert paths[0] == str(stored_path) and checksums == [digest, None]
+    assert Path(paths[1]).parent == tmp_path / "exchange" / "j"  # only the derived volume was written
+    assert np.array_equal(_read(paths[0], digest).array, stored.array)
+    with pytest.raises(ValueError, match="checksum"):
+        _read(paths[0], "0" * 64)
