@@ -1,5 +1,8 @@
 """`voxagent eval [--cases N] [--seed S] [--model DIR] [--json] [--report DIR]`: held-out evaluation.
 
+`voxagent eval --vision [--model DIR] [--data DIR] [--report DIR]` scores the vision network alone
+(stage 1) on held-out SynthSeg subjects: per-target Dice per subject and acquisition (JSON + md).
+
 `voxagent eval --compare DIR [DIR ...]` evaluates nothing: it prints the saved reports (eval.json) of
 earlier runs side by side, the table the model card quotes.
 
@@ -25,6 +28,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mni", action="store_true", help="skip the MNI152 T1 figures (reported as 0)")
     p.add_argument("--baselines", type=Path, default=None,
                    help="baselines.json from `python -m training.baselines` to put next to the joint figures")
+    p.add_argument("--vision", action="store_true",
+                   help="vision network alone on held-out SynthSeg subjects (training.vision_eval)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="with --vision: SynthSeg label-map folder (default ../shared/data/synthseg)")
     p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
                    help="print the saved reports in these --report directories side by side and exit")
     p.set_defaults(func=run)
@@ -58,6 +65,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.compare:
         return compare(args.compare)
+    if args.vision:
+        from training import vision_eval
+
+        argv = ["--model", str(args.model or "checkpoints/vision_v2"), "--seed", str(args.seed)]
+        if args.data:
+            argv += ["--data", str(args.data)]
+        if args.report:
+            argv += ["--report", str(args.report)]
+        return vision_eval.main(argv)
     if args.cases < 1:
         raise CommandError("--cases must be positive")
     args.model = args.model or default_models_dir()

@@ -49,12 +49,13 @@ def phantom_labels(shift: int = 0) -> np.ndarray:
 LIA_AFFINE = np.array([[-1.0, 0, 0, 36], [0, 0, 1, -36], [0, -1, 0, 40], [0, 0, 0, 1]])
 
 
-def write_phantom_root(root: Path, subjects: int = 3) -> Path:
+def write_phantom_root(root: Path, subjects: int = 3, numbers: tuple[int, ...] | None = None) -> Path:
+    """Subjects training_seg_01.. (or the given ``numbers``; 17 and 18 are the held-out ones)."""
     (root / "label_maps").mkdir(parents=True, exist_ok=True)
     (root / "priors").mkdir(exist_ok=True)
-    for i in range(subjects):
+    for i, number in enumerate(numbers or range(1, subjects + 1)):
         img = nib.Nifti1Image(phantom_labels(shift=i), LIA_AFFINE)
-        nib.save(img, str(root / "label_maps" / f"training_seg_{i + 1:02d}.nii.gz"))
+        nib.save(img, str(root / "label_maps" / f"training_seg_{number:02d}.nii.gz"))
     labels = np.array(list(GENERATION), dtype=np.int32)
     np.save(root / "priors" / "generation_labels.npy", labels)
     np.save(root / "priors" / "generation_classes.npy", np.array([g[0] for g in GENERATION.values()]))

@@ -148,3 +148,20 @@ def test_multilabel_baseline_trains_and_is_scored_by_label_sets(tmp_path, data_r
     # the CLI picks the trainer class named in the run's config
     assert main(["--run", str(run_dir), "--max-steps", "3", "--workers", "0"]) == 0
     assert json.loads((run_dir / "trainer_state.json").read_text())["step"] == 3
+
+
+def test_voxagent_eval_vision_writes_json_and_markdown(tmp_path, capsys):
+    from cli.main import main as voxagent
+
+    data = write_phantom_root(tmp_path / "data", numbers=(1, 17, 18))
+    run_dir = tmp_path / "run"
+    VisionPretrainer(run_dir, smoke(data)).fit(max_steps=1, workers=0)
+    report_dir = tmp_path / "report"
+    assert voxagent(["eval", "--vision", "--model", str(run_dir), "--data", str(data),
+                     "--report", str(report_dir)]) == 0
+    rep = json.loads((report_dir / "vision_eval.json").read_text())
+    assert rep["conditions"]["t1_1mm"]["subjects"] == ["training_seg_17", "training_seg_18"]
+    assert len(rep["scans"]) == 4 and "mean_32" in rep["conditions"]["random_5mm"]
+    assert "### t1_1mm" in (report_dir / "vision_eval.md").read_text()
+    assert voxagent(["eval", "--vision", "--model", str(tmp_path / "missing")]) == 2
+    assert "no vision.safetensors" in capsys.readouterr().err
