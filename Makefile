@@ -38,6 +38,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest tests -m "not slow and not integration"
 
 bench: $(STAMP)
+	$(BIN)/pip install -q -e '.[bench]'
 	@for m in bench/*.py; do n=$$(basename $$m .py); [ "$$n" = "__init__" ] || [ "$$n" = "common" ] || $(BIN)/python -m bench.$$n || exit 1; done
 
 clean:
