@@ -56,6 +56,7 @@ BANK_TARGETS = tuple(TARGETS)  # every target has a row; lesion rows train once 
 STATE_NAME = "trainer_state.safetensors"
 META_NAME = "trainer_state.json"
 LOG_NAME = "log.csv"
+TARGETS_LOG_NAME = "targets.csv"  # per step and target: hard Dice at 0.5 on the working grid
 LOG_FIELDS = ("step", "hours", "samples", "loss", "dice", "ce", "patch_mm", "lr", "sec_per_step")
 
 
@@ -330,6 +331,14 @@ class VisionPretrainer:
         loss, parts = self.loss(logits.float(), masks)
         if not torch.isfinite(loss):
             raise FloatingPointError(f"non-finite loss at step {self.step}")
+        with torch.no_grad():  # hard Dice per target at 0.5, for the per-target log (targets.csv)
+            pred, truth = logits.float() > 0, masks > 0.5
+            dims = tuple(range(1, logits.ndim))
+            both = (pred & truth).sum(dims).float()
+            sizes = pred.sum(dims).float() + truth.sum(dims).float()
+            hard = torch.where(sizes > 0, 2 * both / sizes.clamp_min(1), torch.ones_like(sizes))
+            self.last_targets = [(BANK_TARGETS[i], float(d), int(truth[j].sum())) for j, (i, d) in
+                                 enumerate(zip(chosen, hard.tolist()))]
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(list(self.net.parameters()) + list(self.phi.parameters()), 5.0)
@@ -395,6 +404,8 @@ class VisionPretrainer:
         previous = {s: signal.signal(s, self._on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
         log_path = self.run_dir / LOG_NAME
         new_log = not log_path.is_file()
+        targets_path = self.run_dir / TARGETS_LOG_NAME
+        new_targets_log = not targets_path.is_file()
         start = last_ckpt = time.monotonic()
         run_hours_at_start = self.hours
         window: list[dict[str, float]] = []
@@ -403,14 +414,19 @@ class VisionPretrainer:
         bar = tqdm(total=max_steps, initial=self.step, desc=self.config.name, unit="step",
                    disable=not sys.stderr.isatty())
         try:
-            with log_path.open("a", newline="") as fh:
+            with log_path.open("a", newline="") as fh, targets_path.open("a", newline="") as tfh:
                 writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
                 if new_log:
                     writer.writeheader()
+                target_writer = csv.writer(tfh)
+                if new_targets_log:
+                    target_writer.writerow(["step", "target", "dice", "truth_voxels"])
                 t_step = time.monotonic()
                 for sample in loader:
                     parts = self.train_step(sample)
                     window.append(parts)
+                    for name, d, voxels in getattr(self, "last_targets", []):
+                        target_writer.writerow([self.step, name, round(d, 4), voxels])
                     now = time.monotonic()
                     self.hours = run_hours_at_start + (now - start) / 3600
                     bar.update(1)
@@ -421,6 +437,7 @@ class VisionPretrainer:
                                              sec_per_step=round((now - t_step) / len(window), 3),
                                              **{k: round(v, 4) for k, v in row.items()}))
                         fh.flush()
+                        tfh.flush()
                         bar.set_postfix(loss=f"{row['loss']:.3f}", dice=f"{row['dice']:.3f}")
                         window, t_step = [], now
                     if (now - last_ckpt) / 60 >= self.config.checkpoint_minutes:
@@ -445,6 +462,19 @@ def export(run_dir: str | Path, out_dir: str | Path) -> Path:
     return out_dir
 
 
+def target_summary(run_dir: str | Path, last_steps: int = 2000) -> list[tuple[str, float, int]]:
+    """(target, mean training hard Dice, draws) over the run's last ``last_steps`` steps, worst first."""
+    rows = list(csv.DictReader((Path(run_dir) / TARGETS_LOG_NAME).open()))
+    if not rows:
+        return []
+    end = max(int(r["step"]) for r in rows)
+    recent: dict[str, list[float]] = {}
+    for r in rows:
+        if int(r["step"]) > end - last_steps:
+            recent.setdefault(r["target"], []).append(float(r["dice"]))
+    return sorted(((t, float(np.mean(v)), len(v)) for t, v in recent.items()), key=lambda x: x[1])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.vision_pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory (created, or resumed when it has a checkpoint)")
@@ -454,7 +484,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, help="wall-clock budget of this call")
     parser.add_argument("--max-steps", type=int, help="stop when the run reaches this many steps")
     parser.add_argument("--workers", type=int, default=1, help="synthesis worker processes (0: in the loop)")
+    parser.add_argument("--summary", action="store_true",
+                        help="print each target's training Dice over the last 2,000 steps and exit")
     args = parser.parse_args(argv)
+    if args.summary:
+        if not (Path(args.run) / TARGETS_LOG_NAME).is_file():
+            print(f"error: no {TARGETS_LOG_NAME} in {args.run}", file=sys.stderr)
+            return 2
+        for target, d, n in target_summary(args.run):
+            sys.stdout.write(f"{d:.3f}  {n:5d}  {target}\n")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         config = PretrainConfig.from_json(args.config) if args.config else (

@@ -165,3 +165,17 @@ def test_voxagent_eval_vision_writes_json_and_markdown(tmp_path, capsys):
     assert "### t1_1mm" in (report_dir / "vision_eval.md").read_text()
     assert voxagent(["eval", "--vision", "--model", str(tmp_path / "missing")]) == 2
     assert "no vision.safetensors" in capsys.readouterr().err
+
+
+def test_per_target_log_and_summary(tmp_path, data_root, capsys):
+    from training.vision_pretrain import target_summary
+
+    run_dir = tmp_path / "run"
+    VisionPretrainer(run_dir, smoke(data_root)).fit(max_steps=3, workers=0)
+    rows = (run_dir / "targets.csv").read_text().strip().splitlines()
+    assert rows[0] == "step,target,dice,truth_voxels" and len(rows) == 1 + 3 * 2  # 2 targets per smoke step
+    summary = target_summary(run_dir)
+    assert sum(n for _, _, n in summary) == 6 and all(0 <= d <= 1 for _, d, _ in summary)
+    assert [d for _, d, _ in summary] == sorted(d for _, d, _ in summary)
+    assert main(["--run", str(run_dir), "--summary"]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == len(summary)
