@@ -33,7 +33,7 @@ def class_lut() -> np.ndarray:
 
 
 class MultiLabelPretrainer(VisionPretrainer):
-    """Override of ``train_step``: all classes at once from one forward pass, no phi."""
+    """Override of ``_forward_backward``: all classes at once from one forward pass, no phi."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -56,30 +56,29 @@ class MultiLabelPretrainer(VisionPretrainer):
         total = self.config.dice_weight * (1 - dice_mean) + self.config.ce_weight * ce
         return total, {"dice": float(dice_mean.detach()), "ce": float(ce.detach())}
 
-    def train_step(self, sample: dict) -> dict[str, float]:
-        self.net.train()
+    def _forward_backward(self, sample: dict, chosen: list[int], masks: torch.Tensor,
+                          bf16: bool) -> dict[str, float] | None:
+        """Every class at once from one forward pass (``chosen``/``masks`` of the phi trainer unused)."""
         image = sample["image"][None, None]
         classes = self._class_lut[sample["labels"].to(torch.int64)][None]
         targets = F.one_hot(classes, len(CLASS_LABELS)).movedim(-1, 1).float()
-        for group in self.optimizer.param_groups:
-            group["lr"] = self.learning_rate()
         zero = torch.zeros(self.net.config.phi_dim)
         working = self.config.loss_grid == "working"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             enc = self.net.encode([image], [sample["spacing"]], [zero])
             plan = enc.streams[0].plan
             logits = self.net.decode([enc.streams[0].skips], [plan], [zero], at_input_grid=not working)[0]
         if working and plan.reduced:
             targets = F.interpolate(targets, size=plan.working_shape, mode="area")
         loss, parts = self.loss(logits.float(), targets)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}")
         self.optimizer.zero_grad(set_to_none=True)
+        if not torch.isfinite(loss):
+            return None
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)
-        self.optimizer.step()
-        self.step += 1
-        self.samples += 1
+        if not torch.isfinite(torch.nn.utils.clip_grad_norm_(self.net.parameters(), 5.0)):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
+        self.last_targets = []
         return {"loss": float(loss.detach()), **parts}
 
 

@@ -266,6 +266,8 @@ class VisionPretrainer:
         self.rng = np.random.default_rng([self.config.seed, 1])
         self._luts = torch.from_numpy(np.stack([TARGETS[n].lut() for n in BANK_TARGETS]))
         self._stop = False
+        self.fp32_retries = 0
+        self.last_targets: list[tuple[str, float, int]] = []
         if (self.run_dir / META_NAME).is_file():
             self.load()
 
@@ -310,41 +312,64 @@ class VisionPretrainer:
 
     # -- one step ----------------------------------------------------------------------------
     def train_step(self, sample: dict) -> dict[str, float]:
+        """One optimizer step; a bf16 step whose loss or gradients are not finite is redone in fp32.
+
+        On CPU, oneDNN's bf16 kernels now and then return non-finite values for small or odd shapes
+        (seen on the smoke net's 4-channel levels); AMP's grad scaler would skip such a step, here it is
+        recomputed at full precision, and counted (``fp32_retries``). A step that is non-finite in fp32
+        too is a real divergence and stops the run.
+        """
         self.net.train()
-        image = sample["image"][None, None]
         labels = sample["labels"].to(torch.int64)
         # a whole head costs ~12 patches at the working grid: one target for it, not targets_per_step
         chosen = self.choose_targets(sample["present"], 1 if sample["patch_mm"] == 0 else None)
         masks = torch.stack([self._luts[i][labels] for i in chosen]).float()[:, None]
-        mod = MODALITIES.index(MODALITY_OF_CONTRAST[sample["contrast"]])
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.config.autocast_bf16):
+        parts = self._forward_backward(sample, chosen, masks, self.config.autocast_bf16)
+        if parts is None and self.config.autocast_bf16:
+            self.fp32_retries += 1
+            logger.warning("non-finite bf16 step %d: recomputed in fp32 (%d so far)", self.step, self.fp32_retries)
+            parts = self._forward_backward(sample, chosen, masks, False)
+        if parts is None:
+            raise FloatingPointError(f"non-finite loss or gradients at step {self.step} (fp32)")
+        self.optimizer.step()
+        self.step += 1
+        self.samples += 1
+        return parts
+
+    def _forward_backward(self, sample: dict, chosen: list[int], masks: torch.Tensor,
+                          bf16: bool) -> dict[str, float] | None:
+        """Loss and gradients for one sample; None (gradients cleared) when anything is non-finite."""
+        image = sample["image"][None, None]
+        mod = MODALITIES.index(MODALITY_OF_CONTRAST[sample["contrast"]])
+        working = self.config.loss_grid == "working"
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             enc = self.net.encode([image], [sample["spacing"]], [self.phi.modalities[mod]])
             k = len(chosen)
             skips = [s.expand(k, *s.shape[1:]) for s in enc.streams[0].skips]
             plan = enc.streams[0].plan
-            working = self.config.loss_grid == "working"
             logits = self.net.decode([skips], [plan], [self.phi.targets[chosen]], at_input_grid=not working)[0]
         if working and plan.reduced:
             masks = F.interpolate(masks, size=plan.working_shape, mode="area")
-        loss, parts = self.loss(logits.float(), masks)
+        logits = logits.float()
+        loss, parts = self.loss(logits, masks)
+        self.optimizer.zero_grad(set_to_none=True)
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"non-finite loss at step {self.step}")
+            return None
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(list(self.net.parameters()) + list(self.phi.parameters()), 5.0)
+        if not torch.isfinite(norm):
+            self.optimizer.zero_grad(set_to_none=True)
+            return None
         with torch.no_grad():  # hard Dice per target at 0.5, for the per-target log (targets.csv)
-            pred, truth = logits.float() > 0, masks > 0.5
+            pred, truth = logits > 0, masks > 0.5
             dims = tuple(range(1, logits.ndim))
             both = (pred & truth).sum(dims).float()
             sizes = pred.sum(dims).float() + truth.sum(dims).float()
             hard = torch.where(sizes > 0, 2 * both / sizes.clamp_min(1), torch.ones_like(sizes))
             self.last_targets = [(BANK_TARGETS[i], float(d), int(truth[j].sum())) for j, (i, d) in
                                  enumerate(zip(chosen, hard.tolist()))]
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(list(self.net.parameters()) + list(self.phi.parameters()), 5.0)
-        self.optimizer.step()
-        self.step += 1
-        self.samples += 1
         return {"loss": float(loss.detach()), **parts}
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -361,7 +386,7 @@ class VisionPretrainer:
                 state[f"opt/{pid}/{key}"] = st[key].to(torch.float16 if key == "exp_avg" else torch.bfloat16)
             state[f"opt/{pid}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         save_file(state, str(tmp / STATE_NAME))
-        meta = dict(step=self.step, samples=self.samples, hours=self.hours,
+        meta = dict(step=self.step, samples=self.samples, hours=self.hours, fp32_retries=self.fp32_retries,
                     rng=self.rng.bit_generator.state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():  # per-file rename: a kill mid-save leaves the previous files whole
@@ -385,6 +410,7 @@ class VisionPretrainer:
         self.optimizer.load_state_dict(opt)
         meta = json.loads((self.run_dir / META_NAME).read_text())
         self.step, self.samples, self.hours = int(meta["step"]), int(meta["samples"]), float(meta["hours"])
+        self.fp32_retries = int(meta.get("fp32_retries", 0))
         self.rng.bit_generator.state = meta["rng"]
         logger.info("resumed %s at step %d (%.2f h trained)", self.run_dir, self.step, self.hours)
 
@@ -425,7 +451,7 @@ class VisionPretrainer:
                 for sample in loader:
                     parts = self.train_step(sample)
                     window.append(parts)
-                    for name, d, voxels in getattr(self, "last_targets", []):
+                    for name, d, voxels in self.last_targets:
                         target_writer.writerow([self.step, name, round(d, 4), voxels])
                     now = time.monotonic()
                     self.hours = run_hours_at_start + (now - start) / 3600

@@ -179,3 +179,22 @@ def test_per_target_log_and_summary(tmp_path, data_root, capsys):
     assert [d for _, d, _ in summary] == sorted(d for _, d, _ in summary)
     assert main(["--run", str(run_dir), "--summary"]) == 0
     assert len(capsys.readouterr().out.strip().splitlines()) == len(summary)
+
+
+def test_a_non_finite_bf16_step_is_redone_in_fp32_and_a_real_divergence_stops(tmp_path, data_root):
+    trainer = VisionPretrainer(tmp_path / "run", smoke(data_root, autocast_bf16=True))
+    real = trainer._forward_backward
+    calls = []
+
+    def flaky(sample, chosen, masks, bf16):
+        calls.append(bf16)
+        return None if bf16 else real(sample, chosen, masks, bf16)
+
+    trainer._forward_backward = flaky
+    trainer.fit(max_steps=2, workers=0)
+    assert calls == [True, False, True, False] and trainer.fp32_retries == 2 and trainer.step == 2
+    import torch
+    assert all(torch.isfinite(p).all() for p in trainer.net.parameters())
+    trainer._forward_backward = lambda *a: None
+    with pytest.raises(FloatingPointError, match="fp32"):
+        trainer.fit(max_steps=3, workers=0)
