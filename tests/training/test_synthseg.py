@@ -165,3 +165,17 @@ def test_generator_with_lesions_lets_lesion_targets_be_drawn(root):
         s = gen.sample(rng, patch_mm=None)
         found += int(any(target_mask(s.labels.numpy(), t).any() for t in LESION_TARGETS))
     assert found >= 3
+
+
+def test_voxagent_functions_lists_the_target_table(capsys):
+    import json
+
+    from cli.main import main as voxagent
+
+    assert voxagent(["functions", "--targets", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [r["name"] for r in rows] == list(TARGETS)
+    hippo = next(r for r in rows if r["name"] == "left hippocampus")
+    assert hippo["labels"] == [17] and hippo["side"] == "left"
+    assert voxagent(["functions", "--targets"]) == 0
+    assert "brain-stem" in capsys.readouterr().out
