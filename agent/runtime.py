@@ -7,7 +7,8 @@ already in the cache is ever recomputed. The sandbox is reached only through
 ``execute_step(code, phis) -> StepOutcome``.
 
 Termination: a run ends with ``succeeded`` when a step calls ``stop()`` after producing a response,
-metric or output; ``no_answer`` when it stops without any, or when a limit is hit (steps, context
+metric or output, that step ran without error and the answer passes ``agent.answer_check`` (no
+unfilled placeholders, not token soup); ``no_answer`` when it stops without any, or when a limit is hit (steps, context
 tokens, wall time, or a step that does not close with ``<STEP>`` within ``max_step_tokens``: such
 code is incomplete and is not executed); ``failed`` only when the sandbox itself breaks or the
 prompt does not fit.
@@ -26,6 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from agent.answer_check import answer_problem
 from agent.model import DecodeSession, VoxAgentModel
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
@@ -227,6 +229,12 @@ class AgentRuntime:
             trace.duration_s = self._now() - t_step
 
             if outcome.stopped:
+                result.warnings = [f"step {t.index} failed and the agent went on: {t.error}"
+                                   for t in result.trace[:-1] if t.error]
+                problem = (f"the last step failed: {outcome.error}" if outcome.error else
+                           answer_problem(" ".join(responses)))
+                if problem:
+                    return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=problem)
                 if responses or result.metrics or result.outputs:
                     return self._finish(result, AnalysisStatus.succeeded, responses, timings, t_start)
                 return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start,

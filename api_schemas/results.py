@@ -62,6 +62,9 @@ class AnalysisResult(BaseModel):
     outputs: list[OutputVolume] = Field(default_factory=list)
     trace: list[StepTrace] = Field(default_factory=list)
     error: str | None = None
+    warnings: list[str] = Field(default_factory=list,
+                                description="What the user should know about how the answer came about "
+                                            "(e.g. steps that failed and were retried).")
     model: str | None = Field(default=None, description="Model name and version that produced it.")
     input_checksums: dict[str, str] = Field(default_factory=dict, description="sha256 per input scan name.")
     timings_s: dict[str, float] = Field(default_factory=dict, description="Seconds per stage.")

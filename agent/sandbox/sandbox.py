@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from agent.answer_check import answer_problem
 from agent.functions import default_registry
 from agent.functions.context import CallContext, StopSignal
 from agent.functions.registry import Registry
@@ -223,10 +224,14 @@ class Sandbox:
 
     def result(self, status: AnalysisStatus | None = None, error: str | None = None) -> AnalysisResult:
         """The analysis so far as the document users get (the runtime may add model and timings)."""
+        text = "\n".join(self.responses)
         if status is None:
             answered = self.responses or self.outputs or self.metrics
-            status = AnalysisStatus.succeeded if answered else AnalysisStatus.no_answer
-        return AnalysisResult(status=status, text="\n".join(self.responses), metrics=list(self.metrics),
+            problem = answer_problem(text)
+            status = AnalysisStatus.succeeded if answered and not problem else AnalysisStatus.no_answer
+            if problem:  # the same wording as the agent runtime's no_answer
+                text = f"No answer: {problem}. Partial response: {text}"
+        return AnalysisResult(status=status, text=text, metrics=list(self.metrics),
                               outputs=list(self.outputs), trace=list(self.trace), error=error,
                               timings_s={"sandbox": self.elapsed_s})
 

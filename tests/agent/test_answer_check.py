@@ -1,0 +1,66 @@
+"""A stopped run is `succeeded` only with a real answer (issue #20's honest statuses)."""
+from __future__ import annotations
+
+from agent.answer_check import answer_problem
+from agent.runtime import AgentRuntime, RuntimeLimits
+from agent.sandbox.outcome import StepOutcome
+from api_schemas import Metric
+from tests.agent.conftest import RecordingExecutor
+from tests.agent.test_runtime import scripted
+from tests.agent.test_state import SCANS
+
+
+def test_answer_problem():
+    assert answer_problem("The brain measures 1,203.4 mL.") is None
+    assert answer_problem("Yes: a lesion in the left frontal lobe.") is None
+    assert answer_problem("") is None
+    assert "placeholders ({r})" in answer_problem("Here is {r}.")
+    assert "{v1}, {v2:.1f}" in answer_problem("Growth from {v1} to {v2:.1f} mL")
+    assert "no words" in answer_problem("}.")
+    assert answer_problem("42") is None
+
+
+def run_with(tokenizer, random_model, outcomes):
+    steps = ["x = 1\n"] * len(outcomes)
+    model = scripted(tokenizer, random_model, steps)
+    runtime = AgentRuntime(model, tokenizer, RecordingExecutor(outcomes), limits=RuntimeLimits(max_steps=4))
+    return runtime.run("What is the brain volume?", SCANS)
+
+
+def test_unfilled_placeholder_is_no_answer(tokenizer, random_model):
+    result = run_with(tokenizer, random_model, [StepOutcome(stopped=True, responses=["Here is {r}."])])
+    assert result.status == "no_answer" and "unfilled placeholders ({r})" in result.text
+
+
+def test_token_soup_is_no_answer(tokenizer, random_model):
+    result = run_with(tokenizer, random_model, [StepOutcome(stopped=True, responses=["}."])])
+    assert result.status == "no_answer" and "no words or numbers" in result.text
+
+
+def test_a_failed_last_step_is_no_answer_even_with_a_response(tokenizer, random_model):
+    outcomes = [StepOutcome(responses=["The brain measures 1200 mL."]),
+                StepOutcome(stopped=True, error="name 'rh' is not defined")]
+    result = run_with(tokenizer, random_model, outcomes)
+    assert result.status == "no_answer" and "the last step failed: name 'rh'" in result.text
+
+
+def test_retried_steps_become_warnings_of_a_real_answer(tokenizer, random_model):
+    metric = Metric(name="brain volume", value=1200.0, unit="mL")
+    outcomes = [StepOutcome(error="name 'left_b' is not defined"),
+                StepOutcome(stopped=True, responses=["The brain measures 1200 mL."], metrics=[metric])]
+    result = run_with(tokenizer, random_model, outcomes)
+    assert result.status == "succeeded" and result.text == "The brain measures 1200 mL."
+    assert result.warnings == ["step 0 failed and the agent went on: name 'left_b' is not defined"]
+
+
+def test_scripted_program_with_placeholder_is_no_answer(tmp_path):
+    from agent.sandbox.sandbox import Sandbox
+    from tests.sandbox.conftest import phantom
+
+    sandbox = Sandbox({"t1": phantom("T1")}, client=None, output_dir=tmp_path)
+    sandbox.execute_step('r = 3\nrespond("Here is {r}.")\nstop()\n')
+    result = sandbox.result()
+    assert result.status == "no_answer" and "unfilled placeholders" in result.text
+    good = Sandbox({"t1": phantom("T1")}, client=None, output_dir=tmp_path)
+    good.execute_step('r = 3\nrespond(f"Here is {r}.")\nstop()\n')
+    assert good.result().status == "succeeded" and good.result().text == "Here is 3."
