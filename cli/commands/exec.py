@@ -1,5 +1,8 @@
 """`voxagent exec --scan t1=PATH [--scan ...] --code FILE|-`: run a program in the sandbox, no language model.
 
+A scan PATH is a NIfTI file, or a DICOM series: a folder, a ``.zip`` or one multi-frame file
+(``--series t1=INDEX|UID`` picks one where the folder holds several; ``voxagent exec`` lists them).
+
 Scripted, reproducible analysis, and how a user replays a trace. Steps: if the program contains the
 end-of-step marker `<STEP>`, the pieces between markers are the steps; otherwise blank lines
 separate steps. Phis come from the phi bank of the model directory (or the default bank); `<MOD>`
@@ -19,7 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--scan", action="append", required=True, metavar="NAME=PATH",
                    help="an input scan; NAME becomes its variable in the program (repeatable)")
     p.add_argument("--modality", action="append", default=[], metavar="NAME=MODALITY",
-                   help="modality of a scan, e.g. t1=T1, flair=FLAIR, ct=CT (repeatable)")
+                   help="modality of a scan, e.g. t1=T1, flair=FLAIR, ct=CT (repeatable; DICOM scans "
+                        "default to the modality their headers give)")
+    p.add_argument("--series", action="append", default=[], metavar="NAME=INDEX|UID",
+                   help="which series of a DICOM folder/zip holding several to read as scan NAME: its index "
+                        "in the listing the error shows, or its SeriesInstanceUID (repeatable)")
     p.add_argument("--code", required=True, help="program file, or - to read it from stdin")
     p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
     p.add_argument("--model", type=Path, default=None,
@@ -60,6 +67,39 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
+def load_scan_argument(name: str, path: Path, modality: str | None, series: str | None = None):
+    """Read the scan a user named on the command line (NIfTI file, DICOM folder / zip / file).
+
+    Returns the volume and the SHA-256 of its bytes (of every file, in path order, for a folder).
+    Any unusable input becomes a CommandError (exit 2) with the reader's message.
+    """
+    import hashlib
+
+    import voxel_ops as vo
+    from cli.errors import CommandError
+
+    if not path.exists():
+        raise CommandError(f"scan {name}: no such file or folder: {path}")
+    dicom = vo.is_dicom_source(path)
+    if series is not None and not dicom:
+        raise CommandError(f"--series {name}=...: scan {name} ({path}) is not a DICOM folder or archive")
+    chosen: int | str | None = int(series) if series is not None and series.isdigit() else series
+    meta = vo.VolumeMeta(modality=modality) if dicom else vo.VolumeMeta(modality=modality, source_name=path.name)
+    try:
+        volume = vo.load_scan(path, meta=meta, series=chosen)
+        digest = hashlib.sha256()
+        files = sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else [path]
+        for file in files:
+            with open(file, "rb") as fh:
+                for block in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(block)
+    except vo.MixedSeriesError as exc:
+        raise CommandError(f"scan {name} ({path}): {exc}; on the command line: --series {name}=INDEX") from None
+    except (vo.VolumeError, OSError) as exc:
+        raise CommandError(f"scan {name} ({path}): {exc}") from None
+    return volume, digest.hexdigest()
+
+
 def _read_program(source: str) -> str:
     from cli.errors import CommandError
 
@@ -72,9 +112,6 @@ def _read_program(source: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    import hashlib
-
-    import voxel_ops as vo
     from agent.functions import default_registry
     from agent.phi_bank import PhiBank
     from agent.sandbox import Sandbox
@@ -85,9 +122,11 @@ def run(args: argparse.Namespace) -> int:
 
     scans = _pairs(args.scan, "--scan")
     modalities = _pairs(args.modality, "--modality")
-    unknown = set(modalities) - set(scans)
-    if unknown:
-        raise CommandError(f"--modality names a scan that was not given: {sorted(unknown)[0]}")
+    series = _pairs(args.series, "--series")
+    for option, given in (("--modality", modalities), ("--series", series)):
+        unknown = set(given) - set(scans)
+        if unknown:
+            raise CommandError(f"{option} names a scan that was not given: {sorted(unknown)[0]}")
     for name in scans:
         problem = scan_name_problem(name, frozenset(default_registry()))
         if problem:
@@ -101,15 +140,8 @@ def run(args: argparse.Namespace) -> int:
 
     volumes, checksums = {}, {}
     for name, path in scans.items():
-        file = Path(path)
-        if not file.is_file():
-            raise CommandError(f"scan {name}: no such file: {path}")
-        try:
-            volumes[name] = vo.load_volume(file, meta=vo.VolumeMeta(modality=modalities.get(name),
-                                                                    source_name=file.name))
-            checksums[name] = hashlib.sha256(file.read_bytes()).hexdigest()
-        except (vo.VolumeError, OSError) as exc:
-            raise CommandError(f"scan {name} ({path}): {exc}") from None
+        volumes[name], checksums[name] = load_scan_argument(name, Path(path), modalities.get(name),
+                                                            series.get(name))
 
     from vision.engine import VisionEngine  # torch: only once the inputs are known to be good
 

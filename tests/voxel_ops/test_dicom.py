@@ -1,9 +1,12 @@
 """DICOM series in: geometry round trips, metadata, every refusal, hostile archives, real files, the CLI."""
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 import struct
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 
@@ -418,7 +421,7 @@ def test_mosaic_refused(good_series, caplog):
 def zip_of(folder: Path, archive: Path, extra: dict[str, bytes] | None = None) -> Path:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted(folder.rglob("*.dcm")):
-            zf.write(f, f.name)
+            zf.write(f, f.relative_to(folder).as_posix())
         for name, data in (extra or {}).items():
             zf.writestr(name, data)
     return archive
@@ -554,3 +557,75 @@ def single_file(tmp_path: Path, path: Path) -> Path:
     folder.mkdir()
     shutil.copy(path, folder / "a.dcm")
     return folder
+
+
+# --------------------------------------------------------------------------- the command line
+
+
+CLI_PROGRAM = """bright = threshold(t1, 150)
+v = volume(bright)
+respond(f"Bright tissue: {v}.")
+output(bright, "bright")
+stop()
+"""
+
+
+def voxagent(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "cli", *args], capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture()
+def cli_series(tmp_path):
+    stored = small_stored((16, 18, 14), seed=11, dtype=np.int16) // 12  # values 0..249
+    write_series(stored, OBLIQUE, tmp_path / "dicom" / "t1", description="t1_mprage", SeriesNumber=2)
+    program = tmp_path / "program.txt"
+    program.write_text(CLI_PROGRAM)
+    expected_ml = float((stored > 150).sum()) * abs(np.linalg.det(OBLIQUE[:3, :3])) / 1000
+    return tmp_path / "dicom", program, expected_ml
+
+
+def test_cli_exec_reads_a_dicom_folder(cli_series, tmp_path):
+    folder, program, expected_ml = cli_series
+    result = voxagent("exec", "--scan", f"t1={folder}", "--code", str(program), "--out", str(tmp_path / "out"),
+                      "--json", "--model", str(tmp_path))  # no weights needed: the program uses none
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["status"] == "succeeded" and doc["metrics"][0]["unit"] == "mL"
+    assert doc["metrics"][0]["value"] == pytest.approx(expected_ml, rel=1e-6)
+    assert len(doc["input_checksums"]["t1"]) == 64
+    mask = nib.load(doc["outputs"][0]["path"])
+    np.testing.assert_allclose(mask.affine, vo.load_dicom(folder).affine, atol=ATOL_MM)
+
+
+def test_cli_exec_dicom_errors_exit_2(cli_series, tmp_path):
+    folder, program, _ = cli_series
+    files = sorted((folder / "t1").glob("*.dcm"), key=lambda p: int(pydicom.dcmread(p).InstanceNumber))
+    files[6].unlink()
+    result = voxagent("exec", "--scan", f"t1={folder}", "--code", str(program), "--out", str(tmp_path / "o"))
+    assert result.returncode == 2 and result.stdout == ""
+    assert "voxagent exec: error: scan t1" in result.stderr and "1 slice(s) missing" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert_no_phi(result.stderr)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = voxagent("exec", "--scan", f"t1={empty}", "--code", str(program))
+    assert result.returncode == 2 and "no files" in result.stderr
+
+
+def test_cli_exec_and_run_choose_a_series(cli_series, tmp_path):
+    folder, program, expected_ml = cli_series
+    write_series(small_stored((5, 5, 3)), AXIAL, folder / "flair", description="AX FLAIR", SeriesNumber=7)
+    archive = zip_of(folder, tmp_path / "study.zip")
+    mixed = voxagent("exec", "--scan", f"t1={archive}", "--code", str(program))
+    assert mixed.returncode == 2 and "2 image series" in mixed.stderr and "--series t1=INDEX" in mixed.stderr
+    assert_no_phi(mixed.stderr)
+    chosen = voxagent("exec", "--scan", f"t1={archive}", "--series", "t1=0", "--code", str(program),
+                      "--out", str(tmp_path / "o1"), "--json", "--model", str(tmp_path))
+    assert chosen.returncode == 0, chosen.stderr
+    assert json.loads(chosen.stdout)["metrics"][0]["value"] == pytest.approx(expected_ml, rel=1e-6)
+    ran = voxagent("run", "--code", str(program), f"t1={archive}", "--series", "t1=0", "--out", str(tmp_path / "o2"),
+                   "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["metrics"][0]["value"] == pytest.approx(expected_ml, rel=1e-5)
+    refused = voxagent("run", "--code", str(program), f"t1={archive}", "--out", str(tmp_path / "o3"))
+    assert refused.returncode == 2 and "voxagent run: error" in refused.stderr and "2 image series" in refused.stderr
