@@ -30,15 +30,29 @@ class NativeConv3d(nn.Module):
         bound = 1.0 / math.sqrt(in_channels * 27)
         nn.init.uniform_(self.bias, -bound, bound)
 
-    def forward(self, x: Tensor, flat_axes: Sequence[int] = ()) -> Tensor:
+    def forward(self, x: Tensor | Sequence[Tensor], flat_axes: Sequence[int] = ()) -> Tensor:
+        """``x`` may be a sequence of tensors standing for their channel concatenation: the decoder's
+        (upsampled, skip) pair is convolved part by part and summed, which is the same convolution
+        without materialising the concatenated tensor (two full copies on a 1 mm scan)."""
         weight: Tensor = self.weight
         padding = [1, 1, 1]
         for axis in flat_axes:
             weight = weight.narrow(2 + axis, 1, 1)
             padding[axis] = 0
-        # channels-last keeps CPU (oneDNN) convolutions, forward and backward, on their fast path.
-        x = x.contiguous(memory_format=torch.channels_last_3d)
-        return F.conv3d(x, weight, self.bias, padding=tuple(padding))
+        parts = [x] if isinstance(x, Tensor) else list(x)
+        if sum(p.shape[1] for p in parts) != weight.shape[1]:
+            raise ValueError(f"conv expects {weight.shape[1]} input channels, got {[p.shape[1] for p in parts]}")
+        out: Tensor | None = None
+        start = 0
+        for part in parts:
+            # channels-last keeps CPU (oneDNN) convolutions, forward and backward, on their fast path.
+            part = part.contiguous(memory_format=torch.channels_last_3d)
+            w = weight.narrow(1, start, part.shape[1])
+            start += part.shape[1]
+            y = F.conv3d(part, w, self.bias if out is None else None, padding=tuple(padding))
+            out = y if out is None else out + y
+        assert out is not None
+        return out
 
 
 def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -170,7 +184,8 @@ class Block(nn.Module):
         self.norm = nn.GroupNorm(out_channels // group_size, out_channels)
 
     def forward(
-        self, streams: Sequence[Tensor], flat_axes: Sequence[Sequence[int]], phis: Sequence[Tensor]
+        self, streams: Sequence[Tensor | Sequence[Tensor]], flat_axes: Sequence[Sequence[int]],
+        phis: Sequence[Tensor],
     ) -> list[Tensor]:
         if len(streams) == 1:
             # Mixing and single-stream attention are both affine per voxel: apply them as one map.

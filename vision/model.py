@@ -176,13 +176,14 @@ class VisionNet(nn.Module):
         for i, block in enumerate(self.decoder):
             n = top - i
             if n < top:
-                hs = [
-                    torch.cat(
-                        [F.interpolate(h, size=sk[n].shape[2:], mode="trilinear", align_corners=False), sk[n]], 1
-                    )
+                # (upsampled, skip) pairs: the block's conv treats each pair as its concatenation
+                pairs = [
+                    (F.interpolate(h, size=sk[n].shape[2:], mode="trilinear", align_corners=False), sk[n])
                     for h, sk in zip(hs, skips)
                 ]
-            hs = block(hs, [p.levels[n].flat_axes for p in plans], phis)
+                hs = block(pairs, [p.levels[n].flat_axes for p in plans], phis)
+            else:
+                hs = block(hs, [p.levels[n].flat_axes for p in plans], phis)
         out = []
         for h, plan in zip(hs, plans):
             logits = F.conv3d(h, self.head.weight[:, :, None, None, None], self.head.bias)
