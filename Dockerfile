@@ -13,7 +13,7 @@ COPY api_schemas api_schemas
 COPY voxel_ops voxel_ops
 COPY vision vision
 COPY agent agent
-COPY training training
+# no training/: a serving image carries no trainer (`voxagent train/eval` say so and exit 2)
 COPY service service
 COPY cli cli
 COPY models models

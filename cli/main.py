@@ -43,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     except CommandError as exc:
         print(f"voxagent {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name != "training" and not (exc.name or "").startswith("training."):
+            raise
+        # serving images ship without the trainer (Dockerfile): say so instead of a traceback
+        print(f"voxagent {args.command}: error: this installation has no training package; "
+              "run training and evaluation commands from a source checkout (pip install -e .)", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130
 

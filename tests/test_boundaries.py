@@ -49,3 +49,28 @@ def test_api_schemas_import_pydantic_only():
     stdlib_ok = {"__future__", "datetime", "enum", "keyword", "re", "typing", "collections", "uuid", "pathlib"}
     for f, names in imported_roots("api_schemas").items():
         assert names <= stdlib_ok | {"pydantic", "api_schemas"}, (f, names - stdlib_ok)
+
+
+def test_cli_without_the_training_package_says_so(monkeypatch, capsys):
+    """A serving image has no training/ (Dockerfile): training commands exit 2 with a clear line."""
+    import builtins
+
+    from cli.main import main
+
+    real_import = builtins.__import__
+
+    def no_training(name, *args, **kwargs):
+        if name == "training" or name.startswith("training."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_training)
+    assert main(["eval", "--compare", "x"]) == 2
+    assert "no training package" in capsys.readouterr().err
+
+
+def test_serving_image_has_no_trainer():
+    from pathlib import Path
+
+    dockerfile = (Path(__file__).resolve().parents[1] / "Dockerfile").read_text()
+    assert "COPY service service" in dockerfile and "COPY training" not in dockerfile
