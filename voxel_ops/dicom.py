@@ -197,6 +197,13 @@ _HEADER_TAGS = [
 ]
 _PIXEL_TAGS = _HEADER_TAGS + ["PixelData", "FloatPixelData", "DoubleFloatPixelData"]
 
+# 2D modalities: pixels without a 3D place in the patient (projection, photographic, microscopy)
+_PLANAR_MODALITIES = {"CR": "a projection radiograph (CR)", "DX": "a projection radiograph (DX)",
+                      "MG": "a mammogram (MG)", "XA": "an angiography run (XA)", "RF": "a fluoroscopy run (RF)",
+                      "IO": "an intra-oral radiograph (IO)", "PX": "a panoramic radiograph (PX)",
+                      "XC": "a photograph (XC)", "ES": "an endoscopy image (ES)", "OP": "a fundus photograph (OP)",
+                      "SM": "a slide microscopy image (SM)", "GM": "a microscopy image (GM)",
+                      "US": "an ultrasound image (US)", "OT": "a secondary capture (OT)"}
 _NON_IMAGE_MODALITIES = {"SR", "SEG", "RTSTRUCT", "RTPLAN", "RTRECORD", "PR", "KO", "REG", "DOC", "FID",
                          "PLAN", "RWV", "ECG", "HD", "AU"}
 
@@ -468,8 +475,9 @@ def _non_image_error(group: _Group, label: str) -> NonImageDicomError:
                               "give the image series (MR or CT slices) instead")
 
 
-def _listing(summaries: Sequence[SeriesSummary]) -> str:
-    return "; ".join(s.describe() for s in summaries)
+def _listing(summaries: Sequence[SeriesSummary], shown: int = 12) -> str:
+    text = "; ".join(s.describe() for s in summaries[:shown])
+    return text + (f"; and {len(summaries) - shown} more" if len(summaries) > shown else "")
 
 
 def _summarise(index: int, group: _Group) -> SeriesSummary:
@@ -698,6 +706,10 @@ def _assemble(group: _Group, source: _Source, limits: DicomLimits, nonfinite: st
     if samples != 1:
         raise UnsupportedDicomError(f"{what}: a colour image ({samples} samples per pixel, "
                                     f"{getattr(first, 'PhotometricInterpretation', '?')}), not a grayscale scan")
+    planar = _PLANAR_MODALITIES.get((_str(getattr(first, "Modality", None)) or "").upper())
+    if planar and any(fr.orientation is None or fr.position is None for fr in group.frames):
+        raise UnsupportedDicomError(f"{what}: {planar}, a 2D image without a place in 3D space; voxagent "
+                                    "reads MR and CT volumes (or other series with patient geometry)")
     geo = _geometry(group, source.label, limits)
     n = len(geo.order)
     vlim = limits.voxels

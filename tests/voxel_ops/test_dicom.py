@@ -629,3 +629,34 @@ def test_cli_exec_and_run_choose_a_series(cli_series, tmp_path):
     assert json.loads(ran.stdout)["metrics"][0]["value"] == pytest.approx(expected_ml, rel=1e-5)
     refused = voxagent("run", "--code", str(program), f"t1={archive}", "--out", str(tmp_path / "o3"))
     assert refused.returncode == 2 and "voxagent run: error" in refused.stderr and "2 image series" in refused.stderr
+
+
+def test_pydicom_dicomdir_study_folder(caplog):
+    """pydicom's DICOMDIR test tree: real headers of 4 patients, 14 series (MR, CT, CR), DICOMDIR files."""
+    folder = Path(get_testdata_file("CT_small.dcm")).parent / "dicomdirtests"
+    identifiers = ("Doe", "Citizen", "77654033", "98890234", "12345678")
+    series = vo.list_dicom_series(folder)
+    assert len(series) == 14  # the DICOMDIR files are skipped
+    stubs = [s for s in series if not s.is_image]  # TINY_ALPHA: CT headers stripped of Rows and pixels
+    assert len(stubs) == 1 and stubs[0].modality == "CT" and stubs[0].files == 50
+    assert not any(word in repr(series) for word in identifiers)
+    with caplog.at_level(logging.DEBUG, logger="voxel_ops"), pytest.raises(vo.MixedSeriesError) as err:
+        vo.load_dicom(folder)
+    assert "13 image series" in str(err.value) and "and 1 more" in str(err.value)
+    messages = [str(err.value), caplog.text]
+    smartscore = next(s for s in series if s.series_description == "SmartScore - Gated 0.5 sec")
+    ct = vo.load_dicom(folder, series=smartscore.series_instance_uid)
+    assert ct.shape == (16, 16, 5) and ct.spacing == pytest.approx((0.48828, 0.48828, 2.5), abs=1e-4)
+    assert ct.meta.modality == "CT" and ct.orientation == ("L", "P", "S")
+    expected = {"Cervical LAT": vo.UnsupportedDicomError, "Routine Brain": vo.MissingSliceError,
+                "Scout": vo.InconsistentGeometryError, "ANGIO Projected from   C": vo.InconsistentGeometryError}
+    for s in series:
+        if s.series_description in expected:
+            with pytest.raises(expected[s.series_description]) as err:
+                vo.load_dicom(folder, series=s.index)
+            messages.append(str(err.value))
+    assert any("projection radiograph (CR)" in m for m in messages)
+    with pytest.raises(vo.NonImageDicomError, match="CT object without pixel data"):
+        vo.load_dicom(folder, series=stubs[0].index)
+    for message in messages:
+        assert not any(word in message for word in identifiers), message
