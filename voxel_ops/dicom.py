@@ -40,6 +40,7 @@ import zipfile
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
+from struct import error as struct_error
 from typing import Any, BinaryIO
 
 import numpy as np
@@ -278,7 +279,29 @@ def _file_opener(path: Path) -> Callable[[], BinaryIO]:
     return lambda: open(path, "rb")
 
 
+def _zip_directory_size(path: Path, label: str) -> tuple[int, int] | None:
+    """(entries, central directory bytes) from the end record, read before zipfile parses any entry."""
+    end_record = getattr(zipfile, "_EndRecData", None)  # handles zip64; private but stable since Python 2
+    if end_record is None:
+        return None
+    try:
+        with open(path, "rb") as fh:
+            rec = end_record(fh)
+    except (OSError, struct_error, ValueError) as exc:
+        raise UnsafeArchiveError(f"{label}: not a readable zip archive ({exc})") from None
+    if not rec:
+        raise UnsafeArchiveError(f"{label}: not a readable zip archive (no end of central directory)")
+    return int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])  # type: ignore[attr-defined]  # private constants
+
+
 def _open_zip(path: Path, label: str, limits: DicomLimits) -> _Source:
+    # a crafted directory of millions of entries would cost gigabytes as ZipInfo objects: count them first
+    sizes = _zip_directory_size(path, label)
+    if sizes is not None:
+        entries, directory_bytes = sizes
+        if entries > 2 * limits.max_files or directory_bytes > 2 * limits.max_files * (46 + 1024):
+            raise ArchiveLimitError(f"{label}: the archive lists {entries:,} entries, more than the "
+                                    f"{limits.max_files:,} files allowed; zip one study or series")
     try:
         zf = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, OSError, ValueError) as exc:
@@ -398,8 +421,8 @@ def _scan_headers(source: _Source, limits: DicomLimits) -> list[_Group]:
             continue
         except OSError as exc:
             raise DicomError(f"{source.label}: a file cannot be read ({exc.strerror})") from None
-        sop_class = str(getattr(ds, "SOPClassUID", "") or getattr(ds.file_meta, "MediaStorageSOPClassUID", "")) \
-            if hasattr(ds, "file_meta") else str(getattr(ds, "SOPClassUID", ""))
+        sop_class = str(getattr(ds, "SOPClassUID", None)
+                        or getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", None) or "")
         if sop_class == "1.2.840.10008.1.3.10":  # Media Storage Directory (DICOMDIR)
             skipped += 1
             continue
@@ -783,6 +806,16 @@ def _assemble(group: _Group, source: _Source, limits: DicomLimits, nonfinite: st
 
 
 def _decode(ds: Any, what: str) -> np.ndarray:
+    meta = getattr(ds, "file_meta", None)
+    if meta is None or not getattr(meta, "TransferSyntaxUID", None):  # a bare dataset: say how it was encoded
+        from pydicom.dataset import FileMetaDataset
+        from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+        implicit, little = getattr(ds, "original_encoding", (True, True))
+        if meta is None:
+            ds.file_meta = meta = FileMetaDataset()
+        meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit or implicit is None else
+                                  ExplicitVRLittleEndian if little or little is None else ExplicitVRBigEndian)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -477,6 +477,35 @@ def test_too_many_files_refused(good_series, tmp_path, caplog):
     assert "more than 5 files" in refusal(vo.ArchiveLimitError, folder, caplog, limits=vo.DicomLimits(max_files=5))
 
 
+def test_zip_entry_count_checked_before_the_directory_is_parsed(good_series, tmp_path, caplog, monkeypatch):
+    folder, _, _ = good_series
+    archive = zip_of(folder, tmp_path / "many.zip")  # 9 entries
+
+    def no_zipfile(*args, **kwargs):
+        raise AssertionError("the central directory was parsed")
+
+    monkeypatch.setattr(zipfile, "ZipFile", no_zipfile)
+    msg = refusal(vo.ArchiveLimitError, archive, caplog, limits=vo.DicomLimits(max_files=4))
+    assert "lists 9 entries" in msg
+
+
+def test_zip_member_longer_than_declared_refused(tmp_path, caplog):
+    folder = tmp_path / "one"
+    write_series(small_stored((6, 6, 2)), AXIAL, folder)
+    archive = tmp_path / "lying.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_STORED) as zf:
+        for f in sorted(folder.glob("*.dcm")):
+            zf.write(f, f.name)
+    raw = bytearray(archive.read_bytes())
+    # both headers of the first member declare 100 bytes fewer than it holds (CRC no longer matches)
+    size = struct.unpack_from("<I", raw, 22)[0]
+    struct.pack_into("<I", raw, 22, size - 100)
+    cd = raw.find(b"PK\x01\x02")
+    struct.pack_into("<I", raw, cd + 24, size - 100)
+    archive.write_bytes(bytes(raw))
+    assert "corrupt" in refusal(vo.UnsafeArchiveError, archive, caplog)
+
+
 def test_corrupt_zip_refused(tmp_path, caplog):
     bad = tmp_path / "bad.zip"
     bad.write_bytes(b"PK\x03\x04" + b"\x00" * 64)
@@ -519,6 +548,28 @@ def test_pydicom_mr_small_and_its_rle_copy(tmp_path):
     rle = vo.load_dicom(single(tmp_path, "MR_small_RLE.dcm"))
     np.testing.assert_array_equal(rle.array, vol.array)
     assert rle.same_grid(vol)
+
+
+@pytest.mark.parametrize("name", ["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_expb.dcm",
+                                  "MR_small_padded.dcm"])
+def test_pydicom_mr_small_encodings_read_the_same(tmp_path, name):
+    reference = vo.load_dicom(single(tmp_path, "MR_small.dcm"))
+    vol = vo.load_dicom(single(tmp_path, name))
+    np.testing.assert_array_equal(vol.array, reference.array)
+    np.testing.assert_allclose(vol.affine, reference.affine, atol=ATOL_MM)
+
+
+def test_dicom_without_preamble(tmp_path):
+    # old exports write the bare dataset: no 128-byte preamble, no DICM marker, no file meta (implicit VR)
+    stored = small_stored((6, 5, 3))
+    paths = write_series(stored, AXIAL, tmp_path / "raw")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        del ds.file_meta
+        ds.preamble = None
+        ds.save_as(p, implicit_vr=True, little_endian=True, enforce_file_format=False)
+        assert p.read_bytes()[:2] == b"\x08\x00"
+    assert_round_trip(vo.load_dicom(tmp_path / "raw"), stored, AXIAL)
 
 
 def test_pydicom_files_refused_with_the_right_error(tmp_path, caplog):
