@@ -704,11 +704,11 @@ def _check_transfer_syntax(ds: Any, what: str) -> None:
 
     meta = getattr(ds, "file_meta", None)
     ts = UID(str(getattr(meta, "TransferSyntaxUID", "") or "1.2.840.10008.1.2"))
-    name = ts.name if ts.is_valid else ts
+    if not ts.is_valid or not ts.is_transfer_syntax:  # checked first: is_compressed raises for these
+        raise UnsupportedTransferSyntaxError(
+            f"{what}: unknown transfer syntax {str(ts)[:64]!r}; export the series as Explicit VR Little Endian")
+    name = ts.name
     if not ts.is_compressed:
-        if not ts.is_transfer_syntax:
-            raise UnsupportedTransferSyntaxError(
-                f"{what}: unknown transfer syntax {str(ts)!r}; export the series as Explicit VR Little Endian")
         return
     available = decoder_available(str(ts))
     if available is None:

@@ -389,6 +389,15 @@ def test_unsupported_transfer_syntax(tmp_path, caplog):
     assert type(err.value) is vo.UnsupportedTransferSyntaxError  # not "install a decoder": there is none
 
 
+def test_unknown_transfer_syntax_uid(tmp_path, caplog):
+    paths = write_series(small_stored((4, 4, 3)), AXIAL, tmp_path / "odd")
+    for p in paths:  # a private transfer syntax on an otherwise explicit-little-endian file
+        ds = pydicom.dcmread(p)
+        ds.file_meta.TransferSyntaxUID = "1.2.826.0.1.3680043.8.498.999"
+        ds.save_as(p, implicit_vr=False, little_endian=True)
+    assert "unknown transfer syntax" in refusal(vo.UnsupportedTransferSyntaxError, tmp_path / "odd", caplog)
+
+
 def test_compressed_without_decoder_names_the_package(tmp_path, caplog, monkeypatch):
     monkeypatch.setattr(vdicom, "decoder_available", lambda ts: False)  # as on a machine without the decoder
     paths = write_series(small_stored((4, 4, 3)), AXIAL, tmp_path / "jpeg")
