@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run lint test test-fast bench clean system-deps
+.PHONY: venv install run lint test test-fast bench train-vision clean system-deps
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -40,6 +40,11 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install -q -e '.[bench]'
 	@for m in bench/*.py; do n=$$(basename $$m .py); [ "$$n" = "__init__" ] || [ "$$n" = "common" ] || $(BIN)/python -m bench.$$n || exit 1; done
+
+# Stage-1 vision run: starts or resumes checkpoints/vision_v2 (SIGTERM or Ctrl-C saves the last step).
+HOURS ?= 2
+train-vision: $(STAMP)
+	$(BIN)/python -m training.vision_pretrain --run checkpoints/vision_v2 --config training/configs/vision_v2.json --hours $(HOURS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache
