@@ -41,7 +41,8 @@ def on_job_finished(ctx, batch_id: str) -> None:
                "job_ids": batch.job_ids, "finished_at": claimed.finished_at}
     s = ctx.settings
     ok, attempts, error = deliver(hook.url, batch.webhook_secret or "", payload, attempts=s.webhook_attempts,
-                                  backoff_s=s.webhook_backoff_s, timeout_s=s.webhook_timeout_s)
+                                  backoff_s=s.webhook_backoff_s, timeout_s=s.webhook_timeout_s,
+                                  allow_loopback=s.webhook_allow_loopback)
     delivered = hook.model_copy(update={"delivered": ok, "attempts": attempts, "last_error": error})
     ctx.records.update_record(BatchRecord, batch_id, {"webhook": delivered})
     log.info("batch %s webhook delivered=%s after %d attempt(s)", batch_id, ok, attempts)

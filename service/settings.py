@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     webhook_attempts: int = 5
     webhook_backoff_s: float = 0.5
     webhook_timeout_s: float = 5.0
+    webhook_allow_loopback: bool = Field(
+        default=False, description="Allow webhooks to loopback addresses (development and tests only); "
+                                   "private and link-local addresses are refused regardless.")
     log_json: bool = True
 
     @property

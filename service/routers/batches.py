@@ -5,6 +5,7 @@ import csv
 import io
 import uuid
 
+import anyio
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
@@ -17,6 +18,7 @@ from service.batches import counts, on_job_finished
 from service.deps import admit, get_principal, get_state
 from service.errors import ProblemError
 from service.idempotency import Created, idempotent
+from service.netguard import DestinationRefused, check_url
 from service.state import ServiceState, now_iso, utcnow
 from service.storage import BatchRecord, JobRecord
 from service.storage.models import WebhookRecord
@@ -39,6 +41,12 @@ def _to_model(state: ServiceState, batch: BatchRecord) -> Batch:
 async def create_batch(request: Request, response: Response, body: BatchRequest,
                        principal: Principal = Depends(get_principal), state: ServiceState = Depends(get_state)):
     tenant = principal.tenant
+    if body.webhook_url:
+        try:  # resolving a name blocks: off the event loop
+            await anyio.to_thread.run_sync(
+                lambda: check_url(body.webhook_url or "", allow_loopback=state.settings.webhook_allow_loopback))
+        except DestinationRefused as exc:
+            raise ProblemError(422, f"webhook_url {exc}") from exc
 
     async def produce() -> Created:
         if len(body.items) > state.settings.max_batch_items:

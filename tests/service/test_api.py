@@ -24,8 +24,9 @@ PROBLEM = "application/problem+json"
 
 @pytest.fixture
 def api(tmp_path):
+    # webhook_allow_loopback: the tests' webhook receiver listens on 127.0.0.1 (off by default)
     settings = Settings(data_dir=tmp_path / "data", broker_url=None, max_upload_bytes=200_000,
-                        tenant_concurrency=6, webhook_backoff_s=0.05, workers=2)
+                        tenant_concurrency=6, webhook_backoff_s=0.05, workers=2, webhook_allow_loopback=True)
     app = create_app(settings)
     with TestClient(app) as client:
         store = app.state.service.records
@@ -274,6 +275,33 @@ def test_batch_with_signed_webhook_and_csv(api, tmp_path):
         assert api.get(f"/v1/batches/{batch['id']}", headers=api.h["other"]).status_code == 404
     finally:
         receiver.close()
+
+
+SSRF_URLS = ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:6379/", "http://10.0.0.1/",
+             "http://172.16.5.4/", "http://192.168.1.1/", "http://0.0.0.0/", "http://224.0.0.1/",
+             "http://2130706433/", "http://0x7f000001/", "http://0177.0.0.1/", "http://127.1/",
+             "http://[::1]:22/", "http://[fc00::1]/", "http://[fe80::1]/", "http://[::ffff:127.0.0.1]/",
+             "http://[::]/", "http://user@example.com/", "http://user:pw@8.8.8.8/", "ftp://example.com/",
+             "file:///etc/passwd", "gopher://8.8.8.8/", "http://localhost:6379/"]
+
+
+@pytest.mark.parametrize("allow_loopback", [False, True])
+def test_batch_webhook_to_private_addresses_is_refused_at_the_door(tmp_path, allow_loopback):
+    settings = Settings(data_dir=tmp_path / "data", broker_url=None, webhook_allow_loopback=allow_loopback)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        h = {"X-API-Key": auth.create_key(app.state.service.records, "acme")[0]}
+        urls = SSRF_URLS if not allow_loopback else [u for u in SSRF_URLS if "127." not in u and "::1" not in u
+                                                      and "localhost" not in u and "0x7f" not in u
+                                                      and "2130706433" not in u and "0177" not in u]
+        for url in urls:
+            r = client.post("/v1/batches", headers=h, json={
+                "code": CODE, "webhook_url": url, "webhook_secret": "s3cret-s3cret-s3cret",
+                "items": [{"volumes": [{"id": "vol_x"}]}]})
+            assert r.status_code == 422, (url, r.text)
+            assert r.headers["content-type"].startswith(PROBLEM) and "webhook_url" in r.text, url
+        r = client.get("/v1/analyses", headers=h)
+        assert r.status_code == 200 and r.json() == [], r.text  # no job was made
 
 
 class InlineDispatcher:

@@ -27,7 +27,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 def deployment(request, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(request.param)
     started: list[procs.Proc] = []
-    extra = {"VOXAGENT_AGENT_MAX_WALL_S": "3", "VOXAGENT_AGENT_MAX_STEPS": "2"}
+    # the webhook receiver listens on loopback, which webhooks may only reach with the switch on
+    extra = {"VOXAGENT_AGENT_MAX_WALL_S": "3", "VOXAGENT_AGENT_MAX_STEPS": "2",
+             "VOXAGENT_WEBHOOK_ALLOW_LOOPBACK": "true"}
     try:
         if request.param == "distributed":
             redis_proc, url = procs.start_redis(tmp)

@@ -184,3 +184,61 @@ def test_celery_vision_client_sends_stored_inputs_by_reference(tmp_path):
     assert np.array_equal(_read(paths[0], digest).array, stored.array)
     with pytest.raises(ValueError, match="checksum"):
         _read(paths[0], "0" * 64)
+
+
+def test_webhook_delivery_checks_the_resolved_address_and_never_connects(monkeypatch):
+    import socket
+
+    import httpx
+
+    from service import netguard, webhooks
+
+    def resolves_private(host, port, *a, **k):
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.1.2.3", port))]
+
+    def no_connection(*a, **k):
+        raise AssertionError("a refused destination must not be connected to")
+
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", resolves_private)
+    monkeypatch.setattr(httpx.Client, "send", no_connection)
+    ok, attempts, error = webhooks.deliver("https://hooks.example.com/x", "k" * 16, {"a": 1}, backoff_s=0)
+    assert (ok, attempts, error) == (False, 1, "refused: private address")
+    with pytest.raises(netguard.DestinationRefused):
+        netguard.check_url("https://hooks.example.com/x")
+    # allowing loopback allows loopback only, never a private network
+    with pytest.raises(netguard.DestinationRefused):
+        netguard.check_url("https://hooks.example.com/x", allow_loopback=True)
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", lambda h, p, *a, **k: [
+        (socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("2606:4700::1", p, 0, 0)),
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("169.254.169.254", p))])
+    with pytest.raises(netguard.DestinationRefused):  # one private address among public ones
+        netguard.check_url("http://mixed.example.com/")
+    monkeypatch.setattr(netguard.socket, "getaddrinfo", lambda h, p, *a, **k: [
+        (socket.AF_INET, socket.SOCK_STREAM, 6, "", ("93.184.216.34", p))])
+    dest = netguard.check_url("https://public.example.com:8443/x")
+    assert (dest.address, dest.port, dest.host) == ("93.184.216.34", 8443, "public.example.com")
+
+
+@pytest.mark.parametrize("host", ["2130706433", "0x7f000001", "0177.0.0.1", "127.1", "[::1]", "[::ffff:7f00:1]",
+                                  "169.254.169.254", "[fe80::1]", "[fd00::1]", "100.64.0.1", "0.0.0.0", "[ff02::1]",
+                                  "240.0.0.1", "255.255.255.255"])
+def test_every_spelling_of_a_non_public_address_is_refused(host):
+    from service import netguard
+
+    with pytest.raises(netguard.DestinationRefused, match="private address"):
+        netguard.check_url(f"http://{host}/hook", resolve=False)
+
+
+def test_webhook_errors_name_no_socket_detail():
+    import socket as _socket
+
+    from service import webhooks
+
+    with _socket.socket() as s:  # a port nothing listens on, on loopback
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ok, attempts, error = webhooks.deliver(f"http://127.0.0.1:{port}/", "k" * 16, {}, attempts=1,
+                                           allow_loopback=True)
+    assert not ok and error == "delivery failed"  # not "ConnectError: [Errno 111] Connection refused"
+    ok, _, error = webhooks.deliver(f"http://127.0.0.1:{port}/", "k" * 16, {}, attempts=1)
+    assert not ok and error == "refused: private address"
