@@ -85,6 +85,7 @@ class PretrainConfig:
     # "working": logits on the network's working grid against area-averaged (soft) targets, the path
     # training.grid_ceiling scores; "input": logits interpolated to the input grid first (8x the voxels)
     loss_grid: str = "working"
+    target_sampling: str = "uniform"  # or "difficulty": odds 0.2 + (1 - running Dice) per target
     targets_per_step: int = 4
     present_target_share: float = 0.85  # share of a step's targets drawn among those in the patch
     dice_weight: float = 1.0
@@ -105,6 +106,8 @@ class PretrainConfig:
         SynthSettings(**self.synth)
         if self.trainer not in TRAINERS:
             raise ValueError(f"unknown trainer {self.trainer!r}; known: {sorted(TRAINERS)}")
+        if self.target_sampling not in ("uniform", "difficulty"):
+            raise ValueError(f"target_sampling must be 'uniform' or 'difficulty', got {self.target_sampling!r}")
         if self.loss_grid not in ("working", "input"):
             raise ValueError(f"loss_grid must be 'working' or 'input', got {self.loss_grid!r}")
         if self.targets_per_step < 1:
@@ -141,7 +144,8 @@ def trainer_class(name: str) -> type:
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
-    "data_root", "whole_volume_share", "loss_grid", "lr", "warmup_steps", "patch_schedule", "targets_per_step",
+    "data_root", "whole_volume_share", "loss_grid", "target_sampling", "lr", "warmup_steps", "patch_schedule",
+    "targets_per_step",
     "present_target_share", "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
     "autocast_bf16"})
 
@@ -268,6 +272,7 @@ class VisionPretrainer:
         self._stop = False
         self.fp32_retries = 0
         self.last_targets: list[tuple[str, float, int]] = []
+        self.running_dice: dict[str, float] = {}
         if (self.run_dir / META_NAME).is_file():
             self.load()
 
@@ -291,8 +296,23 @@ class VisionPretrainer:
         while len(chosen) < k:
             pool = here if (here and self.rng.random() < self.config.present_target_share) else allowed
             pool = [i for i in pool if i not in chosen] or [i for i in allowed if i not in chosen]
-            chosen.append(int(self.rng.choice(pool)))
+            chosen.append(int(self.rng.choice(pool, p=self.target_weights(pool))))
         return chosen
+
+    def target_weights(self, pool: Sequence[int]) -> np.ndarray | None:
+        """Draw odds within ``pool``: uniform, or (``target_sampling="difficulty"``) 0.2 + (1 - running
+        Dice) per target, so that the targets still drawn badly (small deep structures) come up more
+        often than the ones already learned (brain, hemispheres)."""
+        if self.config.target_sampling == "uniform":
+            return None
+        w = np.array([0.2 + 1.0 - self.running_dice.get(BANK_TARGETS[i], 0.0) for i in pool])
+        return w / w.sum()
+
+    def update_running_dice(self) -> None:
+        """Exponential running mean (weight 0.05) of each drawn target's hard training Dice."""
+        for name, d, _ in self.last_targets:
+            old = self.running_dice.get(name)
+            self.running_dice[name] = d if old is None else 0.95 * old + 0.05 * d
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Soft Dice (per target, then averaged) + voxel cross-entropy, nnU-Net's default pair."""
@@ -334,6 +354,7 @@ class VisionPretrainer:
         if parts is None:
             raise FloatingPointError(f"non-finite loss or gradients at step {self.step} (fp32)")
         self.optimizer.step()
+        self.update_running_dice()
         self.step += 1
         self.samples += 1
         return parts
@@ -387,6 +408,7 @@ class VisionPretrainer:
             state[f"opt/{pid}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         save_file(state, str(tmp / STATE_NAME))
         meta = dict(step=self.step, samples=self.samples, hours=self.hours, fp32_retries=self.fp32_retries,
+                    running_dice=self.running_dice,
                     rng=self.rng.bit_generator.state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():  # per-file rename: a kill mid-save leaves the previous files whole
@@ -411,6 +433,7 @@ class VisionPretrainer:
         meta = json.loads((self.run_dir / META_NAME).read_text())
         self.step, self.samples, self.hours = int(meta["step"]), int(meta["samples"]), float(meta["hours"])
         self.fp32_retries = int(meta.get("fp32_retries", 0))
+        self.running_dice = {k: float(v) for k, v in meta.get("running_dice", {}).items()}
         self.rng.bit_generator.state = meta["rng"]
         logger.info("resumed %s at step %d (%.2f h trained)", self.run_dir, self.step, self.hours)
 

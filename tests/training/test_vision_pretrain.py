@@ -198,3 +198,20 @@ def test_a_non_finite_bf16_step_is_redone_in_fp32_and_a_real_divergence_stops(tm
     trainer._forward_backward = lambda *a: None
     with pytest.raises(FloatingPointError, match="fp32"):
         trainer.fit(max_steps=3, workers=0)
+
+
+def test_difficulty_sampling_favours_targets_drawn_badly(tmp_path, data_root):
+    trainer = VisionPretrainer(tmp_path / "run", smoke(data_root, target_sampling="difficulty"))
+    from training.vision_pretrain import BANK_TARGETS
+
+    easy, hard = BANK_TARGETS.index("brain"), BANK_TARGETS.index("left hippocampus")
+    trainer.running_dice = {"brain": 0.95, "left hippocampus": 0.0}
+    w = trainer.target_weights([easy, hard])
+    assert w[1] > 4 * w[0] and abs(w.sum() - 1) < 1e-9
+    trainer.fit(max_steps=2, workers=0)
+    assert trainer.running_dice  # updated from the steps' per-target Dice, and saved for a resume
+    again = VisionPretrainer(tmp_path / "run")
+    assert again.running_dice == pytest.approx(trainer.running_dice)
+    assert VisionPretrainer(tmp_path / "u", smoke(data_root)).target_weights([easy, hard]) is None
+    with pytest.raises(ValueError, match="target_sampling"):
+        smoke(data_root, target_sampling="hardest")
