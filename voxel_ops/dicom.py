@@ -151,9 +151,10 @@ def load_scan(
 def list_dicom_series(path: str | os.PathLike[str], *, limits: DicomLimits | None = None) -> list[SeriesSummary]:
     """Every series in a DICOM folder, ``.zip`` or file, summarised; headers only, no pixel data read."""
     limits = limits or DicomLimits()
-    with _open_source(Path(path), limits) as source:
+    with warnings.catch_warnings(), _open_source(Path(path), limits) as source:
+        warnings.simplefilter("ignore")  # pydicom warns (quoting values) on malformed attributes
         groups = _scan_headers(source, limits)
-    return [_summarise(i, g) for i, g in enumerate(groups)]
+        return [_summarise(i, g) for i, g in enumerate(groups)]
 
 
 def load_dicom(
@@ -172,7 +173,8 @@ def load_dicom(
     if nonfinite not in ("refuse", "zero"):
         raise ValueError(f"nonfinite must be 'refuse' or 'zero', got {nonfinite!r}")
     limits = limits or DicomLimits()
-    with _open_source(Path(path), limits) as source:
+    with warnings.catch_warnings(), _open_source(Path(path), limits) as source:
+        warnings.simplefilter("ignore")  # pydicom warns (quoting values) on malformed attributes
         groups = _scan_headers(source, limits)
         group = _choose(groups, series, source.label)
         volume = _assemble(group, source, limits, nonfinite)
@@ -288,7 +290,7 @@ def _zip_directory_size(path: Path, label: str) -> tuple[int, int] | None:
         with open(path, "rb") as fh:
             rec = end_record(fh)
     except (OSError, struct_error, ValueError) as exc:
-        raise UnsafeArchiveError(f"{label}: not a readable zip archive ({exc})") from None
+        raise UnsafeArchiveError(f"{label}: not a readable zip archive ({type(exc).__name__})") from None
     if not rec:
         raise UnsafeArchiveError(f"{label}: not a readable zip archive (no end of central directory)")
     return int(rec[zipfile._ECD_ENTRIES_TOTAL]), int(rec[zipfile._ECD_SIZE])  # type: ignore[attr-defined]  # private constants
@@ -304,8 +306,8 @@ def _open_zip(path: Path, label: str, limits: DicomLimits) -> _Source:
                                     f"{limits.max_files:,} files allowed; zip one study or series")
     try:
         zf = zipfile.ZipFile(path)
-    except (zipfile.BadZipFile, OSError, ValueError) as exc:
-        raise UnsafeArchiveError(f"{label}: not a readable zip archive ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - BadZipFile, NotImplementedError, struct/zlib errors on garbage
+        raise UnsafeArchiveError(f"{label}: not a readable zip archive ({type(exc).__name__})") from None
     try:
         members = _check_zip(zf, label, limits)
     except BaseException:
@@ -317,8 +319,7 @@ def _open_zip(path: Path, label: str, limits: DicomLimits) -> _Source:
             try:
                 with zf.open(info) as member:
                     data = member.read(info.file_size + 1)  # the declared size bounds the read
-            except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, ValueError,
-                    NotImplementedError, RuntimeError) as exc:
+            except Exception as exc:  # noqa: BLE001 - BadZipFile, zlib/bz2/lzma errors, bad CRC, EOF
                 raise UnsafeArchiveError(f"{label}: a member of the archive is corrupt ({type(exc).__name__}); "
                                          "re-create the zip") from None
             if len(data) != info.file_size:
@@ -390,19 +391,32 @@ class _Group:
 
 
 def _dcmread(fh: BinaryIO, tags: list[str], stop_before_pixels: bool) -> Any:
+    """Parse only ``tags``, every value converted now (pydicom converts lazily, and raises late, on garbage).
+
+    Raises :class:`_NotDicom` for a file without the DICM marker that does not parse (skipped as "other
+    file") and :class:`DicomHeaderError` for a file with the marker whose header is corrupt.
+    """
     import pydicom
 
     head = fh.read(132)
     fh.seek(0)
-    force = head[128:132] != b"DICM"
-    if force and head[:2] != b"\x08\x00":  # no preamble: accept only a stream that starts at group 0008
+    marked = head[128:132] == b"DICM"
+    if not marked and head[:2] != b"\x08\x00":  # no preamble: accept only a stream that starts at group 0008
         raise _NotDicom()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # pydicom's value warnings may quote header values
         try:
-            return pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, specific_tags=tags, force=force)
+            ds = pydicom.dcmread(fh, stop_before_pixels=stop_before_pixels, specific_tags=tags, force=not marked)
+            for _elem in ds.iterall():  # converts every kept element, sequences included
+                pass
+            for _elem in getattr(ds, "file_meta", None) or ():
+                pass
+            return ds
         except Exception as exc:  # noqa: BLE001 - pydicom raises many types for garbage bytes
-            raise _NotDicom() from exc
+            if not marked:
+                raise _NotDicom() from exc
+            raise DicomHeaderError(f"a DICOM file with a corrupt header ({type(exc).__name__}); remove it "
+                                   "or export the series again") from None
 
 
 class _NotDicom(Exception):
@@ -419,6 +433,8 @@ def _scan_headers(source: _Source, limits: DicomLimits) -> list[_Group]:
         except _NotDicom:
             skipped += 1
             continue
+        except DicomHeaderError as exc:
+            raise DicomHeaderError(f"{source.label}: {exc}") from None
         except OSError as exc:
             raise DicomError(f"{source.label}: a file cannot be read ({exc.strerror})") from None
         sop_class = str(getattr(ds, "SOPClassUID", None)
@@ -753,6 +769,8 @@ def _assemble(group: _Group, source: _Source, limits: DicomLimits, nonfinite: st
                 ds = _dcmread(fh, _PIXEL_TAGS, stop_before_pixels=False)
         except _NotDicom:
             raise DicomHeaderError(f"{what}: a file became unreadable between two reads") from None
+        except DicomHeaderError as exc:
+            raise DicomHeaderError(f"{what}: {exc}") from None
         _check_transfer_syntax(ds, what)
         if not any(hasattr(ds, t) for t in ("PixelData", "FloatPixelData", "DoubleFloatPixelData")):
             raise NonImageDicomError(f"{what}: an image header without PixelData; the files are incomplete "

@@ -720,3 +720,52 @@ def test_pydicom_dicomdir_study_folder(caplog):
         vo.load_dicom(folder, series=stubs[0].index)
     for message in messages:
         assert not any(word in message for word in identifiers), message
+
+
+# --------------------------------------------------------------------------- corrupted bytes
+
+
+def mutate(data: bytes, rng: np.random.Generator, start: int) -> bytes:
+    b = bytearray(data)
+    kind = rng.integers(3)
+    if kind == 0:
+        for _ in range(rng.integers(1, 8)):
+            b[rng.integers(start, min(len(b), start + 1400))] = rng.integers(0, 256)
+    elif kind == 1:
+        b = b[: rng.integers(start + 2, len(b))]
+    else:
+        i = rng.integers(start, min(len(b), start + 1400))
+        b[i : i + 4] = b"\xff\xff\xff\xff"
+    return bytes(b)
+
+
+def test_corrupted_files_and_archives_only_raise_volume_errors(tmp_path):
+    """Flipped, overwritten and truncated bytes: a read either works or is a typed refusal, never a crash."""
+    stored = small_stored((8, 9, 4), seed=4)
+    write_series(stored, AXIAL, tmp_path / "series")
+    write_enhanced_mr(stored, OBLIQUE, tmp_path / "enhanced" / "x.dcm")
+    archive = zip_of(tmp_path / "series", tmp_path / "series.zip")
+    outcomes = {"read": 0, "refused": 0}
+    for round_ in range(150):
+        rng = np.random.default_rng(round_)
+        kind = ("series", "enhanced", "zip")[round_ % 3]
+        work = tmp_path / f"w{round_}"
+        if kind == "zip":
+            work.mkdir()
+            target = work / "a.zip"
+            target.write_bytes(mutate(archive.read_bytes(), rng, 0))
+            source = target
+        else:
+            shutil.copytree(tmp_path / kind, work)
+            files = sorted(work.glob("*.dcm"))
+            target = files[round_ % len(files)]
+            target.write_bytes(mutate(target.read_bytes(), rng, 128))
+            source = work
+        try:
+            vo.load_dicom(source)
+            outcomes["read"] += 1
+        except vo.VolumeError as exc:
+            assert_no_phi(str(exc))
+            outcomes["refused"] += 1
+        shutil.rmtree(work)
+    assert outcomes["refused"] > 50 and sum(outcomes.values()) == 150
