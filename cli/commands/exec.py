@@ -1,7 +1,7 @@
 """`voxagent exec --scan t1=PATH [--scan ...] --code FILE|-`: run a program in the sandbox, no language model.
 
 A scan PATH is a NIfTI file, or a DICOM series: a folder, a ``.zip`` or one multi-frame file
-(``--series t1=INDEX|UID`` picks one where the folder holds several; ``voxagent exec`` lists them).
+(``--series t1=INDEX|UID`` picks one where the folder holds several; the refusal lists them).
 
 Scripted, reproducible analysis, and how a user replays a trace. Steps: if the program contains the
 end-of-step marker `<STEP>`, the pieces between markers are the steps; otherwise blank lines
