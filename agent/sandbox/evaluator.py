@@ -249,6 +249,8 @@ class Evaluator:
             raise SandboxRuntimeError("division by zero") from None
         except OverflowError:
             raise SandboxRuntimeError("numeric overflow") from None
+        if isinstance(result, float) and not math.isfinite(result):  # 1e308 * 10: inf, no OverflowError
+            raise SandboxRuntimeError("numeric overflow: the result is not a finite number")
         return self._bounded_int(result)
 
     def _check_power(self, base: Any, exponent: Any) -> None:

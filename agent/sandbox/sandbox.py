@@ -11,6 +11,7 @@ for the quantities they hold. Each quantity object is recorded once, with the st
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import threading
 import time
@@ -179,6 +180,8 @@ class Sandbox:
             self.ctx.call_phis = {}
         if self.clock() - started > budget:
             raise SandboxTimeout(f"{name}() ran past its time limit of {budget:.3g} s")
+        if not _all_finite(result):  # difference(1e308, -1e308): inf would become a metric JSON cannot carry
+            raise SandboxRuntimeError(f"{name}(): the result is not a finite number (overflow or undefined)")
         return result
 
     @contextmanager
@@ -214,6 +217,9 @@ class Sandbox:
                 return
             self._recorded[id(value)] = value
             number = value.value
+            if isinstance(number, float) and not math.isfinite(number):  # never reached via _invoke; kept safe
+                logger.warning("metric %r dropped: its value %r is not a finite number", value.name, number)
+                return
             self.ctx.outcome.metrics.append(Metric(name=value.name, value=number, unit=value.unit, step=self.ctx.step))
         elif isinstance(value, Record):
             for item in value.values():
@@ -241,3 +247,18 @@ class Sandbox:
             self.ctx.client.release(self.job_id)
         except Exception:  # releasing is best effort; the engine also evicts by size
             logger.warning("could not release encodings of job %s", self.job_id, exc_info=True)
+
+
+def _all_finite(value: Any, depth: int = 0) -> bool:
+    """False when a number in a call's result (a Quantity, a Record's fields, a sequence) is inf or NaN."""
+    if depth > 8:
+        return True
+    if isinstance(value, Quantity):
+        value = value.value
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, Record):
+        return all(_all_finite(item, depth + 1) for item in value.values())
+    if isinstance(value, (tuple, list)):
+        return all(_all_finite(item, depth + 1) for item in value)
+    return True

@@ -263,3 +263,15 @@ def test_encode_and_generate_with_the_real_engine(real_sandbox, t1, tmp_path):
     box.close()  # releases the job's encodings: later vision calls on them fail as feedback
     assert box.execute_step("m2 = generate(e1, t1, 'brain')").error
     assert ok(box, "read(2)").feedback[0].text == "2"
+
+
+@pytest.mark.parametrize("code", ["d = difference(1e308, -1e308)\nrespond(f'{d}')",
+                                  "d = ratio(1e308, 1e-308)\nrespond(f'{d}')",
+                                  "x = 1e308 * 10\nrespond(f'{x}')",
+                                  "x = -1e308 - 1e308\nrespond(f'{x}')"])
+def test_non_finite_results_are_a_clear_error_never_a_metric(box, code):
+    out = box.execute_step(code)
+    assert out.error is not None and "finite" in out.error, out.error
+    assert not [m for m in box.result().metrics if isinstance(m.value, float) and m.value != m.value]
+    assert all(not isinstance(m.value, float) or abs(m.value) != float("inf") for m in box.result().metrics)
+    box.result().model_dump_json()  # the result serializes

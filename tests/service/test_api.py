@@ -277,6 +277,18 @@ def test_batch_with_signed_webhook_and_csv(api, tmp_path):
         receiver.close()
 
 
+def test_an_overflowing_metric_is_a_clear_failure_not_a_500(api, scan_file):
+    path, _, _ = scan_file
+    vid = upload(api, path).json()["id"]
+    code = "v = volume(threshold(scan, 50))\nd = difference(1e308, -1e308)\nrespond(f'{v} {d}')\nstop()"
+    r = run_code(api, vid, code=code)
+    assert r.status_code == 200, r.text
+    job = r.json()
+    assert job["status"] == "failed" and "finite" in (job["result"]["error"] or job.get("error") or ""), job
+    r = api.get(f"/v1/analyses/{job['id']}", headers=api.h["acme"])
+    assert r.status_code == 200 and "Infinity" not in r.text and "NaN" not in r.text
+
+
 SSRF_URLS = ["http://169.254.169.254/latest/meta-data/", "http://127.0.0.1:6379/", "http://10.0.0.1/",
              "http://172.16.5.4/", "http://192.168.1.1/", "http://0.0.0.0/", "http://224.0.0.1/",
              "http://2130706433/", "http://0x7f000001/", "http://0177.0.0.1/", "http://127.1/",
