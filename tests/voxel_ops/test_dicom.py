@@ -7,6 +7,7 @@ import shutil
 import struct
 import subprocess
 import sys
+import warnings
 import zipfile
 from pathlib import Path
 
@@ -267,13 +268,35 @@ def test_list_series_and_choose_one(tmp_path):
 
 
 def refusal(exc_type, source, caplog, **kwargs) -> str:
-    with caplog.at_level(logging.DEBUG, logger="voxel_ops"), pytest.raises(exc_type) as err:
+    with caplog.at_level(logging.DEBUG), pytest.raises(exc_type) as err:  # every logger, pydicom's included
         vo.load_dicom(source, **kwargs)
     msg = str(err.value)
     assert_no_phi(msg)
     assert_no_phi(caplog.text)
     assert isinstance(err.value, vo.DicomError) or isinstance(err.value, vo.VolumeError)
     return msg
+
+
+def test_malformed_patient_attributes_are_never_decoded(good_series, caplog):
+    """pydicom logs a malformed value it decodes; the reader never decodes patient attributes at all."""
+    folder, stored, affine = good_series
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for p in folder.rglob("*.dcm"):
+            ds = pydicom.dcmread(p)
+            ds.PatientBirthDate = "1966-04-12 (DOE^JANE)"  # not a valid DA: decoding it would log a warning
+            ds.PatientID = "PID-0042-SECRET" * 10  # longer than LO allows
+            ds.save_as(p)
+            if int(ds.InstanceNumber) == 5:
+                middle = p
+    caplog.clear()  # writing those values logged them (pydicom validates on assignment); reading must not
+    with caplog.at_level(logging.DEBUG):
+        vol = vo.load_dicom(folder)
+        vo.list_dicom_series(folder)
+    assert_round_trip(vol, stored, affine)
+    middle.unlink()
+    assert "missing" in refusal(vo.MissingSliceError, folder, caplog)
+    assert_no_phi(caplog.text)
 
 
 def test_missing_slice(good_series, caplog):
