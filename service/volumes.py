@@ -39,9 +39,9 @@ def _validate(path) -> dict:
 async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
                  date: str | None) -> VolumeRecord:
     """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable."""
-    if modality is not None and not (1 <= len(modality) <= 32):
-        raise ProblemError(422, "modality must be 1-32 characters")
-    if date is not None and not _DATE.match(date):
+    if modality is not None and not (isinstance(modality, str) and 1 <= len(modality) <= 32):
+        raise ProblemError(422, "modality must be a string of 1-32 characters")
+    if date is not None and not (isinstance(date, str) and _DATE.fullmatch(date)):
         raise ProblemError(422, "date must be an ISO date (YYYY-MM-DD)")
     raw = state.artifacts.path(tenant, up.artifact)
     with open(raw, "rb") as fh:

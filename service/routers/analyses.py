@@ -74,6 +74,13 @@ async def create_analysis_with_upload(request: Request, response: Response,
                 meta = meta + [{}] * (len(files) - len(meta))
                 if not all(isinstance(m, dict) for m in meta):
                     raise ValueError("metadata entries must be objects")
+                for i, m in enumerate(meta):
+                    for key in ("name", "modality", "date"):
+                        if m.get(key) is not None and not isinstance(m[key], str):
+                            raise ValueError(f"entry {i}: {key!r} must be a string or null, "
+                                             f"not {type(m[key]).__name__}")
+            except RecursionError as exc:  # json.loads of '[' * 5000
+                raise ProblemError(422, "metadata/volumes: JSON nested too deeply") from exc
             except ValueError as exc:
                 raise ProblemError(422, f"metadata/volumes: {exc}") from exc
             if len(files) + len(stored) > state.settings.max_volumes_per_analysis:

@@ -102,6 +102,29 @@ def test_upload_in_the_same_request_as_the_analysis(api, scan_file):
     assert job["result"]["metrics"][0]["value"] == pytest.approx(expected_ml(arr, aff), rel=1e-6)
 
 
+@pytest.mark.parametrize("metadata, message", [
+    ([{"modality": 5}], "'modality' must be a string"),
+    ([{"date": 20240301}], "'date' must be a string"),
+    ([{"name": ["t1"]}], "'name' must be a string"),
+    ([{"modality": {"a": 1}}], "'modality' must be a string"),
+    ("[" * 5000, "nested too deeply"),
+    ("[" * 5000 + "]" * 5000, "nested too deeply"),
+    ([{"date": "2024-03-01\n"}], "ISO date"),
+])
+def test_upload_metadata_of_the_wrong_type_is_a_422(api, scan_file, metadata, message):
+    path, _, _ = scan_file
+    body = metadata if isinstance(metadata, str) else json.dumps(metadata)
+    with open(path, "rb") as fh:
+        r = api.post("/v1/analyses/upload", headers=api.h["acme"], files=[("files", ("t1.nii.gz", fh))],
+                     data={"code": CODE, "metadata": body})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+    assert message in r.json()["detail"], r.json()
+    with open(path, "rb") as fh:  # the same on the stored-volumes field
+        r = api.post("/v1/analyses/upload", headers=api.h["acme"], files=[("files", ("t1.nii.gz", fh))],
+                     data={"code": CODE, "volumes": "[" * 5000})
+    assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
+
+
 def test_errors_are_problem_json(api, scan_file, tmp_path):
     r = api.get("/v1/volumes/vol_nope", headers=api.h["acme"])
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM and r.json()["status"] == 404
