@@ -36,7 +36,7 @@ ANY = ArgType("any", (object,), phrase="any value")
 MAX_MORPHOLOGY_MM = 50.0
 MAX_MARGIN_MM = 100.0
 SIGNAL_CONTRAST = 0.15  # |mean difference| / reference mean above which signal is hyper/hypo
-OUTPUT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")  # used with fullmatch
 
 
 # ---------------------------------------------------------------- helpers
@@ -131,16 +131,25 @@ def respond(ctx: CallContext, text: str | Quantity | int | float) -> None:
     return None
 
 
+def output_file_stem(name: str) -> str:
+    """The file name (without .nii.gz) an output is saved under."""
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
+
+
 def output(ctx: CallContext, volume: ImageValue, name: str) -> None:
-    if not OUTPUT_NAME.match(name):
+    if not isinstance(name, str) or not OUTPUT_NAME.fullmatch(name):  # fullmatch: '$' lets "nl\n" through
         raise SandboxRuntimeError("output(): name must be 1-64 letters, digits, spaces, '_', '-' or '.'")
     if name in ctx.output_volumes:
         raise SandboxRuntimeError(f"output(): an output named {name!r} already exists")
+    safe = output_file_stem(name)
+    for other in ctx.output_volumes:  # "a b" and "a_b" would both be a_b.nii.gz: one would overwrite the other
+        if output_file_stem(other).lower() == safe.lower():
+            raise SandboxRuntimeError(f"output(): {name!r} would be saved under the same file name as the "
+                                      f"output {other!r}; choose a more distinct name")
     if len(ctx.output_volumes) >= ctx.limits.max_outputs:
         raise SandboxRuntimeError(f"output(): at most {ctx.limits.max_outputs} outputs per analysis")
     path: Path | None = None
     if ctx.output_dir is not None:
-        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name).lstrip(".") or "output"
         path = vo.save_volume(volume.volume, Path(ctx.output_dir) / f"{safe}.nii.gz")
     ctx.output_volumes[name] = volume.volume
     ctx.outcome.outputs.append(OutputVolume(name=name, path=str(path) if path else None, kind=

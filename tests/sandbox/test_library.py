@@ -275,3 +275,19 @@ def test_non_finite_results_are_a_clear_error_never_a_metric(box, code):
     assert not [m for m in box.result().metrics if isinstance(m.value, float) and m.value != m.value]
     assert all(not isinstance(m.value, float) or abs(m.value) != float("inf") for m in box.result().metrics)
     box.result().model_dump_json()  # the result serializes
+
+
+def test_outputs_never_share_a_file_and_names_end_at_the_end(box, tmp_path):
+    ok(box, "output(lesion, 'a b')")
+    for clash in ("a_b", "A B", "a b "[:3].upper().replace(" ", "_")):
+        err = box.execute_step(f"output(brain, {clash!r})").error
+        assert err is not None and "same file name" in err, (clash, err)
+    # the first output's file still holds the first mask, not one written over it
+    saved = nib.load(tmp_path / "out" / "a_b.nii.gz")
+    assert np.array_equal(np.asarray(saved.dataobj) > 0, box.output_volumes["a b"].array > 0)
+    assert [o.name for o in box.result().outputs] == ["a b"]
+    for bad in ("nl\\n", "x\\n", "trail\\r\\n"):
+        err = box.execute_step(f"output(brain, '{bad}')").error
+        assert err is not None and "name must be" in err, (bad, err)
+    ok(box, "output(brain, 'a.b')")  # a distinct file name is fine
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.b.nii.gz", "a_b.nii.gz"]
