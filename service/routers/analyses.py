@@ -96,10 +96,12 @@ async def create_analysis_with_upload(request: Request, response: Response,
                                       volumes=[VolumeInput.model_validate(r) for r in refs + stored])
             except (ValidationError, ValueError) as exc:
                 raise ProblemError(422, str(exc), title="Validation failed") from exc
-        except BaseException:
-            for up in files:
+        finally:
+            # Every file part was streamed to a vol_*.upload temp file: ingest renamed the used
+            # ones to stored volumes; the rest (an error above, or a file part under another
+            # field name than 'files') would otherwise stay on disk for good.
+            for up in form.files:
                 state.artifacts.delete(tenant, up.artifact)
-            raise
         return await _create(state, tenant, req)
 
     return await idempotent(request, response, state, tenant, produce, fingerprint_body=False)

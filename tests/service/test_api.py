@@ -125,6 +125,33 @@ def test_upload_metadata_of_the_wrong_type_is_a_422(api, scan_file, metadata, me
     assert r.status_code == 422 and r.headers["content-type"] == PROBLEM, r.text
 
 
+def test_multipart_analyses_leave_no_upload_temp_files(api, scan_file, tmp_path):
+    path, _, _ = scan_file
+    data = path.read_bytes()
+    artifacts = tmp_path / "data" / "artifacts"
+
+    def temp_files():
+        return sorted(p.name for p in artifacts.rglob("*") if p.name.endswith((".upload", ".part")))
+
+    assert temp_files() == []
+    stored_before = len(list(artifacts.rglob("vol_*.nii*")))
+    cases = [  # (files, form fields, expected status)
+        ([("files", ("t1.nii.gz", data))], {"code": CODE, "wait": "20"}, 200),
+        ([("files", ("t1.nii.gz", data)), ("other", ("x.bin", b"abc"))], {"code": CODE, "wait": "20"}, 200),
+        ([("files", ("t1.nii.gz", data)), ("metadata", ("m.json", b"[]"))], {"code": CODE, "wait": "20"}, 200),
+        ([("files", ("t1.nii.gz", data))], {"code": CODE, "metadata": "not json"}, 422),
+        ([("files", ("t1.nii.gz", data))], {"metadata": "[]"}, 422),  # neither prompt nor code
+        ([("files", ("t1.nii.gz", b"junk"))], {"code": CODE}, 422),  # an unreadable volume
+        ([("files", ("t1.nii.gz", data))] * 2, {"code": CODE, "metadata": json.dumps([{"modality": 5}])}, 422),
+        ([("files", ("t1.nii.gz", data))] * 20, {"code": CODE}, 422),  # too many volumes
+    ]
+    for files, fields, status in cases:
+        r = api.post("/v1/analyses/upload", headers=api.h["acme"], files=files, data=fields)
+        assert r.status_code == status, (fields, r.text)
+        assert temp_files() == [], (fields, temp_files())
+    assert len(list(artifacts.rglob("vol_*.nii*"))) >= stored_before + 3  # the successes' volumes are kept
+
+
 def test_errors_are_problem_json(api, scan_file, tmp_path):
     r = api.get("/v1/volumes/vol_nope", headers=api.h["acme"])
     assert r.status_code == 404 and r.headers["content-type"] == PROBLEM and r.json()["status"] == 404
