@@ -68,14 +68,7 @@ def parse_step(code: str, limits: SandboxLimits) -> ast.Module:
     """Parse after cheap pre-checks that keep `ast.parse` itself from deep recursion or huge input."""
     if len(code) > limits.max_code_chars:
         raise SandboxViolation(f"the step has {len(code)} characters; the limit is {limits.max_code_chars}")
-    depth = max_bracket_depth = 0
-    for ch in code:
-        if ch in "([{":
-            depth += 1
-            if depth > max_bracket_depth:
-                max_bracket_depth = depth
-        elif ch in ")]}":
-            depth -= 1
+    max_bracket_depth = _bracket_depth(code)
     if max_bracket_depth > limits.max_bracket_depth:
         raise SandboxViolation(f"brackets nest {max_bracket_depth} deep; the limit is {limits.max_bracket_depth}")
     if "\x00" in code:
@@ -89,6 +82,41 @@ def parse_step(code: str, limits: SandboxLimits) -> ast.Module:
     if not code.isascii():
         _check_ascii_names(code)
     return tree
+
+
+def _max_depth(text: str, depth: int = 0) -> tuple[int, int]:
+    """(deepest nesting, final depth) of the brackets in ``text``, starting at ``depth``."""
+    deepest = depth
+    for ch in text:
+        if ch in "([{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in ")]}":
+            depth -= 1
+    return deepest, depth
+
+
+def _string_prefix(literal: str) -> str:
+    return literal[:len(literal) - len(literal.lstrip("rRbBuUfF"))]
+
+
+def _bracket_depth(code: str) -> int:
+    """How deep the code's brackets nest, not counting those inside strings and comments
+    (``respond("(((")`` nests one deep). An f-string's text counts whole, since its
+    replacement fields are code; code that does not tokenize counts every character."""
+    deepest = depth = 0
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(code).readline):
+            if tok.type == tokenize.OP and tok.string in "([{)]}":
+                d, depth = _max_depth(tok.string, depth)
+            elif tok.type == tokenize.STRING and "f" in _string_prefix(tok.string).lower():
+                d, _ = _max_depth(tok.string, depth)  # Python 3.11: an f-string is one STRING token
+            else:
+                continue
+            deepest = max(deepest, d)
+    except (tokenize.TokenError, IndentationError, SyntaxError):
+        return _max_depth(code)[0]
+    return deepest
 
 
 def _check_ascii_names(code: str) -> None:

@@ -141,3 +141,23 @@ def test_phi_count_mismatch_and_misplaced_markers(make_sandbox):
     assert "<MOD>" in box.execute_step("read(t1<MOD>)", [phi]).error
     assert "<MOD>" in box.execute_step("e = encode(t1)\nm = generate(e<MOD>, t1, 'brain')", [phi]).error
     assert box.ctx.client.calls == []  # refused before anything ran
+
+
+def test_bracket_precheck_ignores_strings_and_comments(make_sandbox):
+    from agent.sandbox import SandboxLimits
+    from agent.sandbox.errors import SandboxViolation
+    from agent.sandbox.validator import parse_step
+
+    limits = SandboxLimits()
+    many = "(" * (limits.max_bracket_depth + 8)
+    for code in [f'respond("{many}")', f"respond('{many}')  # {many}", f"# {many}\nrespond('x')",
+                 f'respond("""{many}\n{many}""")', f"respond(r'{many}')", 'respond(")")\nrespond("(")']:
+        parse_step(code, limits)  # not refused by the pre-check
+    box = make_sandbox()
+    out = box.execute_step(f'respond("(")\nrespond("{many}")  # ((((')
+    assert out.error is None, out.error
+    assert box.responses[-1] == many
+    too_deep = "y = " + "(" * (limits.max_bracket_depth + 1) + "1" + ")" * (limits.max_bracket_depth + 1)
+    for code in [too_deep, 'y = f"{' + too_deep[4:] + '}"', "y = '(' + " + too_deep[4:], too_deep + "  # ))))"]:
+        with pytest.raises(SandboxViolation, match="brackets nest"):
+            parse_step(code, limits)
