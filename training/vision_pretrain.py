@@ -244,9 +244,9 @@ class VisionPretrainer:
         saved = self.run_dir / "config.json"
         if saved.is_file():
             on_disk = PretrainConfig.from_json(saved)
-            if config is not None and config != on_disk:
-                changed = {f.name for f in dataclasses.fields(PretrainConfig)
-                           if getattr(config, f.name) != getattr(on_disk, f.name)}
+            changed = set() if config is None else {f.name for f in dataclasses.fields(PretrainConfig)
+                                                    if getattr(config, f.name) != getattr(on_disk, f.name)}
+            if changed:
                 fixed = changed - RESUMABLE_KEYS
                 if fixed:
                     raise ValueError(f"{saved} differs in {sorted(fixed)}, which a resumed run cannot change; "
@@ -561,4 +561,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # run the imported module's main, not this __main__ copy: trainer classes (TRAINERS) import
+    # training.vision_pretrain, and two copies of PretrainConfig never compare equal
+    from training.vision_pretrain import main as _main
+
+    raise SystemExit(_main())

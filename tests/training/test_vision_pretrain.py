@@ -59,6 +59,15 @@ def test_resume_refuses_a_changed_network_and_records_a_schedule_change(tmp_path
     VisionPretrainer(run_dir, smoke(data_root, lr=1e-4))
     history = [json.loads(line) for line in (run_dir / "config_history.jsonl").read_text().splitlines()]
     assert history[-1]["changed"] == ["lr"]
+    # resuming with the same config again records nothing, from Python or from the command line
+    VisionPretrainer(run_dir, smoke(data_root, lr=1e-4))
+    (tmp_path / "same.json").write_text((run_dir / "config.json").read_text())
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-m", "training.vision_pretrain", "--run", str(run_dir), "--config",
+                           str(tmp_path / "same.json"), "--max-steps", "1", "--workers", "0"], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert len((run_dir / "config_history.jsonl").read_text().splitlines()) == len(history)
 
 
 def test_config_typos_fail_up_front(tmp_path):
