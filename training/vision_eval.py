@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from agent.phi_bank import PhiBank
+from training.evaluate import dice
 from training.synth.synthseg import DEFAULT_ROOT, LabelMaps, Priors, SynthSegGenerator, split_subjects
 from vision.targets import ANATOMY_TARGETS, SYNTHSEG_STRUCTURES, target_mask
 from voxel_ops import Volume, VolumeMeta
@@ -58,11 +59,6 @@ class ScanResult:
     ceiling: dict[str, float]  # Dice of the truth itself passed through the network's working grid
 
 
-def dice(pred: np.ndarray, truth: np.ndarray) -> float:
-    total = int(pred.sum()) + int(truth.sum())
-    return 1.0 if total == 0 else 2.0 * int(np.logical_and(pred, truth).sum()) / total
-
-
 def random_orientation(rng: np.random.Generator, array: np.ndarray, spacing: Sequence[float]
                        ) -> tuple[np.ndarray, np.ndarray, tuple[int, ...], tuple[bool, ...]]:
     """The RAS array stored with randomly permuted and flipped axes, and the affine that says so."""
@@ -89,8 +85,8 @@ def grid_ceilings(labels: np.ndarray, spacing: Sequence[float], config, targets:
     """Per target: Dice a perfect generator reaches through ``config``'s working grid (training.grid_ceiling)."""
     from training.grid_ceiling import grid_ceiling_dice
 
-    return {t: grid_ceiling_dice(target_mask(labels, t), tuple(float(v) for v in spacing), config)  # type: ignore
-            for t in targets}
+    sp = (float(spacing[0]), float(spacing[1]), float(spacing[2]))
+    return {t: grid_ceiling_dice(target_mask(labels, t), sp, config) for t in targets}
 
 
 def evaluate_scan(engine, bank: PhiBank, image: np.ndarray, labels: np.ndarray, affine: np.ndarray,

@@ -330,7 +330,7 @@ class SynthSegGenerator:
             bottom, top = float(image.min()), float(image.max())
             if top > bottom:
                 image = ((image - bottom) / (top - bottom)) ** float(np.exp(rng.normal(0, s.gamma_std)))
-        return SynthSample(image.float().contiguous(), seg.contiguous(), tuple(spacing),  # type: ignore[arg-type]
+        return SynthSample(image.float().contiguous(), seg.contiguous(), (spacing[0], spacing[1], spacing[2]),
                            contrast, self.maps.names[idx], lesions)
 
 
