@@ -4,6 +4,9 @@ Runs the same task function as the service (embedded, in a throw-away data direc
 prints the same result document; output volumes are written to --out with their paths in it.
 A scan PATH is a NIfTI file or a DICOM series (folder, ``.zip`` or multi-frame file); a DICOM
 series is read with voxel_ops' checks, and its modality and acquisition date reach the analysis.
+``--dicom-out DIR`` also writes the results as DICOM into the source study: ``seg.dcm`` (a SEG of the
+output masks on the DICOM scan) and ``sr.dcm`` (a TID 1500 SR of the metrics and the answer); it
+needs exactly one scan read from a DICOM series.
 """
 from __future__ import annotations
 
@@ -22,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", action="append", default=[], metavar="NAME=INDEX|UID",
                    help="which series of a DICOM folder/zip holding several to read as scan NAME (repeatable)")
     p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
+    p.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
+                   help="also write seg.dcm (output masks) and sr.dcm (metrics, answer) into DIR, in the study "
+                        "of the DICOM scan (needs one scan given as a DICOM folder / zip)")
     p.add_argument("--json", action="store_true", help="print the result document as JSON")
     p.set_defaults(func=run)
 
@@ -65,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         if unknown:
             raise CommandError(f"--series names a scan that was not given as NAME=PATH: {sorted(unknown)[0]}")
         refs = []
+        dicom_scans: dict[int, tuple[Path, int | str | None]] = {}  # scan index -> (path, chosen series)
         for i, (name, path) in enumerate(scans):
             if not path.exists():
                 raise CommandError(f"no such scan: {path}")
@@ -75,6 +82,8 @@ def run(args: argparse.Namespace) -> int:
                 volume, _ = load_scan_argument(label, path, modality, series.get(name or ""))
                 modality, date = volume.meta.modality, volume.meta.acquisition_date
                 path = vo.save_volume(volume, Path(tmp) / f"dicom_{i}.nii.gz")
+                chosen = series.get(name or "")
+                dicom_scans[i] = (given, int(chosen) if chosen is not None and chosen.isdigit() else chosen)
             elif not path.is_file():
                 raise CommandError(f"no such scan file: {path}")
             elif name in series:
@@ -84,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
             except ValueError as exc:
                 raise CommandError(f"{given}: {exc}") from exc
             refs.append(VolumeInput(id=record.id, name=name, modality=modality, date=date))
+        source_headers = _dicom_out_sources(args.dicom_out, scans, dicom_scans)
         try:
             req = AnalysisRequest(prompt=args.prompt, code=code, volumes=refs)
         except ValueError as exc:
@@ -108,6 +118,10 @@ def run(args: argparse.Namespace) -> int:
             dst = args.out / f"{safe}{suffix}"
             shutil.copyfile(src, dst)
             outputs.append(out.model_copy(update={"path": str(dst.resolve())}))
+        dicom_paths: dict[str, Path] = {}
+        if source_headers is not None:
+            index = next(iter(dicom_scans))
+            dicom_paths = _write_dicom_out(args.dicom_out, result, artifacts, job.scan_names, index, source_headers)
         result.outputs = outputs
         records.close()
     if args.json:
@@ -118,6 +132,57 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {m.name}: {m.value}{(' ' + m.unit) if m.unit else ''}")
         for o in result.outputs:
             print(f"  output {o.name}: {o.path}")
+        for kind, dcm in dicom_paths.items():
+            print(f"  dicom {kind}: {dcm.resolve()}")
         if result.error:
             print(f"  error: {result.error}")
     return 0 if result.status != AnalysisStatus.failed else 1
+
+
+def _dicom_out_sources(out_dir: Path | None, scans: list[tuple[str | None, Path]],
+                       dicom_scans: dict[int, tuple[Path, int | str | None]]) -> list | None:
+    """The full headers of the one DICOM scan ``--dicom-out`` writes into, read before the analysis runs."""
+    if out_dir is None:
+        return None
+    import voxel_ops as vo
+    from cli.errors import CommandError
+    from voxel_ops.dicom_out import read_series_datasets
+
+    if not dicom_scans:
+        raise CommandError("--dicom-out needs a scan read from DICOM (a folder or .zip of a series); "
+                           "the scans given are NIfTI files, whose study is unknown")
+    if len(dicom_scans) > 1:
+        raise CommandError(f"--dicom-out writes into the study of one DICOM scan; {len(dicom_scans)} scans "
+                           "are DICOM series (give the others as NIfTI, or run once per scan)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise CommandError(f"--dicom-out {out_dir}: exists and is not a directory")
+    path, chosen = next(iter(dicom_scans.values()))
+    try:
+        return read_series_datasets(path, series=chosen)
+    except vo.VolumeError as exc:
+        raise CommandError(f"--dicom-out: {path}: {exc}") from None
+
+
+def _write_dicom_out(out_dir: Path, result, artifacts, scan_names: list[str], index: int, sources: list
+                     ) -> dict[str, Path]:
+    """seg.dcm / sr.dcm of ``result`` for the DICOM scan ``scan_names[index]``; masks of other scans are left out."""
+    import sys
+
+    import voxel_ops as vo
+    from cli.errors import CommandError
+    from service.dicom import DicomOutputError, write_dicom_results
+
+    name = scan_names[index]
+    masks = {}
+    for out in result.outputs:
+        if out.kind != "mask" or out.path is None:
+            continue
+        if (out.source or (scan_names[0] if len(scan_names) == 1 else None)) != name:
+            print(f"voxagent run: --dicom-out: output {out.name!r} lies on scan {out.source!r}, not on the DICOM "
+                  f"scan {name!r}; it is left out of the SEG", file=sys.stderr)
+            continue
+        masks[out.name] = vo.load_volume(artifacts.path("local", out.path))
+    try:
+        return write_dicom_results(result, masks, sources, out_dir)
+    except (DicomOutputError, vo.VolumeError, OSError) as exc:
+        raise CommandError(f"--dicom-out: {exc}") from None
