@@ -134,7 +134,12 @@ def build_dicom_results(
         numbers = {n: i + 1 for i, n in enumerate(names)}
     links = dict(metric_masks) if metric_masks is not None else link_metrics(result.metrics, masks)
     metric_segments = {i: numbers[n] for i, n in links.items() if n in numbers and 0 <= i < len(result.metrics)}
-    report = _report(result, sources, seg, numbers, metric_segments, sr_series_number, version)
+    try:
+        report = _report(result, sources, seg, numbers, metric_segments, sr_series_number, version)
+    except DicomOutputError:
+        raise
+    except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's refusals of the content
+        raise DicomOutputError(f"the SR cannot be built ({type(exc).__name__}: {_first_line(exc)})") from None
     log.info("DICOM results built", extra={"segments": len(numbers), "metrics": len(result.metrics),
                                            "linked_metrics": len(metric_segments), "frames": len(sources)})
     return DicomOutputs(report=report, segmentation=seg, segment_numbers=numbers, metric_segments=metric_segments)
@@ -259,14 +264,15 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
                     segment_number=number, source_series=hd.sr.SourceSeriesForSegmentation(
                         str(sources[0].SeriesInstanceUID))),
                 algorithm_id=algorithm, measurements=measurements or None))
-    if unlinked:
+    if unlinked or not groups:  # TID 1500 needs one group; a text-only answer gets an empty one
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="voxagent analysis"),
-            algorithm_id=algorithm, measurements=unlinked))
+            algorithm_id=algorithm, measurements=unlinked or None))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
-        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"),
-        imaging_measurements=groups or None, referenced_images=None if groups else sources[:1])
+        procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"), imaging_measurements=groups)
+    if result.error:
+        texts.append(f"analysis error: {result.error}")
     texts.append(f"voxagent machine output: {CAUTION.lower()}")
     evaluations = hd.sr.ContainerContentItem(name=hd.sr.CodedConcept("C0034375", "UMLS", "Qualitative Evaluations"),
                                              relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
@@ -275,14 +281,11 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
          for t in texts])
     report[0].ContentSequence.append(evaluations)
     evidence = ([seg] if seg is not None else []) + sources
-    try:
-        sr = hd.sr.Comprehensive3DSR(
-            evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
-            is_complete=result.status == AnalysisStatus.succeeded, is_final=False, is_verified=False,
-            series_description=SR_SERIES_DESCRIPTION)
-    except (ValueError, TypeError, AttributeError) as exc:
-        raise DicomOutputError(f"the SR cannot be built ({type(exc).__name__}: {_first_line(exc)})") from None
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        is_complete=result.status == AnalysisStatus.succeeded, is_final=False, is_verified=False,
+        series_description=SR_SERIES_DESCRIPTION)
     sr.SeriesDescription = SR_SERIES_DESCRIPTION
     if any(_uses_private(m) for m in result.metrics) or any(
             _property_codes(n)[1].scheme_designator == PRIVATE_SCHEME for n in numbers):
