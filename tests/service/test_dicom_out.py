@@ -413,3 +413,31 @@ def test_cli_run_dicom_out_refuses_nifti_scans(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "--dicom-out" in lines[0] and "NIfTI" in lines[0]
     assert not (tmp_path / "dcm").exists()
+
+
+def test_cli_run_dicom_out_refuses_two_dicom_scans(tmp_path):
+    stored, _ = mni_stored(8)
+    for name in ("a", "b"):
+        write_series(stored[:, :, :4], OBLIQUE, tmp_path / name, description="t1_mprage")
+    program = tmp_path / "program.txt"
+    program.write_text(CLI_PROGRAM.replace("t1", "a"))
+    out = voxagent("run", f"a={tmp_path / 'a'}", f"b={tmp_path / 'b'}", "--code", str(program),
+                   "--dicom-out", str(tmp_path / "dcm"))
+    assert out.returncode == 2 and "one DICOM scan" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_series_headers_from_a_zip_match_the_folder(tmp_path):
+    import zipfile
+
+    stored, _ = mni_stored(8)
+    folder = tmp_path / "s"
+    write_series(stored[:, :, :5], OBLIQUE, folder)
+    archive = tmp_path / "s.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for path in sorted(folder.glob("*.dcm")):
+            zf.write(path, f"study/{path.name}")
+    from_zip = [str(ds.SOPInstanceUID) for ds in read_series_datasets(archive)]
+    assert from_zip == [str(ds.SOPInstanceUID) for ds in read_series_datasets(folder)]
+    by_instance = {str(ds.SOPInstanceUID): int(ds.InstanceNumber) for ds in read_series_datasets(folder)}
+    assert [by_instance[u] for u in from_zip] == [1, 2, 3, 4, 5]  # slice order along the normal
+    assert all("PixelData" not in ds for ds in read_series_datasets(archive))
