@@ -3,6 +3,11 @@
 `voxagent eval --vision [--model DIR] [--data DIR] [--report DIR]` scores the vision network alone
 (stage 1) on held-out SynthSeg subjects: per-target Dice per subject and acquisition (JSON + md).
 
+`voxagent eval --prompts FILE [--model DIR] [--out PATH] [--limit N] [--data DIR] [--seed S]` runs a file of
+freely worded requests (JSONL: id, scans, prompt, expect {kind, target}) on synthesized cases with known
+truth (held-out SynthSeg subjects) and judges kind, target, number and status (training.prompt_eval);
+writes PATH.json and PATH.md (default bench/results/prompt_eval).
+
 `voxagent eval --compare DIR [DIR ...]` evaluates nothing: it prints the saved reports (eval.json) of
 earlier runs side by side, the table the model card quotes.
 
@@ -31,7 +36,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vision", action="store_true",
                    help="vision network alone on held-out SynthSeg subjects (training.vision_eval)")
     p.add_argument("--data", type=Path, default=None,
-                   help="with --vision: SynthSeg label-map folder (default ../shared/data/synthseg)")
+                   help="with --vision or --prompts: SynthSeg label-map folder (default ../shared/data/synthseg)")
+    p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
+                   help="JSONL of requests with expected kind and target: run and judge them (training.prompt_eval)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="with --prompts: report stem, writes PATH.json and PATH.md (default bench/results/prompt_eval)")
+    p.add_argument("--limit", type=int, default=None, metavar="N", help="with --prompts: only the first N requests")
+    p.add_argument("--voxel-mm", type=float, default=1.0, choices=(1.0, 2.0),
+                   help="with --prompts: voxel size of the synthesized cases")
     p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
                    help="print the saved reports in these --report directories side by side and exit")
     p.set_defaults(func=run)
@@ -60,11 +72,44 @@ def compare(dirs: list[Path]) -> int:
     return 0
 
 
+def prompts(args: argparse.Namespace) -> int:
+    """`--prompts FILE`: run and judge the requests; print the per-kind table, write JSON + md."""
+    from cli.errors import CommandError, default_models_dir
+
+    if not args.prompts.is_file():
+        raise CommandError(f"no such prompts file: {args.prompts}")
+    if args.limit is not None and args.limit < 1:
+        raise CommandError("--limit must be positive")
+    model = args.model or default_models_dir()
+    if not (model / "agent.safetensors").is_file() or not (model / "vision.safetensors").is_file():
+        raise CommandError(f"{model} is not a checkpoint directory (agent.safetensors + vision.safetensors)")
+    from training.prompt_eval import DEFAULT_OUT, evaluate_prompts, load_requests, markdown, write_report
+
+    try:
+        load_requests(args.prompts)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    try:
+        report = evaluate_prompts(args.prompts, model, data_root=args.data, limit=args.limit, seed=args.seed,
+                                  voxel_mm=args.voxel_mm, progress=not args.json)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    json_path, md_path = write_report(report, args.out or DEFAULT_OUT)
+    if args.json:
+        print(json.dumps(report["summary"], indent=2))
+    else:
+        print(markdown(report), end="")
+        print(f"\nwrote {json_path} and {md_path}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from cli.errors import CommandError, default_models_dir
 
     if args.compare:
         return compare(args.compare)
+    if args.prompts is not None:
+        return prompts(args)
     if args.vision:
         from training import vision_eval
 
