@@ -10,9 +10,11 @@ import zlib
 import numpy as np
 
 from training.synth import Case, synthesize_case
+from training.synth.label_case import LabelCase, LabelCaseSource, LabelCaseSpec, default_source
 from training.tasks.families import (
     Asymmetry,
     BoundingBox,
+    Centroid,
     Compare,
     Crop,
     Extents,
@@ -20,6 +22,7 @@ from training.tasks.families import (
     IcvNormalized,
     KeepRemove,
     MeanIntensity,
+    MultiVolume,
     Segment,
     Snr,
     Volume,
@@ -40,25 +43,34 @@ from training.tasks.program import MOD, STEP, TaskSample
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Segment(), Volume(), Extents(), BoundingBox(), MeanIntensity(), Snr(), Crop(), KeepRemove(), Compare(),
     Asymmetry(), IcvNormalized(), Longitudinal(), LesionCount(), LesionSignal(), LesionSide(), LesionRegion(),
-    Enhancement(), Restriction(), TargetLesion(), OutOfScope(),
+    Enhancement(), Restriction(), TargetLesion(), OutOfScope(), Centroid(), MultiVolume(),
 )}
 
 
-def sample_task(seed: int, family: str | None = None, *, templates: list[int] | None = None
-                ) -> tuple[TaskSample, Case]:
+def sample_task(seed: int, family: str | None = None, *, templates: list[int] | None = None,
+                labels: LabelCaseSource | bool | None = None) -> tuple[TaskSample, Case | LabelCase]:
     """One task: family (random unless given), its case, prompt, program and ground truth.
 
     `templates` restricts the template indices (e.g. hold some out for evaluation).
+    `labels`: where real anatomy comes from. None (default) keeps every task on the MNI cases and the old
+    19-target list (what the current trainer's phi bank knows); a `LabelCaseSource` (or True: the
+    training subjects of ../shared/data/synthseg) puts the anatomy families on label cases that speak
+    every `vision.targets` target, while the lesion families stay on MNI cases.
     """
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(b"task")])
     name = family or list(FAMILIES)[int(rng.integers(len(FAMILIES)))]
     fam = FAMILIES[name]
-    draw = fam.draw(rng)
-    case = synthesize_case(seed, draw.spec)
+    source = default_source() if labels is True else (labels or None)
+    draw = fam.draw_v2(rng) if source is not None else fam.draw(rng)
+    if isinstance(draw.spec, LabelCaseSpec):
+        assert source is not None
+        case: Case | LabelCase = source.case(seed, draw.spec)
+    else:
+        case = synthesize_case(seed, draw.spec)
     allowed = templates if templates is not None else list(range(len(fam.templates)))
     allowed = [t for t in allowed if t < len(fam.templates)] or [0]
     ti = int(allowed[int(rng.integers(len(allowed)))])
     return fam.build(case, draw, rng, ti), case
 
 
-__all__ = ["FAMILIES", "MOD", "STEP", "TaskSample", "sample_task"]
+__all__ = ["FAMILIES", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task"]

@@ -15,23 +15,35 @@ import numpy as np
 import voxel_ops as vo
 from agent.functions.types import number_text
 from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
+from training.synth.label_case import LabelCase, LabelCaseSpec
 from training.tasks.grammar import expand, tidy
-from training.tasks.lexicon import LEXICON
+from training.tasks.lexicon import FRAMES, LEXICON, noisy
 from training.tasks.program import Program, TaskSample
 from training.tasks.targets import (
     BILATERAL_PAIRS,
     SCAN_PHRASES,
     SEQUENCE_NAMES,
     SIMPLE_TISSUE,
+    STRUCTURE_WORDS,
     TARGETS,
     TISSUE,
+    V2_PAIRS,
+    table_of,
     truth_mask,
+    v2_target,
+    volume_phrase,
 )
 
 REFUSAL = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
            "brain, gray matter, white matter, CSF, the left and right hemispheres and lesions (with their "
            "enhancing part and edema), and describe lesion signal, side, region, contrast enhancement, "
            "diffusion restriction and change between sessions.")
+REFUSAL_V2 = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
+              "brain, the intracranial volume, gray and white matter, the cerebral cortex, CSF, the ventricles, the "
+              "hemispheres, the deep structures (hippocampus, thalamus, caudate, putamen, pallidum, amygdala, "
+              "accumbens, ventral DC), the cerebellum and the brainstem, and lesions (with their enhancing part "
+              "and edema), and describe lesion signal, side, region, contrast enhancement, diffusion restriction "
+              "and change between sessions.")
 
 
 def q(value: float, unit: str | None) -> str:
@@ -42,7 +54,7 @@ def q(value: float, unit: str | None) -> str:
 
 @dataclass
 class Draw:
-    spec: CaseSpec
+    spec: CaseSpec | LabelCaseSpec  # a LabelCaseSpec puts the task on real anatomy (training.synth.label_case)
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -53,13 +65,23 @@ class Family:
     def draw(self, rng: np.random.Generator) -> Draw:
         raise NotImplementedError
 
+    def draw_v2(self, rng: np.random.Generator) -> Draw:
+        """The draw when label cases are available (``sample_task(..., labels=...)``).
+
+        Anatomy families override it to draw a ``LabelCaseSpec`` (every ``vision.targets`` target);
+        the lesion families keep their MNI cases, whose lesion design records what they ask about.
+        """
+        return self.draw(rng)
+
     def build(self, case: Case, draw: Draw, rng: np.random.Generator, template_index: int) -> TaskSample:
         raise NotImplementedError
 
     # helpers shared by the families
     def prompt(self, rng: np.random.Generator, template_index: int, bound: dict[str, Any]) -> str:
         bound = {k: (list(v) if isinstance(v, (list, tuple)) else [str(v)]) for k, v in bound.items()}
-        return tidy(expand(self.templates[template_index], rng, LEXICON, bound))
+        core = tidy(expand(self.templates[template_index], rng, LEXICON, bound))
+        # a frame (clinical context, filler, thanks) around it, then seeded typing noise
+        return noisy(tidy(expand("{frame}", rng, FRAMES, {"core": [core]})), rng)
 
     def sample(self, program: Program, prompt: str, answer: str | None, expected: dict[str, Any],
                template_index: int, case: Case) -> TaskSample:
@@ -93,7 +115,17 @@ def lesion_spec(rng: np.random.Generator, count: tuple[int, int] = (1, 1), **les
     return CaseSpec(scans=(ScanSpec(_scan_name(mod), mod),), lesions=LesionSpec(count=count, **lesion))
 
 
-def only_scan(case: Case) -> tuple[str, str]:
+V2_MODALITIES = ("T1", "T1", "T1", "T2", "FLAIR", "CT", "MR", "PD")
+
+
+def label_spec(rng: np.random.Generator, modality: str | None = None, lesion_prob: float = 0.15) -> LabelCaseSpec:
+    """A label case with one scan (a share of them with painted lesions)."""
+    mod = modality or V2_MODALITIES[int(rng.integers(len(V2_MODALITIES)))]
+    lesions = (1, 2) if rng.random() < lesion_prob else (0, 0)
+    return LabelCaseSpec(scans=(ScanSpec(_scan_name(mod), mod),), lesions=lesions)
+
+
+def only_scan(case: Case | LabelCase) -> tuple[str, str]:
     spec = case.spec.scans[0]
     return spec.name, spec.modality
 
@@ -102,9 +134,27 @@ def pick(rng: np.random.Generator, options: tuple | list) -> Any:
     return options[int(rng.integers(len(options)))]
 
 
-def target_for(rng: np.random.Generator, case: Case, lesion_share: float = 0.3) -> str:
+MIN_VOXELS = 8  # a v2 target must have at least this many voxels on the case to be asked about
+
+
+def present(case: Case | LabelCase, target: str, scan: str) -> bool:
+    return int(truth_mask(case, target, scan).array.sum()) >= MIN_VOXELS
+
+
+def v2_pick(rng: np.random.Generator, case: LabelCase, scan: str, exclude: tuple[str, ...] = ()) -> str:
+    """A v2 anatomy target present on the case (thick slices can lose the smallest structures)."""
+    for _ in range(20):
+        target = v2_target(rng, exclude)
+        if present(case, target, scan):
+            return target
+    return "brain"
+
+
+def target_for(rng: np.random.Generator, case: Case | LabelCase, lesion_share: float = 0.3) -> str:
     if case.lesions and rng.random() < lesion_share:
         return "lesion"
+    if isinstance(case, LabelCase):
+        return v2_pick(rng, case, only_scan(case)[0])
     return pick(rng, TISSUE)
 
 
@@ -132,6 +182,12 @@ class Segment(Family):
         spec = lesion_spec(rng, (1, 2), edema_prob=0.4, heterogeneous_prob=0.4) if lesion_task else tissue_spec(rng)
         return Draw(spec, {"lesion_task": lesion_task})
 
+    def draw_v2(self, rng):
+        lesion_task = rng.random() < 0.2
+        if lesion_task:
+            return Draw(lesion_spec(rng, (1, 2), edema_prob=0.4, heterogeneous_prob=0.4), {"lesion_task": True})
+        return Draw(label_spec(rng, lesion_prob=0.0), {"lesion_task": False})
+
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         if draw.params["lesion_task"]:
@@ -143,14 +199,14 @@ class Segment(Family):
                 options.append("enhancing tumor")
             target = pick(rng, options)
         else:
-            target = pick(rng, TISSUE)
-        p = Program()
+            target = target_for(rng, case, lesion_share=0.0)
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.output(var, target)
         answer = f"Here is the segmentation of the {target}."
         p.respond(answer)
-        prompt = self.prompt(rng, ti, {"target": TARGETS[target].phrases, "scan": SCAN_PHRASES[mod],
+        prompt = self.prompt(rng, ti, {"target": table_of(case)[target].phrases, "scan": SCAN_PHRASES[mod],
                                         "scan_in": ["", "in {scan}", "on {scan}", "from {scan}"]})
         truth = truth_mask(case, target, scan)
         return self.sample(p, prompt, answer, {"target": target, "target_voxels": int(truth.array.sum())}, ti, case)
@@ -162,9 +218,13 @@ class MeasureFamily(Family):
     def draw(self, rng):
         return Draw(tissue_spec(rng))
 
-    def bound(self, target: str, mod: str) -> dict[str, Any]:
-        return {"target": TARGETS[target].phrases, "scan": SCAN_PHRASES[mod],
-                "scan_in": ["", "in {scan}", "on {scan}", "using {scan}"]}
+    def draw_v2(self, rng):
+        return Draw(label_spec(rng))
+
+    def bound(self, target: str, mod: str, case: Case | LabelCase | None = None) -> dict[str, Any]:
+        table = table_of(case) if case is not None else TARGETS
+        return {"target": table[target].phrases, "scan": SCAN_PHRASES[mod],
+                "scan_in": ["", "", "in {scan}", "on {scan}", "using {scan}"]}
 
 
 class Volume(MeasureFamily):
@@ -175,24 +235,31 @@ class Volume(MeasureFamily):
         "{please} {measure_verb} the {volume_word} of {target} {scan_in}.",
         "{opener} {measure_verb} {target} volume {in_units}.",
         "How many {unit_ml} does {target} occupy?",
-        "{target}: {volume_word}?",
+        "{vol_terse}",
         "I'd like to know the {volume_word} of {target}.",
         "Volume of {target} {scan_in}, {closing}",
         "{report_verb} the {volume_word} of {target} {in_units}.",
+        # held out (index >= 9): wordings training never shows
         "What volume did {target} have {scan_in}?",
         "Quantify {target} in terms of volume {in_units}.",
+        "Could I get a volumetric measurement of {target}?",
+        "{target} -> how much space does it take up, in {unit_ml}?",
     )
+    TERSE = {"intracranial volume": ["ICV?", "ICV", "TIV?", "TIV", "icv pls", "intracranial vol?", "eTIV?",
+                                     "{target} vol?"],
+             "brain": ["brain vol?", "total brain vol?", "brain volume?", "BV?", "whole brain vol"]}
 
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"v = volume({var})")
-        p.respond(f"The {target} volume is {{v}}.", fstring=True)
+        p.respond(f"The {volume_phrase(target)} is {{v}}.", fstring=True)
         ml = vo.volume_ml(truth_mask(case, target, scan))
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)), f"The {target} volume is {q(ml, 'mL')}.",
+        bound = self.bound(target, mod, case) | ({"vol_terse": self.TERSE[target]} if target in self.TERSE else {})
+        return self.sample(p, self.prompt(rng, ti, bound), f"The {volume_phrase(target)} is {q(ml, 'mL')}.",
                            {"target": target, "volume_ml": ml}, ti, case)
 
 
@@ -220,7 +287,7 @@ class Extents(MeasureFamily):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
         kind = pick(rng, ("height", "width", "depth", "all"))
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         truth = vo.extents_mm(truth_mask(case, target, scan))
@@ -240,7 +307,7 @@ class Extents(MeasureFamily):
             which = ["{" + word + "}"]
             adj = {"height": ["tall", "high"], "width": ["wide", "broad"], "depth": ["deep", "long"]}[kind]
             expected = {f"{kind}_mm": float(truth[key])}
-        bound = self.bound(target, mod) | {"which": which, "adj": adj}
+        bound = self.bound(target, mod, case) | {"which": which, "adj": adj}
         return self.sample(p, self.prompt(rng, ti, bound), answer, {"target": target, "kind": kind, **expected}, ti,
                            case)
 
@@ -264,7 +331,7 @@ class BoundingBox(MeasureFamily):
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"b = bbox({var})")
@@ -274,7 +341,7 @@ class BoundingBox(MeasureFamily):
                  + [f"max_{a}={q(v, 'mm')}" for a, v in zip("xyz", hi)])
         expected = ({f"min_{a}_mm": float(v) for a, v in zip("xyz", lo)}
                     | {f"max_{a}_mm": float(v) for a, v in zip("xyz", hi)})
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod, case)),
                            f"The {target} bounding box is {', '.join(parts)}.", {"target": target, **expected},
                            ti, case)
 
@@ -298,14 +365,14 @@ class MeanIntensity(MeasureFamily):
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"m = mean_intensity({scan}, {var})")
         p.respond(f"The mean intensity of the {target} is {{m}}.", fstring=True)
         unit = "HU" if mod == "CT" else None
         mean = vo.intensity_stats(case.scans[scan], truth_mask(case, target, scan))["mean"]
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod, case)),
                            f"The mean intensity of the {target} is {q(mean, unit)}.",
                            {"target": target, "mean_intensity": float(mean)}, ti, case)
 
@@ -329,13 +396,13 @@ class Snr(MeasureFamily):
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         target = target_for(rng, case, lesion_share=0.1)
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"s = snr({scan}, {var})")
         p.respond(f"The SNR of the {target} is {{s}}.", fstring=True)
         value = vo.snr(case.scans[scan], truth_mask(case, target, scan))
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod, case)),
                            f"The SNR of the {target} is {q(value, None)}.",
                            {"target": target, "snr": float(value)}, ti, case)
 
@@ -361,7 +428,7 @@ class Crop(MeasureFamily):
         target = target_for(rng, case)
         margin = int(pick(rng, (0, 0, 5, 10, 15, 20)))
         margin_alts = [a for a in LEXICON["margin_phrase"] if ("{margin}" in a) == (margin > 0)]
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"c = crop({scan}, {var}, {margin})")
@@ -369,7 +436,7 @@ class Crop(MeasureFamily):
         answer = f"Here is the {SEQUENCE_NAMES[mod]} scan cropped around the {target}."
         p.respond(answer)
         cropped = vo.crop_to_mask(case.scans[scan], truth_mask(case, target, scan), float(margin))
-        bound = self.bound(target, mod) | {"margin": str(margin), "margin_phrase": margin_alts}
+        bound = self.bound(target, mod, case) | {"margin": str(margin), "margin_phrase": margin_alts}
         return self.sample(p, self.prompt(rng, ti, bound), answer,
                            {"target": target, "margin_mm": margin, "shape": tuple(cropped.shape)}, ti, case)
 
@@ -394,7 +461,7 @@ class KeepRemove(MeasureFamily):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
         mode = pick(rng, ("keep", "remove"))
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         var = p.segment(scan, target)
         p.line(f"r = {mode}({scan}, {var})")
@@ -405,7 +472,7 @@ class KeepRemove(MeasureFamily):
         truth = truth_mask(case, target, scan)
         fn = vo.keep_region if mode == "keep" else vo.remove_region
         edited = fn(case.scans[scan], truth)
-        bound = self.bound(target, mod) | {"verb": ["{keep_verb}"] if mode == "keep" else ["{remove_verb}"]}
+        bound = self.bound(target, mod, case) | {"verb": ["{keep_verb}"] if mode == "keep" else ["{remove_verb}"]}
         return self.sample(p, self.prompt(rng, ti, bound), answer,
                            {"target": target, "mode": mode,
                             "edited_sum": float(np.sum(edited.array, dtype=np.float64))},
@@ -431,11 +498,14 @@ class Compare(MeasureFamily):
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         a = target_for(rng, case, lesion_share=0.2)
-        b = pick(rng, [t for t in SIMPLE_TISSUE if t != a] + ["brain"])
+        if isinstance(case, LabelCase):
+            b = v2_pick(rng, case, scan, exclude=(a,))
+        else:
+            b = pick(rng, [t for t in SIMPLE_TISSUE if t != a] + ["brain"])
         if b == a:
             b = "brain" if a != "brain" else "white matter"
         how = pick(rng, ("ratio", "difference"))
-        p = Program()
+        p = Program(table_of(case))
         p.encode([scan])
         va_, vb_ = p.segment(scan, a), p.segment(scan, b)
         p.line(f"v1 = volume({va_})")
@@ -444,15 +514,15 @@ class Compare(MeasureFamily):
         ml_b = vo.volume_ml(truth_mask(case, b, scan))
         if how == "ratio":
             p.line("r = ratio(v1, v2)")
-            p.respond(f"The ratio of the {a} volume to the {b} volume is {{r}}.", fstring=True)
+            p.respond(f"The ratio of the {volume_phrase(a)} to the {volume_phrase(b)} is {{r}}.", fstring=True)
             value = float(vo.ratio(ml_a, ml_b))
-            answer = f"The ratio of the {a} volume to the {b} volume is {q(value, None)}."
+            answer = f"The ratio of the {volume_phrase(a)} to the {volume_phrase(b)} is {q(value, None)}."
         else:
             p.line("r = difference(v1, v2)")
-            p.respond(f"The {a} volume minus the {b} volume is {{r}}.", fstring=True)
+            p.respond(f"The {volume_phrase(a)} minus the {volume_phrase(b)} is {{r}}.", fstring=True)
             value = ml_a - ml_b
-            answer = f"The {a} volume minus the {b} volume is {q(value, 'mL')}."
-        bound = self.bound(a, mod) | {"target2": TARGETS[b].phrases,
+            answer = f"The {volume_phrase(a)} minus the {volume_phrase(b)} is {q(value, 'mL')}."
+        bound = self.bound(a, mod, case) | {"target2": table_of(case)[b].phrases,
                                       "how": ["{ratio_word}"] if how == "ratio" else ["{diff_word}"]}
         return self.sample(p, self.prompt(rng, ti, bound), answer,
                            {"target": a, "target2": b, "how": how, "value": value}, ti, case)
@@ -476,9 +546,17 @@ class Asymmetry(MeasureFamily):
 
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
-        kind = pick(rng, tuple(BILATERAL_PAIRS))
-        left, right = BILATERAL_PAIRS[kind]
-        p = Program()
+        if isinstance(case, LabelCase):
+            kinds = [k for k, (lt, rt, _) in V2_PAIRS.items() if present(case, lt, scan) and present(case, rt, scan)]
+            kind = pick(rng, kinds)
+            left, right, words = V2_PAIRS[kind]
+        else:
+            kind = pick(rng, tuple(BILATERAL_PAIRS))
+            left, right = BILATERAL_PAIRS[kind]
+            words = {"hemisphere": ("cerebral hemispheres", "hemispheres", "brain hemispheres"),
+                     "gray matter": ("gray matter", "grey matter", "GM", "cortical gray matter"),
+                     "white matter": ("white matter", "WM", "cerebral white matter")}[kind]
+        p = Program(table_of(case))
         p.encode([scan])
         lv, rv = p.segment(scan, left), p.segment(scan, right)
         p.line(f"vl = volume({lv})")
@@ -488,9 +566,6 @@ class Asymmetry(MeasureFamily):
         ml_l = vo.volume_ml(truth_mask(case, left, scan))
         ml_r = vo.volume_ml(truth_mask(case, right, scan))
         value = float(vo.asymmetry_index(ml_l, ml_r))
-        words = {"hemisphere": ["cerebral hemispheres", "hemispheres", "brain hemispheres"],
-                 "gray matter": ["gray matter", "grey matter", "GM", "cortical gray matter"],
-                 "white matter": ["white matter", "WM", "cerebral white matter"]}[kind]
         bound = {"structure": words, "scan": SCAN_PHRASES[mod], "scan_in": ["", "in {scan}", "on {scan}"]}
         return self.sample(p, self.prompt(rng, ti, bound), f"The {kind} asymmetry index is {q(value, None)}.",
                            {"structure": kind, "value": value, "left_ml": ml_l, "right_ml": ml_r}, ti, case)
@@ -514,18 +589,131 @@ class IcvNormalized(MeasureFamily):
 
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
+        v2 = isinstance(case, LabelCase)
+        icv_target = "intracranial volume" if v2 else "brain"  # the MNI cases have no CSF outside the brain mask
         target = target_for(rng, case, lesion_share=0.2)
-        if target == "brain":
-            target = "gray matter"
-        p = Program()
+        if target == icv_target:
+            target = "brain" if v2 else "gray matter"
+        p = Program(table_of(case))
         p.encode([scan])
-        var, icv = p.segment(scan, target), p.segment(scan, "brain")
+        var, icv = p.segment(scan, target), p.segment(scan, icv_target)
         p.line(f"v = volume({var})")
         p.line(f"icv = volume({icv})")
         p.line("r = ratio(v, icv)")
         p.respond(f"The {target} volume normalized by intracranial volume is {{r}}.", fstring=True)
         value = float(vo.ratio(vo.volume_ml(truth_mask(case, target, scan)),
-                               vo.volume_ml(truth_mask(case, "brain", scan))))
-        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod)),
+                               vo.volume_ml(truth_mask(case, icv_target, scan))))
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod, case)),
                            f"The {target} volume normalized by intracranial volume is {q(value, None)}.",
                            {"target": target, "value": value}, ti, case)
+
+
+class Centroid(MeasureFamily):
+    name = "centroid"
+    templates = (
+        "{what_is} the {centroid_word} of {target} {scan_in}?",
+        "{please} {measure_verb} the {centroid_word} of {target} in {unit_mm}.",
+        "Where is the {centroid_word} of {target}?",
+        "{opener} {target}: {centroid_word}?",
+        "{report_verb} the {centroid_word} {coords_word} of {target}.",
+        "{target} {centroid_word} pls",
+        "I need the {coords_word} of the {centroid_word} of {target} {scan_in}.",
+        "Locate {target} by its {centroid_word}, {closing}",
+        "Give the {centroid_word} of {target} as x, y, z.",
+        # held out (index >= 9)
+        "At which point in space does {target} have its middle?",
+        "Find the average voxel position of {target} in world space.",
+        "Compute where {target} is centred on average, in {unit_mm}.",
+    )
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        p = Program(table_of(case))
+        p.encode([scan])
+        var = p.segment(scan, target)
+        p.line(f"c = centroid({var})")
+        p.respond(f"The {target} centroid is {{c}}.", fstring=True)
+        point = vo.centroid_mm(truth_mask(case, target, scan))
+        answer = f"The {target} centroid is " + ", ".join(f"{a}={q(v, 'mm')}" for a, v in zip("xyz", point)) + "."
+        return self.sample(p, self.prompt(rng, ti, self.bound(target, mod, case)), answer,
+                           {"target": target, **{f"{a}_mm": float(v) for a, v in zip("xyz", point)}}, ti, case)
+
+
+class MultiVolume(MeasureFamily):
+    """Several targets in one request ("volumes of the left and right hippocampus and the thalamus")."""
+
+    name = "multi_volume"
+    templates = (
+        "{what_is} the {volumes_word} of {targets}?",
+        "{please} {measure_verb} the {volumes_word} of {targets} {each_word}.",
+        "{opener} {targets}: {volumes_word}?",
+        "I need {volumes_word} for {targets} {in_units}.",
+        "{report_verb} the {volume_word} of {targets} {each_word}.",
+        "{targets} vols?",
+        "How big are {targets}? Give each volume {in_units}.",
+        "Volumes please: {targets}, {closing}",
+        "{measure_verb} {targets} and give me the {volumes_word}.",
+        # held out (index >= 9)
+        "Could you tell me how much room {targets} take up, one number each?",
+        "Report a separate volume for every one of these: {targets}.",
+        "Volumetry requested for {targets}.",
+    )
+    THREE = ["{target}, {target2} and {target3}", "{target}, {target2}, {target3}", "{target} & {target2} & {target3}",
+             "{target}, {target2} as well as {target3}", "{target} and {target2} and {target3}"]
+    PAIR = ["the left and right {struct}", "left and right {struct}", "L and R {struct}", "both {struct} separately",
+            "the left and the right {struct}"]
+
+    def _targets(self, rng, case, scan) -> tuple[list[str], str | None]:
+        """2-3 distinct targets; on label cases often a left/right pair (its base word is returned)."""
+        n = 3 if rng.random() < 0.35 else 2
+        if not isinstance(case, LabelCase):
+            names = list(rng.permutation(list(TISSUE)))[:n]
+            return [str(t) for t in names], None
+        base = None
+        if rng.random() < 0.5:
+            bases = [b for b in STRUCTURE_WORDS
+                     if present(case, f"left {b}", scan) and present(case, f"right {b}", scan)]
+            base = pick(rng, bases)
+            chosen = [f"left {base}", f"right {base}"]
+        else:
+            chosen = [v2_pick(rng, case, scan)]
+        while len(chosen) < n:
+            chosen.append(v2_pick(rng, case, scan, exclude=tuple(chosen)))
+        return chosen, base
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        targets, base = self._targets(rng, case, scan)
+        if len(set(targets)) < len(targets):  # v2_pick fell back to a target already chosen
+            targets = list(dict.fromkeys(targets))
+        if len(targets) < 2:
+            targets.append("intracranial volume" if targets[0] != "intracranial volume" else "brain")
+        table = table_of(case)
+        p = Program(table)
+        p.encode([scan])
+        masks = [p.segment(scan, t) for t in targets]
+        names = [f"v{i + 1}" for i in range(len(targets))]
+        for var, mask in zip(names, masks):
+            p.line(f"{var} = volume({mask})")
+        mls = [vo.volume_ml(truth_mask(case, t, scan)) for t in targets]
+
+        def sentence(values: list[str]) -> str:
+            parts = [f"the {volume_phrase(t)} is {v}" for t, v in zip(targets, values)]
+            text = ", ".join(parts[:-1]) + " and " + parts[-1]
+            return text[:1].upper() + text[1:] + "."
+
+        p.respond(sentence(["{" + n + "}" for n in names]), fstring=True)
+        answer = sentence([q(ml, "mL") for ml in mls])
+        bound = self.bound(targets[0], mod, case) | {"target2": table[targets[1]].phrases}
+        if len(targets) == 3:
+            bound |= {"target3": table[targets[2]].phrases, "targets": self.THREE}
+            if base is not None:
+                bound["targets"] = self.THREE + [f"{a} and {{target3}}" for a in self.PAIR]
+        elif base is not None:
+            bound["targets"] = LEXICON["targets"] + self.PAIR
+        if base is not None:
+            singular, plural = STRUCTURE_WORDS[base]
+            bound["struct"] = list(singular + plural)
+        return self.sample(p, self.prompt(rng, ti, bound), answer,
+                           {"targets": targets, "volumes_ml": mls}, ti, case)

@@ -11,7 +11,7 @@ import numpy as np
 import voxel_ops as vo
 from training.synth import CaseSpec, LesionSpec, ScanSpec
 from training.synth.lesions import HYPER, HYPO
-from training.tasks.families import REFUSAL, Draw, Family, pick, q
+from training.tasks.families import REFUSAL, REFUSAL_V2, Draw, Family, pick, q
 from training.tasks.program import Program
 from training.tasks.targets import SCAN_PHRASES, SEQUENCE_NAMES, truth_mask
 
@@ -413,10 +413,16 @@ class OutOfScope(Family):
         mod = pick(rng, ("T1", "FLAIR", "CT"))
         return Draw(CaseSpec(scans=(ScanSpec(mod.lower(), mod),)))
 
+    def draw_v2(self, rng):
+        """With label cases the agent knows every vision target: the refusal lists them."""
+        draw = self.draw(rng)
+        return Draw(draw.spec, {"v2": True})
+
     def build(self, case, draw, rng, ti):
+        refusal = REFUSAL_V2 if draw.params.get("v2") else REFUSAL
         p = Program()
-        p.respond(REFUSAL)
-        return self.sample(p, self.prompt(rng, ti, {}), REFUSAL, {"refused": True}, ti, case)
+        p.respond(refusal)
+        return self.sample(p, self.prompt(rng, ti, {}), refusal, {"refused": True}, ti, case)
 
 
 __all__ = ["Enhancement", "LesionCount", "LesionRegion", "LesionSide", "LesionSignal", "Longitudinal",

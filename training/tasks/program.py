@@ -13,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from training.tasks.targets import TARGETS
+from training.tasks.targets import TARGETS, TargetDef, var_name
 
 MOD = "<MOD>"
 STEP = "<STEP>"
@@ -45,7 +45,8 @@ class TaskSample:
 class Program:
     """Collects the lines of a ground-truth program, step by step."""
 
-    def __init__(self) -> None:
+    def __init__(self, table: dict[str, TargetDef] | None = None) -> None:
+        self.table = table if table is not None else TARGETS  # v2 tasks pass targets.V2_TARGETS
         self.steps: list[list[str]] = [[]]
         self.generate_calls: list[tuple[str, str]] = []
         self._have: dict[tuple[str, str], str] = {}  # (scan, generated target) -> variable
@@ -67,7 +68,7 @@ class Program:
     def generate(self, scan: str, target: str, enc: str = "e", suffix: str = "") -> str:
         key = (scan + suffix, target)
         if key not in self._have:
-            var = GENERATED_VARS[target] + suffix
+            var = GENERATED_VARS.get(target, var_name(target)) + suffix
             self.line(f'{var} = generate({enc}, {scan}{MOD}, "{target}")')
             self.generate_calls.append((scan, target))
             self._have[key] = var
@@ -75,7 +76,7 @@ class Program:
 
     def segment(self, scan: str, target: str, enc: str = "e", suffix: str = "") -> str:
         """Variable holding `target` on `scan`, generating (and composing) as needed."""
-        t = TARGETS[target]
+        t = self.table[target]
         if len(t.generated) == 1:
             return self.generate(scan, t.generated[0], enc, suffix)
         parts = [self.generate(scan, g, enc, suffix) for g in t.generated]
