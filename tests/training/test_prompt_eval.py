@@ -154,6 +154,10 @@ def test_judge_refusal_and_fabrication(factory: CaseFactory) -> None:
                        {})
     assert not fabricated.correct and fabricated.judged_kind == "volume"
     assert not names_capabilities("Sure, here you go.")
+    # the same refusal to a measurement request: not correct, and judged a refusal, not "none"
+    volume = judge("volume", expected_target("brain", "volume"), case,
+                   run_of(f'respond("{CAPABILITIES}")\nstop()', text=CAPABILITIES), {})
+    assert volume.judged_kind == "refusal" and not volume.correct and volume.succeeded_wrong
 
 
 def test_judge_composed_asymmetry_and_categorical(factory: CaseFactory) -> None:

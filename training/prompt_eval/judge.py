@@ -322,8 +322,10 @@ def judge(kind: str, expected: ExpectedTarget | None, case: EvalCase, result: An
     elif kind == "segment" and chosen is not None and target_ok:
         number = _output_dice(chosen, expected.truth[0], case, env)
     correct = bool(number_ok) if kind in MEASURED else program_ok
+    # a run with no finding is a refusal when it looked at nothing and said something, else "none"
+    fallback = kinds[0] if kinds else ("refusal" if answer.strip() and not view.generated else "none")
     return Judgement(kind_ok, target_ok, status_ok, program_ok, number_ok, correct,
-                     chosen.kind if chosen else (kinds[0] if kinds else "none"), kinds, judged_target,
+                     chosen.kind if chosen else fallback, kinds, judged_target,
                      number=number, notes=notes, findings=findings)
 
 
