@@ -12,9 +12,18 @@ unfilled placeholders, not token soup); ``no_answer`` when it stops without any,
 tokens, wall time, or a step that does not close with ``<STEP>`` within ``max_step_tokens``: such
 code is incomplete and is not executed); ``failed`` only when the sandbox itself breaks or the
 prompt does not fit.
+
+Constrained decoding (``constrained=True``, the default; ``agent.constrained``): at every token only
+continuations that keep the step a prefix of a valid program are taken: names defined in the
+sandbox's environment (or being assigned), library functions with their arity, targets the phi bank
+supports, ``<MOD>`` after each volume argument, and ``<STEP>`` only where the step is complete. The
+logits' candidates are tried best first, so the choice equals an argmax over the masked
+vocabulary. A step that no token can continue ends the run with ``no_answer`` and says so; invalid
+code is never emitted.
 """
 from __future__ import annotations
 
+import ast
 import logging
 import threading
 import time
@@ -28,7 +37,11 @@ import numpy as np
 import torch
 
 from agent.answer_check import answer_problem
+from agent.constrained import Signature, StepConstraint, signatures, target_strings, token_texts
+from agent.functions import default_registry
 from agent.model import DecodeSession, VoxAgentModel
+from agent.phi_bank import PhiBank
+from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
 from agent.tokenizer import AgentTokenizer
@@ -87,6 +100,8 @@ class Transcript:
     enc_vectors: list[np.ndarray] = field(default_factory=list)  # one (n, d) block per feedback with reads
     generated: list[tuple[int, int]] = field(default_factory=list)  # (index into ids, id the model chose)
     phis: list[torch.Tensor] = field(default_factory=list)  # every phi handed to the sandbox, in order
+    constraint_s: float = 0.0  # seconds spent choosing tokens under the constraint (its argmax included)
+    constraint_fallbacks: int = 0  # tokens for which no top-k candidate was valid (full vocabulary scan)
 
 
 @dataclass
@@ -95,6 +110,20 @@ class _StepDraft:
     phis: list[torch.Tensor]
     ended: bool  # closed by <STEP>/eos (False: token limit, wall time or context full)
     end_id: int | None = None  # the id that closed it (<STEP> or eos; <STEP> is what gets fed)
+    blocked: str | None = None  # why constrained decoding could not continue the step
+
+
+@dataclass(frozen=True)
+class _StepRules:
+    """What a step may use, for its `StepConstraint`."""
+
+    names: frozenset[str]
+    functions: dict[str, Signature]
+    targets: tuple[str, ...]
+    limits: SandboxLimits
+
+    def constraint(self) -> StepConstraint:
+        return StepConstraint(self.names, self.functions, self.targets, limits=self.limits)
 
 
 class AgentRuntime:
@@ -111,6 +140,9 @@ class AgentRuntime:
         model_name: str | None = None,
         decode_threads: int | None = 1,
         clock: Callable[[], float] = time.perf_counter,
+        constrained: bool = True,
+        phi_bank: PhiBank | None = None,
+        constraint_topk: int = 8,
     ) -> None:
         """``decode_threads``: torch intra-op threads while the LM runs (restored around sandbox calls).
 
@@ -121,6 +153,12 @@ class AgentRuntime:
 
         ``clock``: seconds, monotonic; the wall-time limit and the timings read it (tests inject one
         so that a limit is reached after a known number of readings, whatever the machine's speed).
+
+        ``constrained``: decode valid steps only (module docstring); False gives plain greedy decoding,
+        for comparison. The rules come from the executor where it has them (a `Sandbox`'s ``env``,
+        ``registry``, ``limits`` and phi bank), else from the scans, the default library and
+        ``phi_bank`` (the checkpoint's, see ``from_checkpoint``; the default bank without one).
+        ``constraint_topk``: candidates tried before scanning the whole vocabulary.
         """
         if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
             raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
@@ -134,6 +172,11 @@ class AgentRuntime:
         self.clock = clock
         self.last_transcript: Transcript | None = None
         self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
+        self.constrained = constrained
+        self.phi_bank = phi_bank
+        self.constraint_topk = max(1, int(constraint_topk))
+        self._token_texts = token_texts(tokenizer)
+        self._signatures: tuple[object, dict[str, Signature]] | None = None  # (registry, its signatures)
 
     @classmethod
     def from_checkpoint(cls, directory: str | Path, device: str = "cpu", **kwargs: Any) -> "AgentRuntime":
@@ -142,6 +185,8 @@ class AgentRuntime:
 
         model, tokenizer = load_agent(directory, device=device)
         kwargs.setdefault("model_name", Path(directory).name)
+        if "phi_bank" not in kwargs:
+            kwargs["phi_bank"] = PhiBank.for_model_dir(directory)
         return cls(model, tokenizer, **kwargs)
 
     # ---- public --------------------------------------------------------------------------------
@@ -199,17 +244,25 @@ class AgentRuntime:
         timings["prefill"] = self._now() - t0
         transcript.ids += mu1
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
+        assigned: set[str] = set()  # names assigned by steps that ran without error (executors without env)
 
         for index in range(lim.max_steps):
             t_step = self._now()
+            constraint = self._step_rules(executor, scans, assigned).constraint() if self.constrained else None
             with self._lm():
-                draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens)
+                draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
             t_decoded = self._now()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
             trace = StepTrace(index=index, code=code, phi_count=0)
             result.trace.append(trace)
 
+            if draft.blocked is not None:
+                trace.error = f"constrained decoding: {draft.blocked}; not executed"
+                trace.duration_s = self._now() - t_step
+                reason = f"the agent could not continue step {index} with valid code ({draft.blocked})"
+                logger.warning("constrained decoding blocked: step=%d reason=%s code=%r", index, draft.blocked, code)
+                break
             if not draft.ended:
                 trace.error = "step did not end (token, context or time limit); not executed"
                 trace.duration_s = self._now() - t_step
@@ -225,6 +278,8 @@ class AgentRuntime:
                 return self._finish(result, AnalysisStatus.failed, responses, timings, t_start,
                                     error=f"sandbox failure: {exc}")
             timings["execute"] += self._now() - t_decoded
+            if outcome.error is None:
+                assigned |= _assigned_names(code)
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
 
@@ -263,15 +318,81 @@ class AgentRuntime:
 
         return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=reason)
 
+    def _step_rules(self, executor: StepExecutor, scans: Sequence[ScanInfo], assigned: set[str]) -> _StepRules:
+        """Names, functions, targets and limits of the next step, read from the executor when it has them.
+
+        A `Sandbox`'s ``env`` is the truth about what is defined (a step that failed half-way defined
+        only what ran); other executors get the scans plus the names assigned by steps without error.
+        Targets come from the phi bank that the executor's ``generate`` checks against.
+        """
+        env = getattr(executor, "env", None)
+        names = frozenset(env) if isinstance(env, Mapping) else frozenset(s.name for s in scans) | assigned
+        registry = getattr(executor, "registry", None)
+        if not isinstance(registry, Mapping):
+            registry = default_registry()
+        if self._signatures is None or self._signatures[0] is not registry:
+            self._signatures = (registry, signatures(registry))
+        bank = getattr(getattr(executor, "ctx", None), "phi_bank", None)
+        if not isinstance(bank, PhiBank):
+            bank = self.phi_bank or PhiBank.default()
+        limits = getattr(executor, "limits", None)
+        return _StepRules(names, self._signatures[1], target_strings(bank),
+                          limits if isinstance(limits, SandboxLimits) else SandboxLimits())
+
+    def _choose(self, logits: torch.Tensor, constraint: StepConstraint, transcript: Transcript) -> int | None:
+        """The most likely token that keeps the step valid (fed to ``constraint``), or None if none does.
+
+        Best first: the argmax, then the top k, then the rest of the vocabulary in logit order. For
+        greedy decoding this is the argmax of the masked logits, and usually costs one check.
+        """
+        texts, stop_ids = self._token_texts, self._stop_ids
+        complete: list[bool] = []
+
+        def take(tid: int) -> bool:
+            if tid in stop_ids:
+                if not complete:
+                    complete.append(constraint.complete())
+                return complete[0]
+            text = texts[tid]
+            return text is not None and constraint.try_feed(text)
+
+        best = int(torch.argmax(logits))
+        if take(best):
+            return best
+        k = min(self.constraint_topk, int(logits.shape[-1]))
+        top = torch.topk(logits, k).indices.tolist()
+        for tid in top:
+            if tid != best and take(tid):
+                return int(tid)
+        transcript.constraint_fallbacks += 1
+        seen = set(top)
+        for tid in torch.argsort(logits, descending=True).tolist():
+            if tid not in seen and take(tid):
+                return int(tid)
+        return None
+
     def _decode_step(
-        self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int
+        self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int,
+        constraint: StepConstraint | None = None,
     ) -> _StepDraft:
-        """Greedy tokens until <STEP>/eos; phi from the hidden state at every fed <MOD>."""
+        """Greedy tokens until <STEP>/eos; phi from the hidden state at every fed <MOD>.
+
+        With a ``constraint`` each token is the best one that keeps the step valid; when none does the
+        draft comes back ``blocked`` (never executed)."""
         tokens: list[int] = []
         phis: list[torch.Tensor] = []
         mod_id = self.tokenizer.mod_id
         for _ in range(max_tokens):
-            next_id = int(torch.argmax(logits))
+            if constraint is None:
+                next_id = int(torch.argmax(logits))
+            else:
+                t0 = time.perf_counter()
+                chosen = self._choose(logits, constraint, transcript)
+                if chosen is None:
+                    return _StepDraft(tokens, phis, ended=False, blocked=(
+                        "no token continues the step as valid code" if tokens else "no token starts a valid step"))
+                next_id = chosen
+                transcript.constraint_s += time.perf_counter() - t0
             if next_id in self._stop_ids:
                 return _StepDraft(tokens, phis, ended=True, end_id=next_id)
             if session.remaining <= 2 or self._now() > deadline:
@@ -334,6 +455,16 @@ class AgentRuntime:
         result.timings_s = {**{k: round(v, 6) for k, v in timings.items()}, "total": round(self._now() - t_start, 6)}
         logger.info("agent run %s after %d steps in %.3f s", status, len(result.trace), result.timings_s["total"])
         return result
+
+
+def _assigned_names(code: str) -> set[str]:
+    """Names a step assigns (for executors that do not expose their environment)."""
+    try:
+        tree = ast.parse(code.replace("<MOD>", ""))
+    except SyntaxError:
+        return set()
+    return {node.id for stmt in tree.body if isinstance(stmt, ast.Assign)
+            for node in ast.walk(stmt.targets[0]) if isinstance(node, ast.Name)}
 
 
 __all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript"]

@@ -85,7 +85,9 @@ def test_kv_cached_multistep_decoding_matches_recompute(tokenizer, random_model)
     model = StepEveryN(random_model.cfg, n=9).eval()
     model.load_state_dict(random_model.state_dict())
     executor = RecordingExecutor([text_and_vector_outcome(d, seed=s) for s in range(3)])
-    runtime = AgentRuntime(model, tokenizer, executor, limits=RuntimeLimits(max_steps=3, max_step_tokens=24))
+    # unconstrained: the forced <STEP> every n tokens must end steps wherever it falls
+    runtime = AgentRuntime(model, tokenizer, executor, limits=RuntimeLimits(max_steps=3, max_step_tokens=24),
+                           constrained=False)
     result = runtime.run("what is the lesion volume", SCANS)
     tr = runtime.last_transcript
     assert len(executor.calls) == 3 and len(result.trace) == 3

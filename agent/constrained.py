@@ -1,0 +1,762 @@
+"""Constrained decoding of agent steps: every decoded step is valid by construction.
+
+Why: a greedy decoder that may emit any token writes undefined names (``left_b``), functions the
+library does not have, targets the vision model cannot draw and half-formed syntax; the sandbox
+then refuses the step and the run ends in an error the user cannot act on. Here the decoder may
+only emit a token whose text keeps the step a *prefix of a program of the sandbox subset*:
+
+- statements are ``name[, name...] = expression`` or a call of a library function, one per line,
+  no indentation, no blank lines, nothing after ``stop()``, new names of at most 32 characters,
+  single spaces between tokens;
+- a name that is read must be defined (the scans and variables of the environment, or assigned by
+  an earlier statement of this step); a name that is assigned must not be a library function, a
+  keyword or start with ``_``; a called name must be a library function;
+- calls bind like the registry binds them (positional then keyword, no duplicates, no missing
+  required parameter, no surplus argument);
+- each volume argument of ``encode``/``generate`` is a defined name directly followed by
+  ``<MOD>``, and ``<MOD>`` appears nowhere else (not even as text inside a string, which the
+  sandbox would strip as a marker);
+- the target of ``generate`` is a string literal the loaded model supports;
+- expressions use only what the validator allows (literals, f-strings with allow-listed format
+  specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
+  subscripts).
+
+The checker is a character-level pushdown automaton (a lexer with one pending lexeme under a
+parser stack of small tuples). It is incremental: ``feed`` costs time proportional to the text fed,
+and a candidate token is tried on a copy of the state, which is a handful of attribute copies
+because the stack is an immutable tuple. Partial identifiers, target strings and format specs are
+checked for *viability* (some completion exists), so a valid prefix never leads into a dead end.
+
+It is deliberately a little stricter than Python where the task code never goes (comments,
+semicolons, line continuations, raw/bytes/triple-quoted strings, newlines inside brackets, blank
+lines): every such program has an equivalent the checker accepts.
+"""
+from __future__ import annotations
+
+import bisect
+import keyword
+import logging
+import re
+import string
+import weakref
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from agent.functions.registry import REQUIRED, LibraryFunction
+from agent.sandbox.formatting import spec_allowed
+from agent.sandbox.limits import SandboxLimits
+from agent.sandbox.markers import MOD_TOKEN
+
+logger = logging.getLogger(__name__)
+
+# Which parameters take a volume (followed by <MOD>) or a target string; the validator's
+# `_collect_markers` and library `generate` define these roles.
+VOLUME_PARAMS: dict[str, frozenset[str]] = {"encode": frozenset({"scans"}), "generate": frozenset({"scan"})}
+TARGET_PARAMS: dict[str, frozenset[str]] = {"generate": frozenset({"target"})}
+
+# A new variable name may not run on: a model that keeps extending one wastes its whole token budget.
+MAX_NEW_NAME = 32
+_IDENT_START = frozenset(string.ascii_letters + "_")
+_IDENT = frozenset(string.ascii_letters + string.digits + "_")
+_DIGITS = frozenset(string.digits)
+_QUOTES = frozenset("\"'")
+_DOUBLE_OPS = frozenset({"==", "!=", "<=", ">=", "**", "//"})
+_PENDING_OPS = {"=": ("=", "=="), "!": ("!=",), "<": ("<", "<="), ">": (">", ">="), "*": ("*", "**"),
+                "/": ("/", "//")}
+_SINGLE_OPS = frozenset("()[],+-%:}")
+_BINOPS = frozenset({"+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">="})
+_ESCAPES = frozenset("\\'\"ntr0")
+_CONSTANTS = frozenset({"None", "True", "False"})
+_AFTER_OPERAND = (("and", "if", "in", "not", "or"), ("and", "else", "in", "not", "or"))  # by ternary phase
+_SPEC_PREFIX = re.compile(r"[<>^]?[+-]?(\d{0,3})(?:\.(?:\d{1,2}[fegd%]?)?|[fegd%])?")  # prefixes of FORMAT_SPEC
+
+_X0 = ("X", "op0", 0)  # a fresh expression: wants an operand, `not` allowed, not in a ternary condition
+
+Frame = tuple[Any, ...]
+
+
+@dataclass(frozen=True)
+class Signature:
+    """How a library function binds its arguments, and which ones are volumes or targets."""
+
+    name: str
+    params: tuple[str, ...]
+    required: frozenset[str]  # non-variadic parameters without a default
+    variadic: int | None  # index of the *param (takes every remaining positional argument)
+    volume: frozenset[str] = frozenset()
+    target: frozenset[str] = frozenset()
+
+    @classmethod
+    def of(cls, fn: LibraryFunction) -> "Signature":
+        variadic = next((i for i, p in enumerate(fn.params) if p.variadic), None)
+        return cls(fn.name, tuple(p.name for p in fn.params),
+                   frozenset(p.name for p in fn.params if not p.variadic and p.default is REQUIRED), variadic,
+                   VOLUME_PARAMS.get(fn.name, frozenset()), TARGET_PARAMS.get(fn.name, frozenset()))
+
+    def role(self, param: str) -> str:
+        return "vol" if param in self.volume else "target" if param in self.target else "expr"
+
+    def positional(self, npos: int) -> str | None:
+        """Parameter that the next positional argument binds to (after ``npos`` of them), or None."""
+        if self.variadic is not None and npos >= self.variadic:
+            return self.params[self.variadic]
+        return self.params[npos] if npos < len(self.params) else None
+
+    def bound(self, npos: int, keywords: frozenset[str]) -> set[str]:
+        upto = npos if self.variadic is None else min(npos, self.variadic)
+        return set(self.params[:upto]) | set(keywords)
+
+    def can_close(self, npos: int, keywords: frozenset[str]) -> bool:
+        if not self.required <= self.bound(npos, keywords):
+            return False
+        return self.variadic is None or npos > self.variadic
+
+    def keyword_names(self, npos: int, keywords: frozenset[str]) -> tuple[str, ...]:
+        bound = self.bound(npos, keywords)
+        return tuple(sorted(p for i, p in enumerate(self.params) if i != self.variadic and p not in bound))
+
+
+def signatures(functions: Mapping[str, LibraryFunction | Signature]) -> dict[str, Signature]:
+    """Name -> `Signature` (build it once per registry: a constraint is made for every step)."""
+    return {name: f if isinstance(f, Signature) else Signature.of(f) for name, f in functions.items()}
+
+
+_TOKEN_TEXTS: weakref.WeakKeyDictionary[Any, tuple[str | None, ...]] = weakref.WeakKeyDictionary()
+
+
+def token_texts(tokenizer: Any) -> tuple[str | None, ...]:
+    """Each token's text as code, computed once per tokenizer; None where a token may never be code.
+
+    The agent tokenizer decodes piece by piece to the same text as the whole sequence (identity
+    normalization, no dummy prefix), so a step's text is the concatenation of these. Excluded: the
+    special ids (``<MOD>`` keeps its text, the step and eos ids are decided by ``complete()``), unk,
+    and byte-fallback pieces that are not text on their own (parts of a multi-byte character).
+    """
+    cached = _TOKEN_TEXTS.get(tokenizer)
+    if cached is not None:
+        return cached
+    special = set(tokenizer.special_ids) | {tokenizer.pad_id, tokenizer.bos_id, tokenizer.eos_id,
+                                            tokenizer.sp.unk_id()}
+    texts: list[str | None] = []
+    for i in range(tokenizer.vocab_size):
+        if i == tokenizer.mod_id:
+            texts.append(MOD_TOKEN)
+            continue
+        text = tokenizer.decode([i])
+        texts.append(None if i in special or not text or "\ufffd" in text or MOD_TOKEN in text else text)
+    result = tuple(texts)
+    _TOKEN_TEXTS[tokenizer] = result
+    logger.debug("token texts for constrained decoding: %d of %d tokens usable", sum(t is not None for t in texts),
+                 len(texts))
+    return result
+
+
+def target_strings(bank: Any) -> tuple[str, ...]:
+    """Every target string the sandbox's ``generate`` accepts with this phi bank (``bank.supports``):
+    the bank's own names, the aliases of ``agent.phi_bank`` and the synonyms of the vision target
+    table, kept only where the bank supports them (so a string allowed here never fails there)."""
+    from agent.phi_bank import TARGET_ALIASES
+
+    candidates = set(bank.targets) | set(TARGET_ALIASES)
+    try:
+        from vision.targets import TARGETS
+
+        for target in TARGETS.values():
+            candidates.update((target.name, *target.synonyms))
+    except ImportError:  # pragma: no cover - vision ships with the agent
+        logger.debug("vision.targets unavailable; target synonyms limited to the phi bank's aliases")
+    return tuple(sorted(c for c in candidates if bank.supports(c)))
+
+
+class InvalidContinuation(ValueError):
+    """Text fed to a `StepConstraint` that no program of the sandbox subset continues."""
+
+
+class _State:
+    __slots__ = ("stack", "pend", "step_names", "vars", "varset", "load", "nstmt", "calls", "depth", "chars", "tail")
+
+    stack: tuple[Frame, ...]
+    pend: tuple[str, str] | None
+    step_names: frozenset[str]
+    vars: tuple[str, ...]
+    varset: frozenset[str]
+    load: tuple[str, ...]
+    nstmt: int
+    calls: int
+    depth: int
+    chars: int
+    tail: str
+
+    def copy(self) -> "_State":
+        other = object.__new__(_State)
+        other.stack, other.pend, other.step_names, other.vars = self.stack, self.pend, self.step_names, self.vars
+        other.varset, other.load, other.nstmt, other.calls = self.varset, self.load, self.nstmt, self.calls
+        other.depth, other.chars, other.tail = self.depth, self.chars, self.tail
+        return other
+
+
+def _prefix_in(words: tuple[str, ...], prefix: str) -> bool:
+    """Some word of the sorted tuple starts with ``prefix``."""
+    i = bisect.bisect_left(words, prefix)
+    return i < len(words) and words[i].startswith(prefix)
+
+
+class StepConstraint:
+    """``StepConstraint(names, functions, targets)``: which continuations keep one step valid.
+
+    ``names``: what is defined before the step (scans, earlier variables). ``functions``: the
+    library (a `Registry`, or name -> `Signature`). ``targets``: the strings ``generate`` accepts
+    (see `target_strings`); matched case-insensitively, as the phi bank matches them.
+    ``feed(text)`` advances (``<MOD>`` in the text is the marker token), ``allows(text)`` asks
+    without advancing, ``try_feed(text)`` advances only if allowed, ``complete()`` says whether the
+    step may end here.
+    """
+
+    def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
+                 targets: Iterable[str], *, limits: SandboxLimits | None = None) -> None:
+        self.limits = limits or SandboxLimits()
+        self.targets = frozenset(t.lower() for t in targets)
+        self._target_words = tuple(sorted(self.targets))
+        sigs = signatures(functions)
+        if not self.targets:
+            sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
+        self.functions = sigs
+        self._func_words = tuple(sorted(sigs))
+        self.names = frozenset(n for n in names if n.isidentifier() and n not in sigs)
+        s = object.__new__(_State)
+        s.stack = (("STMT", "start", None),)
+        s.pend = None
+        s.step_names = frozenset()
+        s.nstmt = s.calls = s.depth = s.chars = 0
+        s.tail = ""
+        self._define(s, ())
+        self._s = s
+        self._fed: list[str] = []
+        self._handlers = {tag: getattr(self, "_p_" + tag) for tag in
+                          ("STMT", "TGT", "RHS", "X", "CALL", "VOL", "TARG", "PAREN", "LIST", "SUB", "FIELD")}
+
+    # ---- public --------------------------------------------------------------------------------
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return "".join(self._fed)
+
+    def allows(self, text: str) -> bool:
+        return self._run(self._s.copy(), text) is not None
+
+    def try_feed(self, text: str) -> bool:
+        """Advance by ``text`` if it keeps the step valid; otherwise leave the state unchanged."""
+        state = self._run(self._s.copy(), text)
+        if state is None:
+            return False
+        self._s = state
+        self._fed.append(text)
+        return True
+
+    def feed(self, text: str) -> None:
+        if not self.try_feed(text):
+            raise InvalidContinuation(f"{text!r} cannot continue the step {self.text!r}")
+
+    def complete(self) -> bool:
+        """The step may end here: at least one statement, and everything so far closes."""
+        s = self._s.copy()
+        return self._flush(s) and self._tok(s, "END", None)
+
+    # ---- lexer ---------------------------------------------------------------------------------
+    def _run(self, s: _State, text: str) -> _State | None:
+        if MOD_TOKEN in text:
+            for i, piece in enumerate(text.split(MOD_TOKEN)):
+                if i and not self._marker(s):
+                    return None
+                for ch in piece:
+                    if not self._char(s, ch):
+                        return None
+            return s
+        for ch in text:
+            if not self._char(s, ch):
+                return None
+        return s
+
+    def _marker(self, s: _State) -> bool:
+        s.tail = ""
+        if s.stack[-1][0] in ("STR", "TSTR", "FSTR", "FSPEC") or self._field_quote(s) is not None:
+            return False
+        return self._flush(s) and self._tok(s, "MOD", None)
+
+    def _flush(self, s: _State) -> bool:
+        """Finish the pending lexeme (a name, an operator or a number) before a marker or the end."""
+        p = s.pend
+        if p is not None:
+            s.pend = None
+            if p[0] == "N":
+                return self._tok(s, "N", p[1])
+            return p[1] != "!" and self._tok(s, "O", p[1])
+        top = s.stack[-1]
+        if top[0] == "NUM":
+            return self._num_char(s, top, "") is None
+        return True
+
+    def _char(self, s: _State, ch: str) -> bool:
+        if ch == ">" and s.tail == "<MOD":  # plain text spelling the marker: the sandbox would strip it
+            return False
+        s.tail = (s.tail + ch)[-4:]
+        s.chars += 1
+        if s.chars > self.limits.max_code_chars:
+            return False
+        top = s.stack[-1]
+        tag = top[0]
+        if tag == "STR":
+            return self._str_char(s, top, ch)
+        if tag == "TSTR":
+            return self._target_char(s, top, ch)
+        if tag == "FSTR":
+            return self._fstr_char(s, top, ch)
+        if tag == "FSPEC":
+            return self._spec_char(s, top, ch)
+        if tag == "NUM":
+            done = self._num_char(s, top, ch)
+            if done is not None:
+                return done
+        return self._code_char(s, ch)
+
+    def _code_char(self, s: _State, ch: str) -> bool:
+        p = s.pend
+        if p is not None:
+            kind, text = p
+            if kind == "N":
+                if ch in _IDENT:
+                    word = text + ch
+                    if not self._name_viable(s, word):
+                        return False
+                    s.pend = ("N", word)
+                    return True
+                s.pend = None
+                if text in ("f", "F") and ch in _QUOTES:
+                    return self._tok(s, "FSTR", ch)
+                if not self._tok(s, "N", text):
+                    return False
+            else:
+                s.pend = None
+                if text + ch in _DOUBLE_OPS:
+                    return self._tok(s, "O", text + ch)
+                if text == "!" or not self._tok(s, "O", text):
+                    return False
+        if ch in _IDENT_START:
+            if not (self._name_viable(s, ch) or (ch in "fF" and self._tok(s.copy(), "FSTR", '"'))):
+                return False
+            s.pend = ("N", ch)
+            return True
+        if ch in _DIGITS:
+            if not self._tok(s, "NUM", None):
+                return False
+            return self._num_char(s, s.stack[-1], ch) is True
+        if ch in _QUOTES:
+            if self._field_quote(s) == ch:
+                return False
+            return self._tok(s, "STR", ch)
+        if ch == " ":  # one space between tokens: no indentation, no runaway whitespace
+            top = s.stack[-1]
+            return not (top[0] == "STMT" and top[1] in ("start", "stopped")) and s.tail[-2:-1] != " "
+        if ch == "\n":
+            return s.depth == 0 and self._tok(s, "NL", None)
+        if ch in _PENDING_OPS:
+            if not any(self._tok(s.copy(), "O", op) for op in _PENDING_OPS[ch]):
+                return False
+            s.pend = ("O", ch)
+            return True
+        if ch in _SINGLE_OPS:
+            return self._tok(s, "O", ch)
+        return False
+
+    def _num_char(self, s: _State, top: Frame, ch: str) -> bool | None:
+        """Digits of a number literal; None when ``ch`` ends the number (then ``ch`` is code)."""
+        _, text, int_only = top
+        low = text.lower()
+        if ch and ch in _DIGITS:
+            if text == "0":
+                return False  # leading zeros are a syntax error in Python 3
+            return self._replace(s, ("NUM", text + ch, int_only))
+        if ch == "." and not int_only and text and "." not in text and "e" not in low:
+            return self._replace(s, ("NUM", text + ch, int_only))
+        if ch in ("e", "E") and not int_only and text and "e" not in low:
+            return self._replace(s, ("NUM", text + ch, int_only))
+        if ch in ("+", "-") and text and text[-1] in "eE":
+            return self._replace(s, ("NUM", text + ch, int_only))
+        if ch and ch in _IDENT:
+            return False
+        if not text or text[-1] in "eE+-":
+            return False
+        if "." not in text and "e" not in low and int(text).bit_length() > self.limits.max_int_bits:
+            return False
+        s.stack = s.stack[:-1]
+        return None
+
+    def _str_char(self, s: _State, top: Frame, ch: str) -> bool:
+        _, quote, n, noesc, esc = top
+        if esc:
+            return ch in _ESCAPES and self._replace(s, ("STR", quote, n + 1, noesc, False))
+        if ch == quote:
+            s.stack = s.stack[:-1]
+            return True
+        if ch == "\\":
+            return not noesc and self._replace(s, ("STR", quote, n, noesc, True))
+        if not ch.isprintable() or n + 1 > self.limits.max_str_len:
+            return False
+        return self._replace(s, ("STR", quote, n + 1, noesc, False))
+
+    def _target_char(self, s: _State, top: Frame, ch: str) -> bool:
+        _, quote, content = top
+        if ch == quote:
+            if content not in self.targets:
+                return False
+            s.stack = s.stack[:-1]
+            return True
+        content += ch.lower()
+        return _prefix_in(self._target_words, content) and self._replace(s, ("TSTR", quote, content))
+
+    def _fstr_char(self, s: _State, top: Frame, ch: str) -> bool:
+        _, quote, n, brace = top
+        if brace == "{":
+            if ch == "{":
+                return self._replace(s, ("FSTR", quote, n + 1, None))
+            if s.depth + 1 > self.limits.max_bracket_depth:
+                return False
+            s.stack = s.stack[:-1] + (("FSTR", quote, n, None), ("FIELD", quote), _X0)
+            s.depth += 1
+            return self._code_char(s, ch)
+        if brace == "}":
+            return ch == "}" and self._replace(s, ("FSTR", quote, n + 1, None))
+        if brace == "\\":
+            return ch in _ESCAPES and self._replace(s, ("FSTR", quote, n + 1, None))
+        if ch == quote:
+            s.stack = s.stack[:-1]
+            return True
+        if ch in "{}\\":
+            return self._replace(s, ("FSTR", quote, n, ch))
+        if not ch.isprintable() or n + 1 > self.limits.max_str_len:
+            return False
+        return self._replace(s, ("FSTR", quote, n + 1, None))
+
+    def _spec_char(self, s: _State, top: Frame, ch: str) -> bool:
+        _, quote, spec = top
+        if ch == "}":
+            if not spec_allowed(spec, self.limits.max_format_width):
+                return False
+            s.stack = s.stack[:-1]
+            return True
+        spec += ch
+        match = _SPEC_PREFIX.fullmatch(spec)
+        if match is None or (match.group(1) and int(match.group(1)) > self.limits.max_format_width):
+            return False
+        return self._replace(s, ("FSPEC", quote, spec))
+
+    # ---- viability of a partial identifier ----------------------------------------------------
+    def _name_viable(self, s: _State, word: str) -> bool:
+        """Some identifier starting with ``word`` is accepted where the parser stands."""
+        top = s.stack[-1]
+        tag, st = top[0], top[1]
+        if tag == "X":
+            if st == "op0":
+                return _prefix_in(s.load, word) or "not".startswith(word)
+            if st == "op1":
+                return _prefix_in(s.load, word)
+            if st == "notin":
+                return "in".startswith(word)
+            return _prefix_in(_AFTER_OPERAND[top[2]], word)
+        if tag == "CALL":
+            if top[2] != "arg":
+                return False
+            sig, npos, kws = self.functions[top[1]], top[3], top[4]
+            if _prefix_in(sig.keyword_names(npos, kws), word):
+                return True
+            param = None if kws else sig.positional(npos)
+            if param is None:
+                return False
+            role = sig.role(param)
+            if role == "vol":
+                return _prefix_in(s.vars, word)
+            return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
+        if tag == "STMT":
+            return st == "start" and (_prefix_in(self._func_words, word) or self._new_prefix_ok(word))
+        if tag == "TGT":
+            return st == "need" and self._new_prefix_ok(word)
+        if tag == "VOL":
+            return st == "name" and _prefix_in(s.vars, word)
+        if (tag == "RHS" and st == "comma") or (tag == "LIST" and st in ("first", "comma")) or (
+                tag == "PAREN" and st == "comma"):
+            return _prefix_in(s.load, word) or "not".startswith(word)
+        return False
+
+    # ---- parser ----------------------------------------------------------------------------------
+    @staticmethod
+    def _replace(s: _State, frame: Frame) -> bool:
+        s.stack = s.stack[:-1] + (frame,)
+        return True
+
+    @staticmethod
+    def _field_quote(s: _State) -> str | None:
+        for frame in reversed(s.stack):
+            if frame[0] == "FIELD":
+                return str(frame[1])
+        return None
+
+    @staticmethod
+    def _new_prefix_ok(word: str) -> bool:
+        return len(word) <= MAX_NEW_NAME and not word.startswith("_")
+
+    def _new_name_ok(self, word: str) -> bool:
+        return (self._new_prefix_ok(word) and word.isidentifier() and not keyword.iskeyword(word)
+                and word not in self.functions)
+
+    def _define(self, s: _State, names: Iterable[str]) -> None:
+        s.step_names = s.step_names | frozenset(names)
+        s.varset = self.names | s.step_names
+        s.vars = tuple(sorted(s.varset))
+        s.load = tuple(sorted(s.varset | set(self.functions) | _CONSTANTS))
+
+    def _open(self, s: _State) -> bool:
+        s.depth += 1
+        return s.depth <= self.limits.max_bracket_depth
+
+    def _tok(self, s: _State, kind: str, val: str | None) -> bool:
+        """Give one token to the parser; frames that end at a token they do not own pop and pass it on."""
+        handlers = self._handlers
+        while True:
+            top = s.stack[-1]
+            handler = handlers.get(top[0])
+            if handler is None:  # inside a string or number literal: no token can arrive there
+                return False
+            handled = handler(s, top, kind, val)
+            if handled is not None:
+                return bool(handled)
+
+    def _p_STMT(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        st = top[1]
+        if st == "start":
+            if kind == "N":
+                if val in self.functions:
+                    s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None))
+                    return True
+                if self._new_name_ok(val):
+                    s.stack = (("STMT", "assign", ()), ("TGT", "after", (val,)))
+                    return True
+                return False
+            return kind == "END" and s.nstmt > 0
+        if st == "stopped":
+            return kind == "END"
+        if kind not in ("NL", "END"):
+            return False
+        s.nstmt += 1
+        if st == "assign":
+            self._define(s, top[2])
+            s.stack = (("STMT", "start", None),)
+        else:  # a call statement; nothing may follow stop()
+            s.stack = (("STMT", "stopped" if top[2] == "stop" else "start", None),)
+        return True
+
+    def _p_TGT(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        st, names = top[1], top[2]
+        if st == "after" and kind == "O":
+            if val == ",":
+                return self._replace(s, ("TGT", "need", names))
+            if val == "=":
+                s.stack = (("STMT", "assign", names), ("RHS", "val"), _X0)
+                return True
+        if st == "need" and kind == "N" and self._new_name_ok(val):
+            return self._replace(s, ("TGT", "after", names + (val,)))
+        return False
+
+    def _p_RHS(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        if kind in ("NL", "END"):
+            s.stack = s.stack[:-1]
+            return None
+        if top[1] == "val":
+            return kind == "O" and val == "," and self._replace(s, ("RHS", "comma"))
+        s.stack = s.stack[:-1] + (("RHS", "val"), _X0)
+        return None
+
+    def _p_X(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        _, st, phase = top
+        if st in ("op0", "op1"):
+            if kind == "N":
+                if val == "not":
+                    return st == "op0"
+                if val in _CONSTANTS:
+                    return self._replace(s, ("X", "dns", phase))
+                if val in self.functions:
+                    s.stack = s.stack[:-1] + (("X", "done", phase), ("CALL", val, "open", 0, frozenset(), None))
+                    return True
+                return val in s.varset and self._replace(s, ("X", "done", phase))
+            if kind == "NUM":
+                s.stack = s.stack[:-1] + (("X", "dns", phase), ("NUM", "", False))
+                return True
+            if kind == "STR":
+                noesc = self._field_quote(s) is not None
+                s.stack = s.stack[:-1] + (("X", "dns", phase), ("STR", val, 0, noesc, False))
+                return True
+            if kind == "FSTR":
+                if self._field_quote(s) is not None:
+                    return False  # no nested f-strings
+                s.stack = s.stack[:-1] + (("X", "dns", phase), ("FSTR", val, 0, None))
+                return True
+            if kind == "O":
+                if val == "(":
+                    s.stack = s.stack[:-1] + (("X", "done", phase), ("PAREN", "val"), _X0)
+                    return self._open(s)
+                if val == "[":
+                    s.stack = s.stack[:-1] + (("X", "done", phase), ("LIST", "first"))
+                    return self._open(s)
+                if val in ("+", "-"):
+                    return self._replace(s, ("X", "op1", phase))
+            return False
+        if st == "notin":
+            return kind == "N" and val == "in" and self._replace(s, ("X", "op1", phase))
+        # an operand is complete
+        if kind == "O":
+            if val == "[" and st == "done":
+                s.stack = s.stack + (("SUB", "open"),)
+                return self._open(s)
+            if val in _BINOPS:
+                return self._replace(s, ("X", "op1", phase))
+        elif kind == "N":
+            if val in ("and", "or"):
+                return self._replace(s, ("X", "op0", phase))
+            if val == "in":
+                return self._replace(s, ("X", "op1", phase))
+            if val == "not":
+                return self._replace(s, ("X", "notin", phase))
+            if val == "if" and phase == 0:
+                return self._replace(s, ("X", "op0", 1))
+            if val == "else" and phase == 1:
+                return self._replace(s, ("X", "op0", 0))
+        if phase == 1:
+            return False  # `a if b` needs its else
+        s.stack = s.stack[:-1]
+        return None
+
+    def _p_CALL(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        _, name, st, npos, kws, word = top
+        sig = self.functions[name]
+        if st == "open":
+            if kind == "O" and val == "(":
+                s.calls += 1
+                return (s.calls <= self.limits.max_calls_per_step and self._open(s)
+                        and self._replace(s, ("CALL", name, "arg", 0, kws, None)))
+            return False
+        if st == "after":
+            if kind == "O" and val == ",":
+                return self._replace(s, ("CALL", name, "arg", npos, kws, None))
+            return kind == "O" and val == ")" and self._close(s, sig, npos, kws)
+        if st == "arg":
+            if kind == "O" and val == ")":
+                return self._close(s, sig, npos, kws)
+            if kind == "N":  # a keyword or an operand: the next token says which; one of them must fit
+                param = None if kws else sig.positional(npos)
+                role = None if param is None else sig.role(param)
+                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and val in s.varset) or (
+                    role == "expr" and (val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"))
+                return fits and self._replace(s, ("CALL", name, "kw?", npos, kws, val))
+            param = None if kws else sig.positional(npos)
+            if param is None:
+                return False
+            role = sig.role(param)
+            after = ("CALL", name, "after", npos + 1, kws, None)
+            if role == "vol":
+                return False  # a volume argument is a name
+            s.stack = s.stack[:-1] + (after, ("TARG", None) if role == "target" else _X0)
+            return None
+        # st == "kw?": a name was read at the start of an argument
+        if kind == "O" and val == "=":
+            if word not in sig.keyword_names(npos, kws):
+                return False
+            role = sig.role(word)
+            arg: Frame = ("VOL", "name") if role == "vol" else ("TARG", None) if role == "target" else _X0
+            s.stack = s.stack[:-1] + (("CALL", name, "after", npos, kws | {word}, None), arg)
+            return True
+        param = None if kws else sig.positional(npos)
+        if param is None:
+            return False
+        role = sig.role(param)
+        after = ("CALL", name, "after", npos + 1, kws, None)
+        if role == "vol":
+            if word not in s.varset:
+                return False
+            s.stack = s.stack[:-1] + (after, ("VOL", "mod"))
+            return None
+        if role == "target":
+            return False  # a target is a string literal
+        s.stack = s.stack[:-1] + (after, _X0)
+        if not self._tok(s, "N", word):
+            return False
+        return None
+
+    def _close(self, s: _State, sig: Signature, npos: int, kws: frozenset[str]) -> bool:
+        if not sig.can_close(npos, kws):
+            return False
+        s.stack = s.stack[:-1]
+        s.depth -= 1
+        return True
+
+    def _p_VOL(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        if top[1] == "name":
+            return kind == "N" and val in s.varset and self._replace(s, ("VOL", "mod"))
+        if kind == "MOD":
+            s.stack = s.stack[:-1]
+            return True
+        return False
+
+    def _p_TARG(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        return kind == "STR" and self._replace(s, ("TSTR", val, ""))
+
+    def _p_PAREN(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        if kind == "O" and val == ")":
+            s.stack = s.stack[:-1]
+            s.depth -= 1
+            return True
+        if top[1] == "val":
+            return kind == "O" and val == "," and self._replace(s, ("PAREN", "comma"))
+        s.stack = s.stack[:-1] + (("PAREN", "val"), _X0)
+        return None
+
+    def _p_LIST(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        if kind == "O" and val == "]":
+            s.stack = s.stack[:-1]
+            s.depth -= 1
+            return True
+        if top[1] == "val":
+            return kind == "O" and val == "," and self._replace(s, ("LIST", "comma"))
+        s.stack = s.stack[:-1] + (("LIST", "val"), _X0)
+        return None
+
+    def _p_SUB(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        st = top[1]
+        if st == "close":
+            if kind == "O" and val == "]":
+                s.stack = s.stack[:-1]
+                s.depth -= 1
+                return True
+            return False
+        if kind == "NUM":
+            s.stack = s.stack[:-1] + (("SUB", "close"), ("NUM", "", True))
+            return True
+        if st == "open":
+            if kind == "STR":
+                noesc = self._field_quote(s) is not None
+                s.stack = s.stack[:-1] + (("SUB", "close"), ("STR", val, 0, noesc, False))
+                return True
+            return kind == "O" and val == "-" and self._replace(s, ("SUB", "neg"))
+        return False
+
+    def _p_FIELD(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        if kind == "O" and val in ("}", ":"):
+            s.depth -= 1
+            if val == "}":
+                s.stack = s.stack[:-1]
+                return True
+            return self._replace(s, ("FSPEC", top[1], ""))
+        return False
+
+
+__all__ = ["InvalidContinuation", "Signature", "StepConstraint", "TARGET_PARAMS", "VOLUME_PARAMS", "signatures",
+           "target_strings", "token_texts"]

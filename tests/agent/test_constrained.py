@@ -1,0 +1,241 @@
+"""Constrained decoding: the checker accepts every task program, refuses what the sandbox would refuse,
+and the runtime only ever emits steps that parse and use defined names."""
+from __future__ import annotations
+
+import ast
+import random
+import string
+
+import pytest
+
+from agent.constrained import InvalidContinuation, StepConstraint, target_strings, token_texts
+from agent.functions import default_registry
+from agent.model import VoxAgentModel
+from agent.phi_bank import PhiBank
+from agent.runtime import AgentRuntime, RuntimeLimits
+from agent.sandbox.errors import SandboxViolation
+from agent.sandbox.limits import SandboxLimits
+from agent.sandbox.markers import strip_mod_markers
+from agent.sandbox.outcome import StepOutcome
+from agent.sandbox.validator import check_step, parse_step
+from tests.agent.conftest import RecordingExecutor
+from tests.agent.test_state import SCANS
+
+REGISTRY = default_registry()
+BANK = PhiBank.default()
+TARGETS = target_strings(BANK)
+NAMES = frozenset({"t1", "flair", "e", "m", "v", "lesion"})
+
+
+def constraint(names=NAMES) -> StepConstraint:
+    return StepConstraint(names, REGISTRY, TARGETS)
+
+
+def accepted(code: str, names=NAMES) -> bool:
+    """The whole text is a valid step (fed in one piece, then complete)."""
+    c = constraint(names)
+    return c.try_feed(code) and c.complete()
+
+
+def feed_chars(c: StepConstraint, code: str) -> int | None:
+    """Feed character by character (a marker as one piece); the offset of the first refusal, or None."""
+    i = 0
+    while i < len(code):
+        piece = "<MOD>" if code.startswith("<MOD>", i) else code[i]
+        if not c.try_feed(piece):
+            return i
+        i += len(piece)
+    return None
+
+
+def assigned(code: str) -> set[str]:
+    tree = ast.parse(strip_mod_markers(code)[0])
+    return {n.id for s in tree.body if isinstance(s, ast.Assign) for n in ast.walk(s.targets[0])
+            if isinstance(n, ast.Name)}
+
+
+def static_problem(code: str, names: set[str] | frozenset[str], bank: PhiBank = BANK) -> str | None:
+    """What the sandbox would refuse before running anything, plus undefined names and unknown targets."""
+    stripped, markers = strip_mod_markers(code)
+    try:
+        tree = parse_step(stripped, SandboxLimits())
+        check_step(tree, SandboxLimits(), frozenset(REGISTRY), frozenset({"encode", "generate"}), markers)
+    except SandboxViolation as exc:
+        return str(exc)
+    defined = set(names)
+    for statement in tree.body:
+        callees = {id(n.func) for n in ast.walk(statement) if isinstance(n, ast.Call)}
+        for node in ast.walk(statement):
+            if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load) and id(node) not in callees \
+                    and node.id not in defined:
+                return f"undefined name {node.id!r}"
+            if isinstance(node, ast.Call) and node.func.id == "generate":  # type: ignore[attr-defined]
+                target = node.args[2] if len(node.args) > 2 else next(
+                    (k.value for k in node.keywords if k.arg == "target"), None)
+                if not (isinstance(target, ast.Constant) and bank.supports(str(target.value))):
+                    return "generate without a supported target literal"
+        if isinstance(statement, ast.Assign):
+            defined |= {n.id for n in ast.walk(statement.targets[0]) if isinstance(n, ast.Name)}
+    return None
+
+
+# ---- the task families' programs ----------------------------------------------------------------
+
+def test_every_ground_truth_step_of_the_task_families_is_accepted_char_by_char():
+    from training.tasks import FAMILIES, sample_task
+
+    bank = PhiBank.for_model_dir("models/voxagent-tiny")
+    targets = target_strings(bank)
+    families: set[str] = set()
+    steps = 0
+    for seed in range(10**9, 10**9 + 120):
+        task, case = sample_task(seed)
+        families.add(task.family)
+        names = set(case.scans)
+        for step in task.steps:
+            c = StepConstraint(names, REGISTRY, targets)
+            refused = feed_chars(c, step)
+            assert refused is None, f"{task.family} seed {seed}: refused at {step[:refused + 1]!r}"
+            assert c.complete(), f"{task.family} seed {seed}: not complete after {step!r}"
+            names |= assigned(step)
+            steps += 1
+    assert steps > 250 and len(families) >= len(FAMILIES) - 2
+
+
+def test_constructs_of_the_subset_are_accepted():
+    for code in [
+        'e = encode(t1<MOD>, flair<MOD>)\nread(e)',
+        'm = generate(e, flair<MOD>, "lesion")\nv = volume(m)\nrespond(f"The lesion measures {v:.1f} ({v}).")\nstop()',
+        'm = generate(e, scan=t1<MOD>, target="Grey Matter")',
+        'c = crop(t1, m, margin_mm=2.5)\noutput(c, "cropped")',
+        'x = -1.5e3 * (v + 2) ** -1 // 3 % 4\ny = [x, 1, "a"][0]\nz = x if x > 0 and not v == 1 else None',
+        'a, b = v, m\nk = a not in [1, 2] or b in (3,)',
+        "respond(f'{m[\"mean\"]} and {{braces}} {v[-1]:>8.2f}')",
+        "x = 1\nstop()\n",
+    ]:
+        assert accepted(code), code
+
+
+# ---- what it refuses ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", [
+    "v = volume(lesoin)",  # undefined name
+    "x = volume(x)",  # used before it is assigned
+    "m = segment(e, t1<MOD>)",  # unknown function
+    "v = volumes(m)",  # unknown function, prefix of a known one
+    "v = volume(m, m)", "v = volume()", "stop(1)",  # arity
+    "c = crop(t1, m, margin_mm=1, margin_mm=2)", "c = crop(t1, mask=m, 3)", "v = volume(mask=m, x=1)",
+    'm = generate(e, t1<MOD>, "optic chiasm")',  # unknown target
+    'm = generate(e, t1<MOD>, "brain ")', 'm = generate(e, t1<MOD>, t)',  # near-miss, not a literal
+    "e = encode(t1)", 'm = generate(e, t1, "brain")',  # missing <MOD>
+    "v = volume(m<MOD>)", 'respond("<MOD>")', "e = encode(t1 <MOD>)\nx = 1 <MO", "e = encode(read<MOD>)",
+    "x = = 1", " x = 1", "x = (1", "x = 1 if v", "x = 01", "x = 1e", "x = v.attr", "x = 1 # note",
+    "x = 1; y = 2", "read(e)\n\nread(e)", "stop()\nread(e)", "read = 1", "_x = 1", "if = 1",
+    'respond(f"{v!r}")', 'respond(f"{nope}")', 'respond(f"{v:.1q}")', 'respond(f"{v=}")', 'respond(f"}")',
+    "v = volume(ge )", "v = volume(generate )",  # a finished name that is neither keyword nor operand
+    "x = lambda: 1", "x = {1: 2}", "x = v[1:2]", "x = v[y]", "x = v is None", "respond(v)[0]",
+])
+def test_refused(code):
+    assert not accepted(code)
+
+
+def test_the_step_token_is_allowed_only_where_the_step_is_complete():
+    c = constraint()
+    assert not c.complete()  # an empty step is not a step
+    c.feed("e = encode(t1<MOD>")
+    assert not c.complete()
+    c.feed(")\nread(e")
+    assert not c.complete()
+    c.feed(")")
+    assert c.complete()
+    c.feed("\n")
+    assert c.complete()
+
+
+def test_try_feed_leaves_the_state_alone_when_refused_and_feed_raises():
+    c = constraint()
+    c.feed("v = volume(")
+    assert not c.try_feed("nope)")
+    assert c.text == "v = volume(" and c.allows("m)") and not c.allows("m, m)")
+    with pytest.raises(InvalidContinuation):
+        c.feed("?")
+
+
+def test_every_complete_prefix_of_a_random_walk_passes_the_sandbox_checks():
+    """Soundness: wander through what the checker allows; whatever it calls complete must be valid,
+    and no allowed prefix is a dead end (some character, the marker or the end always fits)."""
+    rng = random.Random(7)
+    pieces = (list("abeilmnortvx_019 ()[],.=+-*/%<>!:{}\"'\nf") + [
+        "<MOD>", " if ", " else ", " not ", " and ", " in ", "None", "stop()", "read(e)", "-1", "1e5", "{v:.1f}",
+        '"brain"', "t1", "flair", "generate(", "encode(", "crop(", "margin_mm=", "scan=", "target=", "volume(",
+        "respond(", "==", "lesion", ")\n", '"lesion")'])
+    completes = 0
+    for _ in range(250):
+        c = constraint()
+        for _ in range(rng.randint(3, 60)):
+            for piece in rng.sample(pieces, 16):
+                if c.try_feed(piece):
+                    break
+            else:
+                assert c.complete() or any(c.allows(ch) for ch in [*string.printable, "<MOD>"]), c.text
+                break
+            if c.complete():
+                completes += 1
+                problem = static_problem(c.text, NAMES)
+                assert problem is None, f"{c.text!r}: {problem}"
+    assert completes > 100
+
+
+def test_token_texts_exclude_specials_and_keep_the_marker(tokenizer):
+    texts = token_texts(tokenizer)
+    assert len(texts) == tokenizer.vocab_size and texts is token_texts(tokenizer)  # computed once
+    assert texts[tokenizer.mod_id] == "<MOD>"
+    for special in (tokenizer.step_id, tokenizer.eos_id, tokenizer.enc_id, tokenizer.fb_open_id, tokenizer.pad_id):
+        assert texts[special] is None
+    ids = tokenizer.encode('m = generate(e, flair<MOD>, "lesion")')
+    assert "".join(texts[i] for i in ids) == 'm = generate(e, flair<MOD>, "lesion")'
+
+
+# ---- the runtime ----------------------------------------------------------------------------------
+
+def eager_model(random_model, bonus: float = 50.0) -> VoxAgentModel:
+    """The random model with a large bonus for <STEP>: unconstrained, every step would be empty."""
+    model = VoxAgentModel(random_model.cfg).eval()
+    model.load_state_dict(random_model.state_dict())
+    plain = model.next_token_logits
+
+    def logits(hidden_last):
+        out = plain(hidden_last).clone()
+        out[model.cfg.step_id] += bonus
+        return out
+
+    model.next_token_logits = logits  # type: ignore[method-assign]
+    return model
+
+
+def test_random_model_with_constraints_writes_only_valid_steps(tokenizer, random_model):
+    model = eager_model(random_model)
+    executor = RecordingExecutor(default=StepOutcome())  # steps "succeed": their names become defined
+    runtime = AgentRuntime(model, tokenizer, executor, limits=RuntimeLimits(max_steps=4, max_step_tokens=96))
+    runtime.run("How large is the lesion?", SCANS)
+    assert executor.calls, "no step was executed"
+    names = {s.name for s in SCANS}
+    for code, phis in executor.calls:
+        assert code.strip(), "an empty step"
+        assert static_problem(code, names) is None, code
+        assert len(phis) == code.count("<MOD>")
+        names |= assigned(code)
+
+    plain = AgentRuntime(model, tokenizer, RecordingExecutor(default=StepOutcome()), constrained=False,
+                         limits=RuntimeLimits(max_steps=2, max_step_tokens=96))
+    result = plain.run("How large is the lesion?", SCANS)
+    assert result.trace[0].code == ""  # the same model, unconstrained, ends every step at once
+
+
+def test_no_valid_continuation_ends_the_run_with_a_clear_no_answer(tokenizer, random_model):
+    executor = RecordingExecutor(default=StepOutcome())
+    runtime = AgentRuntime(random_model, tokenizer, executor, limits=RuntimeLimits(max_steps=2, max_step_tokens=32))
+    runtime._token_texts = tuple(None for _ in runtime._token_texts)  # a vocabulary that cannot write code
+    result = runtime.run("How large is the lesion?", SCANS)
+    assert result.status == "no_answer" and executor.calls == []
+    assert "valid code" in result.text and "not executed" in (result.trace[0].error or "")
