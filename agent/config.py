@@ -5,6 +5,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 PHI_DIM = 32  # VoxelPrompt 3.3: phi has 32 channels
+PHI_ACTIVATIONS = ("silu", "identity")
 
 PRESETS: dict[str, dict[str, Any]] = {
     # trains on two CPU cores; d matches the tiny vision encoder's encoding dim (256)
@@ -30,6 +31,10 @@ class AgentConfig:
     rope_theta: float = 10000.0
     rms_norm_eps: float = 1e-5
     phi_dim: int = PHI_DIM
+    # "silu" is the paper's phi head (Linear + SiLU). "identity" (Linear only) is for a vision network
+    # pretrained with a learned phi bank (training.vision_pretrain): its vectors go below SiLU's
+    # minimum of -0.278, which a SiLU head could never emit.
+    phi_activation: str = "silu"
     # special token ids (from AgentTokenizer); -1 = not yet bound to a tokenizer
     pad_id: int = 0
     bos_id: int = 2
@@ -49,6 +54,10 @@ class AgentConfig:
         if tokenizer is not None:
             cfg = cfg.bind_tokenizer(tokenizer)
         return replace(cfg, **overrides) if overrides else cfg
+
+    def __post_init__(self) -> None:
+        if self.phi_activation not in PHI_ACTIVATIONS:
+            raise ValueError(f"phi_activation {self.phi_activation!r}: choose from {', '.join(PHI_ACTIVATIONS)}")
 
     def bind_tokenizer(self, tokenizer: Any) -> "AgentConfig":
         return replace(

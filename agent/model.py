@@ -53,7 +53,8 @@ class AgentOutput:
 
 
 class VoxAgentModel(nn.Module):
-    """LLaMA + phi head (Linear(d, 32) + SiLU) + feedback projection (LayerNorm + Linear(d, d))."""
+    """LLaMA + phi head (Linear(d, 32) + SiLU, or Linear only: ``AgentConfig.phi_activation``) + feedback
+    projection (LayerNorm + Linear(d, d))."""
 
     def __init__(self, cfg: AgentConfig) -> None:
         super().__init__()
@@ -61,7 +62,8 @@ class VoxAgentModel(nn.Module):
             raise ValueError("AgentConfig is not bound to a tokenizer (special token ids missing)")
         self.cfg = cfg
         self.llama = LlamaForCausalLM(llama_config(cfg))
-        self.phi_head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.phi_dim), nn.SiLU())
+        activation = nn.SiLU() if cfg.phi_activation == "silu" else nn.Identity()
+        self.phi_head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.phi_dim), activation)
         # vision already maps encodings to d; this learns where they sit among token embeddings
         self.feedback_proj = nn.Sequential(nn.LayerNorm(cfg.hidden_size), nn.Linear(cfg.hidden_size, cfg.hidden_size))
         self._fused: tuple[Any, list[dict[str, torch.Tensor]]] | None = None

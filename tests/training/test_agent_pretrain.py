@@ -1,0 +1,131 @@
+"""Stage-2 agent pretraining: episodes, the phi loss, a run that checkpoints, resumes and exports."""
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from agent.checkpoint import has_agent, load_agent
+from agent.phi_bank import DEFAULT_TARGETS, PhiBank
+from tests.training.synthseg_phantom import write_phantom_root
+from training.agent_episodes import label_source, load_frozen_vision, run_episode, training_episode
+from training.agent_pretrain import (
+    VARIANTS,
+    AgentPretrainer,
+    evaluate_exact_match,
+    export,
+    phi_loss,
+    phi_targets,
+)
+from training.tasks import sample_task
+from vision.checkpoint import save_vision
+from vision.model import build_vision_net
+from vision.targets import TARGETS as VISION_TARGETS
+
+
+@pytest.fixture(scope="module")
+def vision_dir(tmp_path_factory):
+    """A random tiny vision net and a bank over every target the tasks may ask for."""
+    root = tmp_path_factory.mktemp("vision")
+    torch.manual_seed(0)
+    save_vision(build_vision_net("tiny"), root)
+    PhiBank.default(targets=list(DEFAULT_TARGETS) + list(VISION_TARGETS)).save(root / "phi_bank.safetensors")
+    return root
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    return write_phantom_root(tmp_path_factory.mktemp("synthseg"), numbers=(1, 2, 17))
+
+
+@pytest.fixture
+def smoke(data_root):
+    return lambda **changes: dataclasses.replace(VARIANTS["smoke"], threads=1, data_root=str(data_root), **changes)
+
+
+def test_episode_reads_frozen_encoder_vectors(vision_dir, data_root):
+    bank = PhiBank.load(vision_dir / "phi_bank.safetensors")
+    net = load_frozen_vision(vision_dir)
+    sample, case = sample_task(5, family="volume")
+    episode = run_episode(sample, case, bank, net)
+    assert [s.code for s in episode.steps] == sample.steps
+    vectors = [fb.vectors for s in episode.steps for fb in s.feedback if fb.vectors is not None]
+    assert vectors and vectors[0].shape == (1, net.config.encoding_dim)
+    assert np.abs(vectors[0]).sum() > 0  # the encoder's vectors, not the oracle's zeros
+    assert episode.mod_labels is not None and episode.mod_labels[0].startswith("encode:")
+    assert len(episode.mod_labels) == sum(c.count("<MOD>") for c in sample.steps)
+    # the same index gives the same episode: a resumed worker continues the same sequence
+    source = label_source(data_root)
+    a, b = training_episode(0, 3, bank, net, source), training_episode(0, 3, bank, net, source)
+    assert a.prompt == b.prompt and [s.code for s in a.steps] == [s.code for s in b.steps]
+    # real-anatomy episodes speak the vision table's targets (hippocampus, ventricles, ...)
+    targets = {lab for i in range(40) for lab in (training_episode(0, i, bank, net, source).mod_labels or [])}
+    assert targets & {f"generate:{t}" for t in VISION_TARGETS if t not in DEFAULT_TARGETS}
+
+
+def test_phi_targets_and_loss(vision_dir):
+    bank = PhiBank.load(vision_dir / "phi_bank.safetensors")
+    t = phi_targets(bank, ["generate:brain", "encode:T1", "encode:NOT-A-MODALITY"])
+    assert torch.allclose(t[0], torch.from_numpy(bank.generate_phi("brain")))
+    assert torch.allclose(t[2], torch.from_numpy(bank.encode_phi("unknown")))
+    loss, cos = phi_loss(t.clone(), t)
+    assert float(loss) == pytest.approx(0.0, abs=1e-6) and float(cos) == pytest.approx(1.0)
+    worse, _ = phi_loss(-t, t)
+    assert float(worse) > 2.0
+    with pytest.raises(ValueError):
+        phi_targets(bank, ["generate:optic chiasm"])
+
+
+def test_steps_learn_code_and_phi(tmp_path, vision_dir, smoke):
+    """On a fixed batch the language loss falls and the phis turn towards the bank's."""
+    trainer = AgentPretrainer(tmp_path / "run", smoke(lr=3e-3, warmup_steps=1), vision_dir)
+    try:
+        batch = trainer.pool[:2]
+        first = trainer.train_step(batch)
+        for _ in range(25):
+            last = trainer.train_step(batch)
+    finally:
+        trainer._worker().close()
+    assert last.ce < 0.6 * first.ce
+    assert last.phi_cos > first.phi_cos + 0.3
+    assert trainer.step == 26
+
+
+def test_run_checkpoints_resumes_exports(tmp_path, vision_dir, smoke):
+    run_dir = tmp_path / "run"
+    trainer = AgentPretrainer(run_dir, smoke(), vision_dir)
+    trainer.fit(max_steps=3, progress=False)
+    assert trainer.step == 3
+    for name in ("config.json", "log.csv", "eval.jsonl", "train_state.pt", "episodes.pt",
+                 "vision/phi_bank.safetensors"):
+        assert (run_dir / name).is_file(), name
+    assert has_agent(run_dir / "agent") and has_agent(run_dir / "best")
+    again = AgentPretrainer(run_dir, None, None)  # resume: the snapshot is the run's own
+    assert again.step == 3 and len(again.pool) >= len(trainer.pool) - 1
+    again.fit(max_steps=1, progress=False)
+    assert again.step == 4
+    with pytest.raises(ValueError, match="phi_lambda"):
+        AgentPretrainer(run_dir, smoke(phi_lambda=0.5))
+    out = export(run_dir, tmp_path / "model")
+    model, tok = load_agent(out)
+    assert model.cfg.phi_activation == "identity"
+    for name in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors", "tokenizer.model"):
+        assert (out / name).is_file(), name
+
+
+def test_exact_match_counts_a_perfect_program(tmp_path, vision_dir, smoke):
+    """The evaluation must score 1.0 for a model that writes the ground truth and 0 for one that does not."""
+    trainer = AgentPretrainer(tmp_path / "run", smoke(), vision_dir)
+    trainer._worker().close()
+    episodes = trainer.pool[:1]
+    # overfit one episode hard: its greedy decode must then reproduce the ground truth exactly
+    trainer.config = dataclasses.replace(trainer.config, lr=3e-3, warmup_steps=1)
+    before = evaluate_exact_match(trainer.model, trainer.tokenizer, trainer.bank, 1, episodes=episodes)
+    for _ in range(120):
+        trainer.train_step(episodes)
+    after = evaluate_exact_match(trainer.model, trainer.tokenizer, trainer.bank, 1, episodes=episodes)
+    assert before["program_exact"] == 0.0
+    assert after["program_exact"] == 1.0 and after["step_exact"] == 1.0 and after["target_ok"] == 1.0
+    assert after["phi_cos"] > 0.9

@@ -1,0 +1,611 @@
+"""Stage 2: train the agent on its own, against a frozen vision network and its phi bank.
+
+The joint trainer (`training.trainer`) spends ~4.6 s per step, nearly all of it in the vision
+network, so the agent never got the steps it needs to learn language. Here the vision network is
+frozen (a snapshot of a `training.vision_pretrain` run): episodes are executed once in a worker
+(`training.agent_episodes`), pooled and reused, and a step is a batched teacher-forced forward of
+the language model only. The loss is
+
+    CE(code tokens) + phi_lambda * (1 - cos(phi, phi_bank[label]) + ||phi - phi_bank[label]||^2 / 32)
+
+at every ``<MOD>``, so the agent's phis are the ones the vision network was trained to follow.
+
+Shaped like nnU-Net's trainer: one class, :class:`AgentPretrainer`, with small override points
+(``loss``, ``learning_rate``, ``draw_batch``), named variants (:data:`VARIANTS`) or a JSON run file.
+Training stops when held-out code exact match (`evaluate_exact_match`) has not risen for
+``patience`` evaluations, not after a fixed time. A run directory is stopped and resumed freely::
+
+    python -m training.agent_pretrain --run runs/agent_v2 --vision checkpoints/vision_v2 --hours 1
+    python -m training.agent_pretrain --run runs/agent_v2 --export models/voxagent-v2
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import logging
+import math
+import random
+import shutil
+import signal
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from agent.checkpoint import load_agent, save_agent
+from agent.config import AgentConfig
+from agent.model import VoxAgentModel
+from agent.phi_bank import PhiBank
+from agent.state import IGNORE_INDEX, build_training_sequence, collate_sequences, initial_state_ids
+from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
+from training.agent_episodes import Episode, EpisodeWorker, run_episode
+
+logger = logging.getLogger(__name__)
+
+VISION_SNAPSHOT = "vision"  # the frozen vision network + phi bank the run trains against
+AGENT_DIR = "agent"
+STATE_FILE = "train_state.pt"
+POOL_FILE = "episodes.pt"  # not committed: rebuilt by the worker after a fresh clone
+LOG_FILE = "log.csv"
+EVAL_FILE = "eval.jsonl"
+LOG_FIELDS = ("step", "hours", "lr", "loss", "ce", "phi_loss", "phi_cos", "token_acc", "pool", "s_per_step")
+
+
+@dataclass(frozen=True)
+class AgentPretrainConfig:
+    preset: str = "tiny"
+    seed: int = 0
+    batch: int = 16
+    lr: float = 1e-3
+    min_lr: float = 5e-5
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    clip: float = 1.0
+    phi_lambda: float = 1.0
+    phi_activation: str = "identity"  # the v2 bank's vectors leave SiLU's range (agent.config)
+    vocab_size: int = TINY_VOCAB
+    corpus_episodes: int = 300  # executed episodes the tokenizer is trained on (they seed the pool too)
+    pool_size: int = 20_000  # episodes kept for reuse; new ones replace random old ones
+    # fresh episodes waited for per step once the pool holds min_pool; 0 = take whatever the worker
+    # has ready and never wait (the pool's reuse then grows with the step rate)
+    fresh_per_step: int = 0
+    min_pool: int = 64
+    eval_every: int = 1000
+    eval_tasks: int = 60
+    patience: int = 5  # evaluations without a new best exact match before the run stops
+    decay_steps: int = 40_000  # cosine from lr to min_lr over this many steps, then min_lr
+    checkpoint_minutes: float = 5.0
+    threads: int = 1
+    worker_threads: int = 1
+    max_tokens: int = 1536  # longer episodes are dropped (they do not fit the decode budget either)
+    # real anatomy for the anatomy families: SynthSeg label maps (None: $VOXAGENT_SYNTHSEG_DIR or
+    # ../shared/data/synthseg); label_cases False keeps every task on the MNI template (old 19 targets)
+    data_root: str | None = None
+    label_cases: bool = True
+
+    def to_json(self, path: Path) -> None:
+        path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
+
+    @classmethod
+    def from_json(cls, path: Path) -> "AgentPretrainConfig":
+        data = json.loads(path.read_text())
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"{path}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+        return cls(**data)
+
+
+VARIANTS: dict[str, AgentPretrainConfig] = {
+    "default": AgentPretrainConfig(),
+    "no_phi": AgentPretrainConfig(phi_lambda=0.0),  # ablation: CE only (the agent's phis go unsupervised)
+    "smoke": AgentPretrainConfig(batch=2, corpus_episodes=4, min_pool=2, eval_every=3, eval_tasks=2, patience=2,
+                                 warmup_steps=1, vocab_size=400, checkpoint_minutes=0.0),
+}
+# keys a resumed run may change (recorded in the run's config history); others would change the run's meaning
+RESUMABLE_KEYS = frozenset({"batch", "lr", "min_lr", "eval_every", "eval_tasks", "patience", "decay_steps",
+                            "checkpoint_minutes", "threads", "worker_threads", "pool_size", "fresh_per_step",
+                            "clip", "weight_decay"})
+
+
+def phi_targets(bank: PhiBank, labels: Sequence[str]) -> torch.Tensor:
+    """The bank's phi for each ``<MOD>`` label ("generate:<target>" / "encode:<modality>")."""
+    rows = []
+    for label in labels:
+        kind, _, name = label.partition(":")
+        rows.append(bank.generate_phi(name) if kind == "generate" else bank.encode_phi(name))
+    return torch.from_numpy(np.stack(rows)).float()
+
+
+def phi_loss(phis: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(1 - cosine) + mean squared error: direction and scale both matter to the vision network."""
+    cos = F.cosine_similarity(phis, targets, dim=-1)
+    return (1.0 - cos).mean() + F.mse_loss(phis, targets), cos.mean().detach()
+
+
+@dataclass
+class StepStats:
+    loss: float
+    ce: float
+    phi_loss: float
+    phi_cos: float
+    token_acc: float
+
+
+class AgentPretrainer:
+    """One run: agent + tokenizer + frozen vision snapshot + episode pool + optimizer + checkpoints."""
+
+    def __init__(self, run_dir: str | Path, config: AgentPretrainConfig | None = None,
+                 vision_dir: str | Path | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.config = self._settle_config(config)
+        cfg = self.config
+        torch.set_num_threads(cfg.threads)
+        self.vision_dir = self._snapshot_vision(vision_dir)
+        self.bank = PhiBank.load(self.vision_dir / "phi_bank.safetensors")
+        self.data_root = self._data_root()
+        self.rng = random.Random(cfg.seed)
+        self.step = 0
+        self.hours = 0.0
+        self.best = -1.0
+        self.evals_since_best = 0
+        self.pool: list[Episode] = []
+        self.next_episode = 0
+        self._stop = False
+        self._load_pool()
+        agent_dir = self.run_dir / AGENT_DIR
+        if (agent_dir / "agent.safetensors").is_file():
+            self.model, self.tokenizer = load_agent(agent_dir)
+            self.model.train()
+        else:
+            self.tokenizer = self._build_tokenizer()
+            acfg = AgentConfig.from_preset(cfg.preset, self.tokenizer, phi_activation=cfg.phi_activation)
+            torch.manual_seed(cfg.seed)
+            self.model = VoxAgentModel(acfg)
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                           betas=(0.9, 0.98))
+        self._load_state()
+
+    # ---------------------------------------------------------------- setup
+    def _settle_config(self, config: AgentPretrainConfig | None) -> AgentPretrainConfig:
+        saved = self.run_dir / "config.json"
+        if not saved.is_file():
+            config = config or AgentPretrainConfig()
+            config.to_json(saved)
+            return config
+        on_disk = AgentPretrainConfig.from_json(saved)
+        if config is None or config == on_disk:
+            return on_disk
+        changed = {f.name for f in dataclasses.fields(AgentPretrainConfig)
+                   if getattr(config, f.name) != getattr(on_disk, f.name)}
+        fixed = changed - RESUMABLE_KEYS
+        if fixed:
+            raise ValueError(f"{saved} differs in {sorted(fixed)}, which a resumed run cannot change; "
+                             f"start a new run directory or change only {sorted(RESUMABLE_KEYS)}")
+        with (self.run_dir / "config_history.jsonl").open("a") as fh:
+            fh.write(json.dumps({k: [getattr(on_disk, k), getattr(config, k)] for k in sorted(changed)}) + "\n")
+        config.to_json(saved)
+        return config
+
+    def _snapshot_vision(self, vision_dir: str | Path | None) -> Path:
+        """Copy the vision network and bank into the run once: the agent trains against that snapshot."""
+        snap = self.run_dir / VISION_SNAPSHOT
+        if (snap / "phi_bank.safetensors").is_file():
+            if vision_dir is not None and Path(vision_dir).resolve() != snap.resolve():
+                logger.info("run already trains against its own vision snapshot %s; ignoring %s", snap, vision_dir)
+            return snap
+        if vision_dir is None:
+            raise ValueError("a new run needs --vision DIR (a vision_pretrain run or a models/<name> directory)")
+        src = Path(vision_dir)
+        missing = [f for f in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors")
+                   if not (src / f).is_file()]
+        if missing:
+            raise FileNotFoundError(f"{src} lacks {missing}: pass a vision_pretrain run or a model directory")
+        snap.mkdir(parents=True, exist_ok=True)
+        for f in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors"):
+            shutil.copy2(src / f, snap / f)
+        logger.info("vision snapshot of %s in %s", src, snap)
+        return snap
+
+    def _data_root(self) -> Path | None:
+        import os
+
+        from training.synth.synthseg import DEFAULT_ROOT
+
+        if not self.config.label_cases:
+            return None
+        root = Path(self.config.data_root or os.environ.get("VOXAGENT_SYNTHSEG_DIR") or DEFAULT_ROOT)
+        if not (root / "label_maps").is_dir():
+            raise FileNotFoundError(f"no SynthSeg label maps under {root}: set data_root (or $VOXAGENT_SYNTHSEG_DIR) "
+                                    "to the folder described in README.md, or label_cases=false for MNI-only tasks")
+        return root
+
+    def _worker(self) -> EpisodeWorker:
+        if not hasattr(self, "_episode_worker"):
+            self._episode_worker = EpisodeWorker(self.config.seed, self.next_episode, self.vision_dir,
+                                                 self.vision_dir / "phi_bank.safetensors",
+                                                 threads=self.config.worker_threads,
+                                                 data_root=self.data_root)
+        return self._episode_worker
+
+    def _build_tokenizer(self) -> AgentTokenizer:
+        from agent.corpus import seed_corpus
+
+        cfg = self.config
+        logger.info("executing %d episodes for the tokenizer corpus", cfg.corpus_episodes)
+        while len(self.pool) < cfg.corpus_episodes:
+            self._add(self._worker().take(at_least=1))
+        texts = [t for e in self.pool for t in e.texts()] + list(seed_corpus(300, cfg.seed))
+        tokenizer = train_tokenizer(texts, vocab_size=cfg.vocab_size)
+        logger.info("tokenizer trained on %d texts: %d pieces", len(texts), tokenizer.vocab_size)
+        return tokenizer
+
+    # ---------------------------------------------------------------- episode pool
+    def _add(self, episodes: Sequence[Episode]) -> None:
+        for e in episodes:
+            if len(self.pool) < self.config.pool_size:
+                self.pool.append(e)
+            else:
+                self.pool[self.rng.randrange(len(self.pool))] = e
+        if hasattr(self, "_episode_worker"):
+            self.next_episode = self._episode_worker.next_index
+
+    def _load_pool(self) -> None:
+        path = self.run_dir / POOL_FILE
+        if path.is_file():
+            data = torch.load(path, weights_only=False)
+            self.pool, self.next_episode = data["pool"], int(data["next_episode"])
+            logger.info("loaded %d pooled episodes (next index %d)", len(self.pool), self.next_episode)
+
+    # ---------------------------------------------------------------- override points
+    def learning_rate(self, step: int) -> float:
+        cfg = self.config
+        if step < cfg.warmup_steps:
+            return cfg.lr * (step + 1) / cfg.warmup_steps
+        t = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.decay_steps))
+        return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * t))
+
+    def draw_batch(self) -> list[Episode]:
+        """Fresh episodes first (the worker's output since the last step), the rest from the pool."""
+        cfg = self.config
+        need = cfg.fresh_per_step if len(self.pool) >= cfg.min_pool else cfg.min_pool - len(self.pool)
+        fresh = self._worker().take(at_least=need, at_most=max(need, 8))
+        self._add(fresh)
+        rest = [self.pool[self.rng.randrange(len(self.pool))] for _ in range(max(0, cfg.batch - len(fresh)))]
+        return (fresh + rest)[: cfg.batch]
+
+    def loss(self, ce: torch.Tensor, phis: torch.Tensor | None, targets: torch.Tensor | None
+             ) -> tuple[torch.Tensor, float, float]:
+        if phis is None or targets is None or self.config.phi_lambda == 0:
+            return ce, 0.0, float("nan")
+        p_loss, cos = phi_loss(phis, targets)
+        return ce + self.config.phi_lambda * p_loss, float(p_loss.detach()), float(cos)
+
+    # ---------------------------------------------------------------- one step
+    def _sequences(self, episodes: Sequence[Episode]):
+        dim = self.model.cfg.hidden_size
+        seqs, labels = [], []
+        for e in episodes:
+            seq = build_training_sequence(self.tokenizer, e.prompt, e.scans, e.steps, dim)
+            if len(seq) > self.config.max_tokens:
+                continue
+            seqs.append(seq)
+            ok = e.mod_labels is not None and len(e.mod_labels) == int(seq.mod_positions.numel())
+            labels.append(e.mod_labels if ok else None)
+        return seqs, labels
+
+    def train_step(self, episodes: Sequence[Episode]) -> StepStats:
+        seqs, labels = self._sequences(episodes)
+        if not seqs:
+            raise ValueError("every episode of the batch was longer than max_tokens")
+        batch = collate_sequences(seqs, self.tokenizer.pad_id)
+        for group in self.optimizer.param_groups:
+            group["lr"] = self.learning_rate(self.step)
+        self.model.train()
+        out = self.model(batch.input_ids, enc_vectors=batch.enc_vectors, labels=batch.labels,
+                         attention_mask=batch.attention_mask)
+        rows, cols, mod_labels = [], [], []
+        for r, (seq, lab) in enumerate(zip(seqs, labels)):
+            if lab is None:
+                continue
+            rows += [r] * len(lab)
+            cols += seq.mod_positions.tolist()
+            mod_labels += lab
+        phis = targets = None
+        if mod_labels:
+            phis = self.model.phi_head(out.hidden[rows, cols])
+            targets = phi_targets(self.bank, mod_labels)
+        assert out.loss is not None
+        loss, p_loss, cos = self.loss(out.loss, phis, targets)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.config.clip)
+        self.optimizer.step()
+        with torch.no_grad():
+            pred = out.logits[:, :-1].argmax(-1)
+            gold = batch.labels[:, 1:]
+            known = gold != IGNORE_INDEX
+            acc = float(((pred == gold) & known).sum()) / max(1, int(known.sum()))
+        self.step += 1
+        return StepStats(float(loss.detach()), float(out.loss.detach()), p_loss, cos, acc)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self) -> dict[str, Any]:
+        if getattr(self, "_held_out", None) is None or len(self._held_out) != self.config.eval_tasks:
+            from training.agent_episodes import label_source
+
+            self._held_out = held_out_episodes(self.config.eval_tasks, self.bank, self._eval_net(),
+                                               source=label_source(self.data_root, validation=True))
+        result = evaluate_exact_match(self.model, self.tokenizer, self.bank, self.config.eval_tasks,
+                                      episodes=self._held_out)
+        result["step"] = self.step
+        with (self.run_dir / EVAL_FILE).open("a") as fh:
+            fh.write(json.dumps(result) + "\n")
+        return result
+
+    def _eval_net(self):
+        if not hasattr(self, "_frozen_net"):
+            from training.agent_episodes import load_frozen_vision
+
+            self._frozen_net = load_frozen_vision(self.vision_dir)
+        return self._frozen_net
+
+    # ---------------------------------------------------------------- checkpoints
+    def save(self) -> None:
+        tmp = self.run_dir / (AGENT_DIR + ".tmp")
+        if tmp.exists():
+            shutil.rmtree(tmp)
+        save_agent(self.model, self.tokenizer, tmp)
+        final = self.run_dir / AGENT_DIR
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        state = {"step": self.step, "hours": self.hours, "best": self.best, "evals_since_best": self.evals_since_best,
+                 "optimizer": self.optimizer.state_dict(), "rng": self.rng.getstate(),
+                 "torch_rng": torch.get_rng_state()}
+        torch.save(state, self.run_dir / (STATE_FILE + ".tmp"))
+        (self.run_dir / (STATE_FILE + ".tmp")).replace(self.run_dir / STATE_FILE)
+        torch.save({"pool": self.pool, "next_episode": self.next_episode}, self.run_dir / (POOL_FILE + ".tmp"))
+        (self.run_dir / (POOL_FILE + ".tmp")).replace(self.run_dir / POOL_FILE)
+        logger.info("checkpoint at step %d (%.2f h) in %s", self.step, self.hours, self.run_dir)
+
+    def _load_state(self) -> None:
+        path = self.run_dir / STATE_FILE
+        if not path.is_file():
+            return
+        state = torch.load(path, weights_only=False)
+        self.step, self.hours = int(state["step"]), float(state["hours"])
+        self.best, self.evals_since_best = float(state["best"]), int(state["evals_since_best"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rng.setstate(state["rng"])
+        torch.set_rng_state(state["torch_rng"])
+        logger.info("resumed %s at step %d (%.2f h)", self.run_dir, self.step, self.hours)
+
+    def _best_dir(self) -> Path:
+        return self.run_dir / "best"
+
+    # ---------------------------------------------------------------- the loop
+    def fit(self, hours: float | None = None, max_steps: int | None = None, progress: bool = True) -> None:
+        from tqdm import tqdm
+
+        cfg = self.config
+        signal.signal(signal.SIGTERM, self._on_signal)
+        signal.signal(signal.SIGINT, self._on_signal)
+        t_start = time.monotonic()
+        last_ckpt = t_start
+        hours_at_start = self.hours
+        log_path = self.run_dir / LOG_FILE
+        new_log = not log_path.is_file()
+        bar = tqdm(total=max_steps, initial=0, disable=not progress, desc="agent", unit="step")
+        try:
+            with log_path.open("a", newline="") as fh:
+                writer = csv.DictWriter(fh, fieldnames=LOG_FIELDS)
+                if new_log:
+                    writer.writeheader()
+                done = 0
+                while not self._stop:
+                    if hours is not None and time.monotonic() - t_start >= hours * 3600:
+                        break
+                    if max_steps is not None and done >= max_steps:
+                        break
+                    t0 = time.monotonic()
+                    stats = self.train_step(self.draw_batch())
+                    done += 1
+                    self.hours = hours_at_start + (time.monotonic() - t_start) / 3600
+                    writer.writerow(dict(step=self.step, hours=round(self.hours, 4),
+                                         lr=f"{self.learning_rate(self.step):.3g}", loss=round(stats.loss, 4),
+                                         ce=round(stats.ce, 4), phi_loss=round(stats.phi_loss, 4),
+                                         phi_cos=round(stats.phi_cos, 4), token_acc=round(stats.token_acc, 4),
+                                         pool=len(self.pool), s_per_step=round(time.monotonic() - t0, 3)))
+                    bar.update(1)
+                    bar.set_postfix(ce=f"{stats.ce:.3f}", cos=f"{stats.phi_cos:.3f}", acc=f"{stats.token_acc:.3f}")
+                    if self.step % cfg.eval_every == 0:
+                        fh.flush()
+                        if self._after_eval(self.evaluate()):
+                            break
+                    if time.monotonic() - last_ckpt >= cfg.checkpoint_minutes * 60:
+                        fh.flush()
+                        self.save()
+                        last_ckpt = time.monotonic()
+        finally:
+            bar.close()
+            self.save()
+            if hasattr(self, "_episode_worker"):
+                self._episode_worker.close()
+
+    def _after_eval(self, result: dict[str, Any]) -> bool:
+        """Keep the best weights; True when exact match has stopped rising (the run is done)."""
+        score = result["program_exact"]
+        logger.info("step %d: held-out program exact %.3f, step exact %.3f, target ok %.3f, phi cos %s",
+                    self.step, score, result["step_exact"], result["target_ok"], result["phi_cos"])
+        if score > self.best:
+            self.best, self.evals_since_best = score, 0
+            save_agent(self.model, self.tokenizer, self._best_dir())
+            (self._best_dir() / "eval.json").write_text(json.dumps(result, indent=2) + "\n")
+            return False
+        self.evals_since_best += 1
+        if self.evals_since_best >= self.config.patience:
+            logger.info("held-out exact match has not risen for %d evaluations: stopping", self.evals_since_best)
+            return True
+        return False
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        logger.warning("signal %d: stopping after this step", signum)
+        self._stop = True
+
+
+# ---------------------------------------------------------------- held-out exact match
+
+EVAL_SEED_START = 10**9
+
+
+def held_out_episodes(n: int, bank: PhiBank, net=None, seed: int = 0, source=None) -> list[Episode]:
+    """Executed episodes from held-out templates and evaluation seeds (never drawn in training)."""
+    from training.errors import TaskDefect
+    from training.tasks import FAMILIES, sample_task
+    from training.trainer import HELD_OUT_TEMPLATE_START
+
+    families = list(FAMILIES)
+    out: list[Episode] = []
+    i = 0
+    while len(out) < n and i < 4 * n + 10:
+        family = families[i % len(families)]
+        templates = list(range(HELD_OUT_TEMPLATE_START, len(FAMILIES[family].templates)))
+        task_seed = EVAL_SEED_START + 1000 * seed + i
+        i += 1
+        try:
+            sample, case = sample_task(task_seed, family=family, templates=templates or None, labels=source)
+            out.append(run_episode(sample, case, bank, net))
+        except TaskDefect as exc:
+            logger.warning("held-out task %d skipped: %s", task_seed, exc)
+    return out
+
+
+@torch.no_grad()
+def decode_step(model: VoxAgentModel, tokenizer: AgentTokenizer, prefix: list[int], enc: torch.Tensor | None,
+                max_tokens: int = 256) -> tuple[str, list[torch.Tensor]]:
+    """Greedy code of one step after ``prefix`` (a fresh cache each time: evaluation, not serving)."""
+    session = model.start_session(min(model.cfg.max_positions, len(prefix) + max_tokens + 2))
+    hidden = session.feed(prefix, enc if enc is not None and len(enc) else None)
+    logits = model.next_token_logits(hidden[-1])
+    tokens: list[int] = []
+    phis: list[torch.Tensor] = []
+    stops = {tokenizer.step_id, tokenizer.eos_id}
+    for _ in range(max_tokens):
+        nxt = int(torch.argmax(logits))
+        if nxt in stops:
+            break
+        tokens.append(nxt)
+        hidden = session.feed([nxt])
+        if nxt == tokenizer.mod_id:
+            phis.append(model.phi_head(hidden[-1]).clone())
+        logits = model.next_token_logits(hidden[-1])
+    return tokenizer.decode(tokens), phis
+
+
+def evaluate_exact_match(model: VoxAgentModel, tokenizer: AgentTokenizer, bank: PhiBank, n: int, net=None,
+                         episodes: Sequence[Episode] | None = None) -> dict[str, Any]:
+    """Held-out templates, each step decoded greedily after the ground-truth steps before it.
+
+    program_exact: every step of the program equals the ground truth; step_exact: per step;
+    target_ok: the step's generate targets equal the ground truth's; phi_cos: mean cosine of the
+    decoded phis to the bank's phi for the ground-truth label (markers in matching steps only).
+    """
+    import re
+
+    from agent.state import feedback_tokens
+
+    model.eval()
+    episodes = list(episodes) if episodes is not None else held_out_episodes(n, bank, net)
+    dim = model.cfg.hidden_size
+    target_re = re.compile(r'generate\([^)]*?"([^"]+)"')
+    program_hits = step_hits = steps = target_hits = 0
+    cosines: list[float] = []
+    per_family: dict[str, list[int]] = {}
+    for e in episodes:
+        ids = initial_state_ids(tokenizer, e.prompt, e.scans)
+        vectors: list[np.ndarray] = []
+        all_ok = True
+        label_at = 0
+        for i, step in enumerate(e.steps):
+            enc = torch.from_numpy(np.concatenate(vectors)) if vectors else None
+            code, phis = decode_step(model, tokenizer, ids, enc)
+            exact = code.strip() == step.code.strip()
+            n_mods = step.code.count("<MOD>")
+            if exact and e.mod_labels is not None and phis:
+                want = phi_targets(bank, e.mod_labels[label_at:label_at + n_mods])
+                got = torch.stack(phis)
+                cosines += F.cosine_similarity(got, want, dim=-1).tolist()
+            label_at += n_mods
+            step_hits += exact
+            target_hits += target_re.findall(code) == target_re.findall(step.code)
+            steps += 1
+            all_ok &= exact
+            ids = ids + tokenizer.encode(step.code) + [tokenizer.step_id]
+            if i + 1 < len(e.steps):
+                z = feedback_tokens(tokenizer, step.feedback, step.error, dim)
+                ids += z.ids
+                if len(z.vectors):
+                    vectors.append(z.vectors)
+        program_hits += all_ok
+        per_family.setdefault(e.family, []).append(int(all_ok))
+    model.train()
+    count = max(1, len(episodes))
+    return {"program_exact": program_hits / count, "step_exact": step_hits / max(1, steps),
+            "target_ok": target_hits / max(1, steps), "phi_cos": float(np.mean(cosines)) if cosines else None,
+            "episodes": len(episodes),
+            "per_family": {k: float(np.mean(v)) for k, v in sorted(per_family.items())}}
+
+
+# ---------------------------------------------------------------- export and CLI
+
+def export(run_dir: str | Path, out_dir: str | Path, best: bool = True) -> Path:
+    """A models/<name> directory: the agent (best by held-out exact match) + the frozen vision snapshot."""
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    src = run_dir / "best" if best and (run_dir / "best" / "agent.safetensors").is_file() else run_dir / AGENT_DIR
+    model, tokenizer = load_agent(src)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_agent(model, tokenizer, out_dir)
+    for f in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors"):
+        shutil.copy2(run_dir / VISION_SNAPSHOT / f, out_dir / f)
+    return out_dir
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.agent_pretrain", description=__doc__.split("\n")[0])
+    parser.add_argument("--run", required=True, help="run directory (created, or resumed)")
+    parser.add_argument("--vision", help="vision run or model directory to freeze (new runs only)")
+    parser.add_argument("--variant", choices=sorted(VARIANTS), help="named configuration for a new run")
+    parser.add_argument("--config", help="JSON run file (AgentPretrainConfig fields)")
+    parser.add_argument("--hours", type=float, help="stop after this long (default: until exact match stops rising)")
+    parser.add_argument("--steps", type=int, help="stop after this many steps")
+    parser.add_argument("--export", metavar="DIR", help="write the run's best agent + vision to DIR and exit")
+    parser.add_argument("--evaluate", action="store_true", help="held-out exact match of the current agent, then exit")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if args.export:
+        print(export(args.run, args.export))  # noqa: T201 - CLI output
+        return 0
+    config = None
+    if args.config:
+        config = AgentPretrainConfig.from_json(Path(args.config))
+    elif args.variant:
+        config = VARIANTS[args.variant]
+    trainer = AgentPretrainer(args.run, config, args.vision)
+    if args.evaluate:
+        print(json.dumps(trainer.evaluate(), indent=2))  # noqa: T201 - CLI output
+        return 0
+    trainer.fit(hours=args.hours, max_steps=args.steps)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
