@@ -27,6 +27,9 @@ class OutputVolume(BaseModel):
     kind: str = Field(default="mask", description="'mask' (uint8 0/1) or 'image'.")
     step: int | None = None
     source: str | None = Field(default=None, description="Name of the input scan whose grid it lies on.")
+    snapshot: str | None = Field(default=None, description="PNG of a mask over its scan (three planes through "
+                                 "its centroid, legend): artifact id (API, see the job's `snapshot:` link) "
+                                 "or local path (CLI).")
 
 
 class StepTrace(BaseModel):

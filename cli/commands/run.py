@@ -1,7 +1,8 @@
 """`voxagent run --prompt "..." scan.nii.gz [NAME=PATH ...]`: one analysis, locally, no server.
 
 Runs the same task function as the service (embedded, in a throw-away data directory) and
-prints the same result document; output volumes are written to --out with their paths in it.
+prints the same result document; output volumes are written to --out with their paths in it, each
+mask with its PNG snapshot beside it (``NAME.png``: three planes through the mask over its scan).
 A scan PATH is a NIfTI file or a DICOM series (folder, ``.zip`` or multi-frame file); a DICOM
 series is read with voxel_ops' checks, and its modality and acquisition date reach the analysis.
 ``--dicom-out DIR`` also writes the results as DICOM into the source study: ``seg.dcm`` (a SEG of the
@@ -117,7 +118,12 @@ def run(args: argparse.Namespace) -> int:
             safe = "".join(c if c.isalnum() or c in "-_" else "_" for c in out.name) or f"output_{uuid.uuid4().hex[:6]}"
             dst = args.out / f"{safe}{suffix}"
             shutil.copyfile(src, dst)
-            outputs.append(out.model_copy(update={"path": str(dst.resolve())}))
+            update = {"path": str(dst.resolve())}
+            if out.snapshot and artifacts.exists("local", out.snapshot):  # the mask over its scan, 3 planes
+                png = args.out / f"{safe}.png"
+                shutil.copyfile(artifacts.path("local", out.snapshot), png)
+                update["snapshot"] = str(png.resolve())
+            outputs.append(out.model_copy(update=update))
         dicom_paths: dict[str, Path] = {}
         if source_headers is not None:
             index = next(iter(dicom_scans))
@@ -132,6 +138,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {m.name}: {m.value}{(' ' + m.unit) if m.unit else ''}")
         for o in result.outputs:
             print(f"  output {o.name}: {o.path}")
+            if o.snapshot:
+                print(f"  snapshot {o.name}: {o.snapshot}")
         for kind, dcm in dicom_paths.items():
             print(f"  dicom {kind}: {dcm.resolve()}")
         if result.error:

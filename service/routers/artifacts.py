@@ -9,7 +9,7 @@ from service.auth import Principal
 from service.deps import get_principal, get_state
 from service.errors import ProblemError
 from service.state import ServiceState
-from service.storage import ArtifactRecord, VolumeRecord
+from service.storage import ArtifactRecord
 
 router = APIRouter(prefix="/v1/artifacts", tags=["artifacts"])
 
@@ -31,25 +31,17 @@ def download(artifact_id: str, principal: Principal = Depends(get_principal), st
 
 
 def _snapshot(state: ServiceState, tenant: str, record: ArtifactRecord) -> bytes:
-    import nibabel as nib
-    import numpy as np
+    """The stored snapshot (written with the result); rendered and stored now for results made before."""
+    from service.png import snapshot_name, store_snapshot
 
-    mask_img = nib.load(state.artifacts.path(tenant, record.id))
-    scan_record = state.records.get_record(VolumeRecord, record.source_volume_id or "", tenant)
-    mask = np.asarray(mask_img.dataobj)
-    if scan_record is not None:
-        scan_img = nib.load(state.artifacts.path(tenant, scan_record.artifact))
-        scan = np.asarray(scan_img.dataobj, dtype=np.float32)
-        if scan.ndim == 3 and scan.shape == mask.shape:
-            from service.png import overlay_snapshot
-
-            return overlay_snapshot(scan, scan_img.affine, mask, mask_img.affine)
-    from service.png import overlay_snapshot
-
-    return overlay_snapshot(mask.astype(np.float32), mask_img.affine, None)
+    name = snapshot_name(record.id)
+    if not state.artifacts.exists(tenant, name):
+        store_snapshot(state.records, state.artifacts, tenant, record)
+    return state.artifacts.path(tenant, name).read_bytes()
 
 
-@router.get("/{artifact_id}/snapshot.png", summary="PNG: the mask in red over its scan (axial slice)",
+@router.get("/{artifact_id}/snapshot.png",
+            summary="PNG: the mask outlined over its scan (axial, coronal, sagittal planes through its centroid)",
             responses={200: {"content": {"image/png": {}}}}, response_class=Response)
 async def snapshot(artifact_id: str, principal: Principal = Depends(get_principal),
                    state: ServiceState = Depends(get_state)):

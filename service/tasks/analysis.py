@@ -56,13 +56,26 @@ def store_outputs(ctx: TaskContext, tenant: str, job_id: str, result: AnalysisRe
         artifact = f"{job_id}_out{i}.nii.gz" if src.name.endswith(".gz") else f"{job_id}_out{i}.nii"
         _, digest = ctx.artifacts.adopt(tenant, artifact, src)  # written once, by the sandbox
         only = next(iter(volume_ids.values())) if len(volume_ids) == 1 else None
-        ctx.records.put_record(ArtifactRecord(
+        record = ArtifactRecord(
             id=artifact, tenant=tenant, job_id=job_id, name=out.name, kind=out.kind, source=out.source,
-            source_volume_id=volume_ids.get(out.source or "") or only, sha256=digest, created_at_ts=time.time()))
-        kept.append(out.model_copy(update={"path": artifact}))
+            source_volume_id=volume_ids.get(out.source or "") or only, sha256=digest, created_at_ts=time.time())
+        ctx.records.put_record(record)
+        snapshot = _store_snapshot(ctx, tenant, record) if out.kind == "mask" else None
+        kept.append(out.model_copy(update={"path": artifact, "snapshot": snapshot}))
         with contextlib.suppress(OSError):  # the job's directory, once it holds nothing more
             src.parent.rmdir()
     result.outputs = kept
+
+
+def _store_snapshot(ctx: TaskContext, tenant: str, record: ArtifactRecord) -> str | None:
+    """The mask's PNG snapshot, stored with the result; a failure costs the picture, never the job."""
+    from service.png import store_snapshot
+
+    try:
+        return store_snapshot(ctx.records, ctx.artifacts, tenant, record)
+    except Exception:  # noqa: BLE001 - the snapshot route renders it on demand later
+        log.warning("snapshot of %s failed", record.id, exc_info=True)
+        return None
 
 
 def run_analysis(ctx: TaskContext, job_id: str) -> str:

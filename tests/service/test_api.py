@@ -87,6 +87,7 @@ def test_code_analysis_returns_exact_mask_on_input_grid_and_metric(api, scan_fil
     assert np.array_equal(np.asarray(img.dataobj) > 0, arr > 50)
     png = api.get(job["links"]["snapshot:bright"], headers=api.h["acme"])
     assert png.status_code == 200 and png.content[:4] == b"\x89PNG"
+    assert out["snapshot"] and (tenant_dir / out["snapshot"]).read_bytes() == png.content  # stored with the result
 
 
 def test_upload_in_the_same_request_as_the_analysis(api, scan_file):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -29,6 +30,8 @@ def test_run_with_code_prints_the_result_document_and_writes_outputs(tmp_path):
     assert result.metrics[0].value == pytest.approx(expected_ml(arr, aff), rel=1e-6)
     img = nib.load(result.outputs[0].path)
     assert np.allclose(img.affine, aff) and np.array_equal(np.asarray(img.dataobj) > 0, arr > 50)
+    snapshot = Path(result.outputs[0].snapshot or "")  # the mask over its scan, written beside it
+    assert snapshot == tmp_path / "out" / "bright.png" and snapshot.read_bytes()[:4] == b"\x89PNG"
     bad = voxagent("run", str(tmp_path / "missing.nii.gz"), "--code", str(prog))
     assert bad.returncode == 2 and "no such scan" in bad.stderr
 
