@@ -25,6 +25,13 @@ TERMINAL_VALUES = frozenset(s.value for s in TERMINAL)
 ACTIVE_VALUES = tuple(sorted(s.value for s in ACTIVE))
 
 
+class JobProgress(BaseModel):
+    """Where a running prompt analysis is: the step the agent works on (1-based) of at most ``max_steps``."""
+
+    step: int = Field(ge=0)
+    max_steps: int = Field(ge=1)
+
+
 class Job(BaseModel):
     id: str
     status: JobStatus
@@ -37,6 +44,7 @@ class Job(BaseModel):
     batch_id: str | None = None
     result: AnalysisResult | None = Field(default=None, description="Present once the job has finished.")
     error: str | None = None
+    progress: JobProgress | None = Field(default=None, description="Running prompt analyses: step k of at most n.")
     links: dict[str, str] = Field(default_factory=dict)
 
 

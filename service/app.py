@@ -12,6 +12,7 @@ import uuid
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi_offline import FastAPIOffline
 
 from service import errors
 from service.observability import REQUEST_LATENCY, request_id_var
@@ -40,8 +41,10 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
         finally:
             state.close()
 
-    app = FastAPI(title="voxagent", version="1.0.0", lifespan=lifespan,
-                  description="Language-driven analysis of 3D brain MRI/CT. Errors are RFC 9457 problem+json.")
+    # /docs and /redoc load Swagger UI and ReDoc from the installed fastapi-offline package, never a
+    # CDN: a hospital machine has no internet, and a blank docs page there is no docs at all.
+    app = FastAPIOffline(title="voxagent", version="1.0.0", lifespan=lifespan, static_url="/static-docs",
+                         description="Language-driven analysis of 3D brain MRI/CT. Errors are RFC 9457 problem+json.")
     errors.install(app)
 
     @app.middleware("http")

@@ -52,7 +52,7 @@ def to_model(job: JobRecord) -> Job:
     if job.batch_id:
         links["batch"] = f"/v1/batches/{job.batch_id}"
     fields = {k: getattr(job, k) for k in ("id", "status", "created_at", "started_at", "finished_at", "prompt",
-                                           "code", "volumes", "batch_id", "result", "error")}
+                                           "code", "volumes", "batch_id", "result", "error", "progress")}
     return Job.model_validate({**fields, "links": links})
 
 

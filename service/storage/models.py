@@ -39,6 +39,7 @@ class JobRecord(StoredRecord):
     finished_at: str | None = None
     result: dict[str, Any] | None = None  # api_schemas.results.AnalysisResult, as JSON
     error: str | None = None
+    progress: dict[str, int] | None = None  # api_schemas.jobs.JobProgress while a prompt runs
 
 
 class WebhookRecord(BaseModel):

@@ -78,6 +78,12 @@ def _store_snapshot(ctx: TaskContext, tenant: str, record: ArtifactRecord) -> st
         return None
 
 
+def _progress(ctx: TaskContext, job_id: str, step: int, max_steps: int) -> None:
+    """Record "working on step k of at most n" on the running job (clients poll it)."""
+    ctx.records.update_record(JobRecord, job_id, {"progress": {"step": step, "max_steps": max_steps}},
+                              only_if_status=(JobStatus.running.value,))
+
+
 def run_analysis(ctx: TaskContext, job_id: str) -> str:
     """Execute one queued job to a terminal state; returns the final status."""
     token = job_id_var.set(job_id)
@@ -122,7 +128,8 @@ def _run(ctx: TaskContext, job_id: str) -> str:
             result = engines.run_prompt(job.prompt or "", scans, client=client, output_dir=out_dir,
                                         models_dir=ctx.settings.models_dir, job_id=job_id,
                                         max_steps=ctx.settings.agent_max_steps,
-                                        max_wall_s=ctx.settings.agent_max_wall_s)
+                                        max_wall_s=ctx.settings.agent_max_wall_s,
+                                        on_step=lambda k, n: _progress(ctx, job_id, k, n))
         timings["analysis_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -4,6 +4,7 @@ constructors."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 from api_schemas.limits import AGENT_MAX_WALL_S
@@ -50,8 +51,34 @@ def build_runtime(models_dir: Path):
     return AgentRuntime(model, tokenizer, model_name=f"{models_dir.name} (random-init, untrained)")
 
 
+class _StepProgress:
+    """The job's sandbox, reporting each executed step to ``on_step(step, max_steps)`` (1-based: the step the
+    agent works on next) so a client can show "step k of n"; everything else goes to the sandbox itself."""
+
+    def __init__(self, sandbox, on_step: Callable[[int, int], None], max_steps: int) -> None:
+        self._sandbox, self._on_step, self._max = sandbox, on_step, max_steps
+        self._done = 0
+
+    def execute_step(self, code: str, phis=None):
+        try:
+            return self._sandbox.execute_step(code, phis)
+        finally:
+            self._done += 1
+            self._report(min(self._done + 1, self._max))
+
+    def _report(self, step: int) -> None:
+        try:
+            self._on_step(step, self._max)
+        except Exception:  # noqa: BLE001 - progress is a courtesy; the analysis goes on without it
+            log.debug("progress report failed", exc_info=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sandbox, name)
+
+
 def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
-               job_id: str, max_steps: int = 12, max_wall_s: float = AGENT_MAX_WALL_S) -> AnalysisResult:
+               job_id: str, max_steps: int = 12, max_wall_s: float = AGENT_MAX_WALL_S,
+               on_step: Callable[[int, int], None] | None = None) -> AnalysisResult:
     """Let the agent write and run the program, step by step, in a sandbox of this job."""
     from agent.runtime import RuntimeLimits
     from agent.sandbox import Sandbox
@@ -61,4 +88,8 @@ def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir
     limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget
     sandbox = Sandbox(scans, client=client, phi_bank=resources.phi_bank(models_dir), output_dir=output_dir,
                       job_id=job_id)
-    return runtime.run(prompt, scans, sandbox=sandbox, limits=limits)
+    executor = sandbox
+    if on_step is not None:
+        executor = _StepProgress(sandbox, on_step, max_steps)
+        executor._report(1)
+    return runtime.run(prompt, scans, sandbox=executor, limits=limits)
