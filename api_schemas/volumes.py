@@ -6,6 +6,15 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 
+class DicomSeriesInfo(BaseModel):
+    """Where a volume read from DICOM came from: results (SEG, SR) are written into this study."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    dicom_modality: str | None = Field(default=None, description="The DICOM Modality attribute, e.g. 'MR'.")
+    instances: int = Field(description="DICOM objects of the series (headers kept for the results).")
+
+
 class VolumeInfo(BaseModel):
     id: str
     filename: str
@@ -17,4 +26,6 @@ class VolumeInfo(BaseModel):
     dtype: str
     modality: str | None = None
     date: str | None = None
+    series_description: str | None = None
+    dicom: DicomSeriesInfo | None = Field(default=None, description="Set when the volume was read from DICOM.")
     created_at: datetime

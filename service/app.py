@@ -16,7 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from service import errors
 from service.observability import REQUEST_LATENCY, request_id_var
-from service.routers import analyses, artifacts, batches, meta, volumes
+from service.routers import analyses, artifacts, batches, dicom, meta, volumes
 from service.settings import Settings, get_settings
 from service.state import ServiceState
 
@@ -26,6 +26,10 @@ _RID = re.compile(r"^[A-Za-z0-9_.:-]{1,128}$")
 
 def create_app(settings: Settings | None = None, *, warm_models: bool = False) -> FastAPI:
     settings = settings or get_settings()
+    if settings.routing_rules:  # a typo in the rules stops the start, with the place named
+        from service.dicom.routing import config_of
+
+        config_of(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -68,7 +72,8 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
                                        "duration_ms": round(elapsed * 1000, 2)})
             request_id_var.reset(token)
 
-    for r in (volumes.router, analyses.router, artifacts.router, batches.router, meta.router):
+    for r in (volumes.router, analyses.router, artifacts.router, batches.router, meta.router, dicom.router,
+              dicom.dicomweb_router):
         app.include_router(r)
     return app
 

@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     webhook_allow_loopback: bool = Field(
         default=False, description="Allow webhooks to loopback addresses (development and tests only); "
                                    "private and link-local addresses are refused regardless.")
+    routing_rules: Path | None = Field(
+        default=None, description="YAML file of DICOM routing rules and per-tenant DICOMweb destinations "
+                                  "(service.dicom.routing); validated at start.")
     log_json: bool = True
 
     @property

@@ -37,13 +37,24 @@ def _validate(path) -> dict:
 
 
 async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
-                 date: str | None) -> VolumeRecord:
-    """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable."""
+                 date: str | None, series: str | None = None) -> VolumeRecord:
+    """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable.
+
+    A ``.zip`` of a DICOM series (or one multi-frame DICOM file) is read as DICOM
+    (:mod:`service.dicom.ingest`); ``series`` chooses among several series (UID or listing index).
+    """
     if modality is not None and not (isinstance(modality, str) and 1 <= len(modality) <= 32):
         raise ProblemError(422, "modality must be a string of 1-32 characters")
     if date is not None and not (isinstance(date, str) and _DATE.fullmatch(date)):
         raise ProblemError(422, "date must be an ISO date (YYYY-MM-DD)")
     raw = state.artifacts.path(tenant, up.artifact)
+    from service.dicom.ingest import is_dicom_upload
+
+    if is_dicom_upload(raw):
+        return await _ingest_dicom(state, tenant, up, modality, date, series)
+    if series is not None:
+        state.artifacts.delete(tenant, up.artifact)
+        raise ProblemError(422, "series: only a DICOM upload (.zip of a series) has series to choose from")
     with open(raw, "rb") as fh:
         gz = fh.read(2) == b"\x1f\x8b"
     vid = up.artifact.removesuffix(".upload")
@@ -66,10 +77,35 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
     return record
 
 
-def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info) -> VolumeRecord:
+async def _ingest_dicom(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
+                        date: str | None, series: str | None) -> VolumeRecord:
+    """A DICOM upload: the series becomes a NIfTI volume plus its headers; the upload itself goes."""
+    from service.dicom.ingest import read_series
+
+    raw = state.artifacts.path(tenant, up.artifact)
+    vid = up.artifact.removesuffix(".upload")
+    chosen: str | int | None = int(series) if series is not None and series.isdigit() else series
+    try:
+        read = await run_in_threadpool(read_series, state.artifacts, tenant, vid, raw, chosen)
+    except ValueError as exc:  # voxel_ops.DicomError and friends: messages name series, never patients
+        raise ProblemError(422, str(exc).replace(raw.name, up.filename), title="Unusable DICOM series",
+                           type_="https://voxagent.dev/problems/dicom", error_class=type(exc).__name__) from exc
+    except Exception as exc:  # noqa: BLE001 - a reader crash on hostile bytes is still the input's fault
+        raise ProblemError(422, f"could not read the DICOM upload: {type(exc).__name__}",
+                           title="Unusable DICOM series", type_="https://voxagent.dev/problems/dicom") from exc
+    finally:
+        state.artifacts.delete(tenant, up.artifact)
+    record = _record(vid, tenant, read.artifact, up.filename, up.size, up.sha256, modality or read.modality,
+                     date or read.date, read.info, series_description=read.series_description, dicom=read.source)
+    state.records.put_record(record)
+    return record
+
+
+def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info, **dicom) -> VolumeRecord:
     created, ts = utcnow()
     return VolumeRecord(id=vid, tenant=tenant, artifact=artifact, filename=filename[:255], size_bytes=size,
-                        sha256=sha256, modality=modality, date=date, created_at=created, created_at_ts=ts, **info)
+                        sha256=sha256, modality=modality, date=date, created_at=created, created_at_ts=ts, **info,
+                        **dicom)
 
 
 def validate_file(records, artifacts, tenant: str, path: Path, modality: str | None = None,

@@ -111,13 +111,17 @@ def build_dicom_results(
     seg_series_number: int = 9901,
     sr_series_number: int = 9902,
     version: str | None = None,
+    uid_seed: str | None = None,
 ) -> DicomOutputs:
     """The SEG (when there are masks) and the SR of ``result``, in the study of ``source``.
 
     ``masks``: output name -> mask volume on the grid of the scan read from ``source`` (the full
     headers of its series, e.g. :func:`voxel_ops.dicom_out.read_series_datasets`); segments follow
     the order of ``result.outputs``. ``metric_masks``: index into ``result.metrics`` -> output name,
-    to link metrics to segments explicitly (otherwise see the module docstring).
+    to link metrics to segments explicitly (otherwise see the module docstring). ``uid_seed``
+    (e.g. the job id): the SEG's and SR's series and instance UIDs derive from it, so building the
+    objects of one analysis twice (a download and a push, a retried push) gives the same instances,
+    and a receiver stores them once instead of twice.
     """
     if not source:
         raise DicomOutputError("no source DICOM images: SEG and SR are written only for a scan read from DICOM")
@@ -130,12 +134,14 @@ def build_dicom_results(
     seg = None
     numbers: dict[str, int] = {}
     if names:
-        seg = _segmentation(result, [(n, masks[n]) for n in names], sources, seg_series_number, version)
+        seg = _segmentation(result, [(n, masks[n]) for n in names], sources, seg_series_number, version,
+                            _uids(uid_seed, "seg"))
         numbers = {n: i + 1 for i, n in enumerate(names)}
     links = dict(metric_masks) if metric_masks is not None else link_metrics(result.metrics, masks)
     metric_segments = {i: numbers[n] for i, n in links.items() if n in numbers and 0 <= i < len(result.metrics)}
     try:
-        report = _report(result, sources, seg, numbers, metric_segments, sr_series_number, version)
+        report = _report(result, sources, seg, numbers, metric_segments, sr_series_number, version,
+                         _uids(uid_seed, "sr"))
     except DicomOutputError:
         raise
     except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom's refusals of the content
@@ -158,6 +164,14 @@ def write_dicom_results(
     paths["sr"] = out_dir / "sr.dcm"
     built.report.save_as(paths["sr"], enforce_file_format=True)
     return paths
+
+
+def _uids(seed: str | None, kind: str) -> tuple[str, str]:
+    """(series, instance) UIDs: fresh ones, or derived from ``seed`` (the same seed, the same UIDs)."""
+    if seed is None:
+        return hd.UID(), hd.UID()
+    return (generate_uid(entropy_srcs=["voxagent", seed, kind, "series"]),
+            generate_uid(entropy_srcs=["voxagent", seed, kind, "instance"]))
 
 
 def link_metrics(metrics: Sequence[Metric], masks: Mapping[str, Volume]) -> dict[int, str]:
@@ -186,7 +200,7 @@ def link_metrics(metrics: Sequence[Metric], masks: Mapping[str, Volume]) -> dict
 
 
 def _segmentation(result: AnalysisResult, masks: list[tuple[str, Volume]], sources: list[Dataset],
-                  series_number: int, version: str) -> Dataset:
+                  series_number: int, version: str, uids: tuple[str, str]) -> Dataset:
     planes = planes_of(sources)
     try:
         frames = np.stack([mask_frames(vol, planes) != 0 for _name, vol in masks], axis=-1).astype(np.uint8)
@@ -207,8 +221,8 @@ def _segmentation(result: AnalysisResult, masks: list[tuple[str, Volume]], sourc
     try:
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-            segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=series_number,
-            sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+            segment_descriptions=descriptions, series_instance_uid=uids[0], series_number=series_number,
+            sop_instance_uid=uids[1], instance_number=1, manufacturer=MANUFACTURER,
             manufacturer_model_name="voxagent", software_versions=version, device_serial_number="none",
             content_label="VOXAGENT", content_description="research use only; not for diagnosis; unverified",
             series_description=SEG_SERIES_DESCRIPTION)
@@ -233,7 +247,7 @@ def _property_codes(name: str) -> tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]:
 
 
 def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None, numbers: dict[str, int],
-            metric_segments: dict[int, int], series_number: int, version: str) -> Dataset:
+            metric_segments: dict[int, int], series_number: int, version: str, uids: tuple[str, str]) -> Dataset:
     device = hd.sr.ObserverContext(
         observer_type=codes.DCM.Device,
         observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
@@ -282,8 +296,8 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
     report[0].ContentSequence.append(evaluations)
     evidence = ([seg] if seg is not None else []) + sources
     sr = hd.sr.Comprehensive3DSR(
-        evidence=evidence, content=report, series_instance_uid=hd.UID(), series_number=series_number,
-        sop_instance_uid=hd.UID(), instance_number=1, manufacturer=MANUFACTURER,
+        evidence=evidence, content=report, series_instance_uid=uids[0], series_number=series_number,
+        sop_instance_uid=uids[1], instance_number=1, manufacturer=MANUFACTURER,
         is_complete=result.status == AnalysisStatus.succeeded, is_final=False, is_verified=False,
         series_description=SR_SERIES_DESCRIPTION)
     sr.SeriesDescription = SR_SERIES_DESCRIPTION

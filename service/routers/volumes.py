@@ -17,13 +17,16 @@ router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
 
 UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
     "type": "object", "required": ["file"], "properties": {
-        "file": {"type": "string", "format": "binary", "description": "NIfTI-1/2 (.nii or .nii.gz)"},
+        "file": {"type": "string", "format": "binary",
+                 "description": "NIfTI-1/2 (.nii or .nii.gz), or a .zip of a DICOM series"},
+        "series": {"type": "string", "maxLength": 64,
+                   "description": "DICOM only: the SeriesInstanceUID (or listing index) when the zip holds several"},
         "modality": {"type": "string", "maxLength": 32},
         "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}}}}}}}
 
 
 @router.post("", status_code=201, response_model=VolumeInfo, openapi_extra=UPLOAD_BODY,
-             summary="Upload a NIfTI volume (streamed to disk with a size limit, then validated)")
+             summary="Upload a NIfTI volume or a DICOM series zip (streamed to disk with a size limit, then validated)")
 async def upload_volume(request: Request, response: Response, principal: Principal = Depends(get_principal),
                         state: ServiceState = Depends(get_state)):
     async def produce() -> Created:
@@ -36,7 +39,11 @@ async def upload_volume(request: Request, response: Response, principal: Princip
             for f in files:
                 state.artifacts.delete(principal.tenant, f.artifact)
             raise ProblemError(422, "send exactly one file part named 'file'")
-        record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"))
+        series = form.one("series")
+        if series is not None and not 1 <= len(series) <= 64:
+            state.artifacts.delete(principal.tenant, files[0].artifact)
+            raise ProblemError(422, "series must be a SeriesInstanceUID or an index (1-64 characters)")
+        record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"), series)
         return Created(to_model(record), 201, f"/v1/volumes/{record.id}")
 
     return await idempotent(request, response, state, principal.tenant, produce, fingerprint_body=False)
@@ -63,5 +70,7 @@ def delete_volume(volume_id: str, principal: Principal = Depends(get_principal),
     if record is None:
         raise ProblemError(404, f"volume {volume_id} not found")
     state.artifacts.delete(principal.tenant, record.artifact)
+    if record.dicom is not None:
+        state.artifacts.delete(principal.tenant, record.dicom.headers)
     state.records.delete(VolumeRecord.KIND, volume_id)
     return Response(status_code=204)

@@ -24,6 +24,14 @@ class StoredRecord(BaseModel):
     created_at_ts: float
 
 
+class RoutingRef(BaseModel):
+    """What a routed job's completion needs: the rule that started it and the study record to update."""
+
+    rule: str
+    study_record_id: str
+    dicom_scan: str  # the scan whose study receives the SEG and SR
+
+
 class JobRecord(StoredRecord):
     KIND: ClassVar[str] = "job"
 
@@ -40,6 +48,7 @@ class JobRecord(StoredRecord):
     result: dict[str, Any] | None = None  # api_schemas.results.AnalysisResult, as JSON
     error: str | None = None
     progress: dict[str, int] | None = None  # api_schemas.jobs.JobProgress while a prompt runs
+    routing: RoutingRef | None = None  # set for jobs started by a routing rule (service.dicom.routing)
 
 
 class WebhookRecord(BaseModel):
@@ -62,6 +71,17 @@ class BatchRecord(StoredRecord):
     finished_at: str | None = None
 
 
+class DicomSourceRef(BaseModel):
+    """The DICOM series a volume was read from; ``headers`` is the artifact holding its instances'
+    headers without pixel data, which the SEG and SR writers need to copy and reference."""
+
+    study_instance_uid: str
+    series_instance_uid: str
+    dicom_modality: str | None = None
+    instances: int
+    headers: str
+
+
 class VolumeRecord(StoredRecord):
     """A validated input volume (written by `service.volumes`)."""
 
@@ -78,6 +98,8 @@ class VolumeRecord(StoredRecord):
     dtype: str
     modality: str | None = None
     date: str | None = None
+    series_description: str | None = None
+    dicom: DicomSourceRef | None = None  # set for volumes read from DICOM (service.dicom.ingest)
 
 
 class ArtifactRecord(StoredRecord):
@@ -93,4 +115,39 @@ class ArtifactRecord(StoredRecord):
     sha256: str
 
 
-__all__ = ["ArtifactRecord", "BatchRecord", "JobRecord", "StoredRecord", "VolumeRecord", "WebhookRecord"]
+class StudyRecord(StoredRecord):
+    """A DICOM study that arrived by STOW-RS: its series, and what routing did with it.
+
+    Every study is recorded, also one that matches no rule (``status`` "unmatched"), so nothing that
+    a PACS sent disappears without a trace.
+    """
+
+    KIND: ClassVar[str] = "study"
+
+    created_at: str
+    study_instance_uid: str
+    series: list[dict[str, Any]] = Field(default_factory=list)  # service.dicom.stow.SeriesOutcome dumps
+    status: str = "stored"  # stored (no rules) | unmatched | routed | rejected (no series stored)
+    rule: str | None = None
+    job_id: str | None = None
+    routing_error: str | None = None
+    delivery: dict[str, Any] | None = None  # service.dicom.routing.Delivery dump
+
+
+class DeliveryRecord(StoredRecord):
+    """One push of results to a DICOMweb destination; status "dead_letter" when every attempt failed."""
+
+    KIND: ClassVar[str] = "dicom_delivery"
+
+    created_at: str
+    job_id: str
+    study_record_id: str
+    destination: str
+    status: str  # delivered | dead_letter
+    attempts: int
+    last_error: str | None = None
+    instances: list[str] = Field(default_factory=list)  # SOP Instance UIDs sent
+
+
+__all__ = ["ArtifactRecord", "BatchRecord", "DeliveryRecord", "DicomSourceRef", "JobRecord", "RoutingRef",
+           "StoredRecord", "StudyRecord", "VolumeRecord", "WebhookRecord"]

@@ -163,4 +163,8 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         from service.batches import on_job_finished
 
         on_job_finished(ctx, done.batch_id)
+    if done.routing is not None:  # started by a DICOM routing rule: push its SEG + SR back
+        from service.dicom.routing import on_job_finished as on_routed_job_finished
+
+        on_routed_job_finished(ctx, done)
     return final.value
