@@ -22,9 +22,11 @@ venv install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/voxagent serve
 
-# redis-server: the service's integration tests start a real one (Debian/Ubuntu package).
+# redis-server: the service's integration tests start a real one; orthanc and its DICOMweb plugin: the
+# PACS of the DICOM routing test (tests/service/test_orthanc.py) (Debian/Ubuntu packages).
 system-deps:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
+	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || (apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb)
 
 # ruff on everything, mypy on the packages listed in pyproject's [tool.mypy] files
 lint: $(STAMP)
