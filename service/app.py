@@ -35,6 +35,7 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
     async def lifespan(app: FastAPI):
         state = ServiceState.build(settings)
         app.state.service = state
+        app.state.models_required = warm_models and not settings.distributed  # /readyz: loaded, or not ready
         if warm_models and not settings.distributed:
             from starlette.concurrency import run_in_threadpool
 

@@ -62,6 +62,21 @@ def install(app: FastAPI) -> None:
         return problem_response(request, 422, "Validation failed", detail[:2000],
                                 type_="https://voxagent.dev/problems/validation", errors=errors[:50])
 
+    from service.storage.outage import outage_errors
+
+    async def _outage(request: Request, exc: Exception):
+        """The job store or the broker is unreachable (a Redis restart, a network cut): a 503 the
+        client may retry, never a 500. The server log names the error; the client is told no more."""
+        state = getattr(request.app.state, "service", None)
+        retry = str(state.settings.retry_after_s if state is not None else 5)
+        log.warning("store or broker unavailable on %s: %s: %s", request.url.path, type(exc).__name__, exc)
+        return problem_response(request, 503, "Service Unavailable",
+                                "the job store or the message broker is unavailable; retry later",
+                                type_="https://voxagent.dev/problems/unavailable", headers={"Retry-After": retry})
+
+    for cls in outage_errors():
+        app.add_exception_handler(cls, _outage)
+
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception):
         log.exception("unhandled error on %s", request.url.path)

@@ -66,6 +66,21 @@ class Settings(BaseSettings):
                                   "(service.dicom.routing); validated at start.")
     log_json: bool = True
 
+    # Jobs lost to a vanished worker (service.tasks.lease, service.reaper): a running job holds a
+    # lease its worker renews every heartbeat_s; once it lapses (lease_s without a heartbeat) the
+    # reaper requeues the job, up to max_attempts starts in all, then fails it with the reason.
+    lease_s: float = Field(default=30.0, gt=0, description="A running job's lease without a heartbeat.")
+    heartbeat_s: float = Field(default=10.0, gt=0, description="Lease renewals and worker presence beats.")
+    reaper_interval_s: float = Field(default=10.0, gt=0, description="Seconds between reaper sweeps.")
+    max_attempts: int = Field(default=3, ge=1, description="Starts of one job before a lost worker fails it.")
+    store_retry_s: float = Field(default=60.0, ge=0,
+                                 description="How long a finished job retries writing its result through a "
+                                             "job-store outage before giving the job to the reaper.")
+    worker_name: str = Field(default="", description="This worker's Celery node name (set by `voxagent worker`).")
+    test_gate_dir: Path | None = Field(default=None,
+                                       description="Tests only: a job waits at its start while "
+                                                   "<dir>/closed exists (service.tasks.gate).")
+
     @property
     def distributed(self) -> bool:
         return bool(self.broker_url)

@@ -2,13 +2,15 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from service.clock import now_iso, utcnow
 from service.dispatch import Dispatcher, make_dispatcher
+from service.reaper import Reaper
 from service.settings import Settings
 from service.storage import ArtifactStore, RecordStore, open_record_store
 from service.tasks.context import TaskContext
+from service.tasks.lease import LeasePolicy
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,7 @@ class ServiceState:
     artifacts: ArtifactStore
     dispatcher: Dispatcher
     ctx: TaskContext
+    reaper: Reaper | None = field(default=None)
 
     @classmethod
     def build(cls, settings: Settings) -> "ServiceState":
@@ -27,9 +30,14 @@ class ServiceState:
         records = open_record_store(settings)
         artifacts = ArtifactStore(settings.artifacts_dir)
         ctx = TaskContext.embedded(settings, records, artifacts)
-        return cls(settings, records, artifacts, make_dispatcher(settings, ctx), ctx)
+        dispatcher = make_dispatcher(settings, ctx)
+        # jobs of a previous process (embedded restart) or of a lost worker are requeued or failed
+        reaper = Reaper(ctx, dispatcher, LeasePolicy.from_settings(settings), settings.reaper_interval_s).start()
+        return cls(settings, records, artifacts, dispatcher, ctx, reaper)
 
     def close(self) -> None:
+        if self.reaper is not None:
+            self.reaper.stop()
         self.dispatcher.shutdown()
         self.records.close()
 

@@ -25,12 +25,14 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--queues must name some of {sorted(QUEUES)}, got {args.queues!r}")
     from service.settings import get_settings
 
-    # the environment carries the queues to this process's settings and to prefork children
+    name = args.name or f"{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
+    # the environment carries the queues and the node name (job leases, presence for /readyz) to
+    # this process's settings and to prefork children
     os.environ["VOXAGENT_WORKER_QUEUES"] = ",".join(queues)
+    os.environ["VOXAGENT_WORKER_NAME"] = name
     get_settings.cache_clear()
     if not get_settings().broker_url:
         raise CommandError("set VOXAGENT_BROKER_URL=redis://host:6379/0 to run a worker")
-    name = args.name or f"{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     if "vision" in queues:
         # this worker's own queue: later vision calls of a job come back to the encodings it holds
         queues.append(f"vision.{name}")

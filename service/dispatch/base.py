@@ -24,6 +24,17 @@ class Dispatcher(ABC):
     @abstractmethod
     def ping(self) -> tuple[bool, str]: ...
 
+    def in_flight(self) -> set[str] | None:
+        """Ids of jobs whose task is handed over and not finished (waiting in the queue, or running
+        here): the reaper sends a task again for a queued job that is not among them. None when
+        that cannot be known, and then the reaper sends nothing for queued jobs."""
+        return None
+
+    def consumers(self) -> list | None:
+        """Worker processes consuming the queues (`service.workers.presence.Consumer`); None when
+        the jobs run in this process."""
+        return None
+
     def shutdown(self) -> None:  # noqa: B027 - optional hook, a no-op unless the dispatcher holds workers
         pass
 
@@ -59,6 +70,9 @@ class EmbeddedDispatcher(Dispatcher):
     def ping(self) -> tuple[bool, str]:
         return True, "thread pool"
 
+    def in_flight(self) -> set[str] | None:
+        return set(self._futures)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
 
@@ -70,6 +84,7 @@ class CeleryDispatcher(Dispatcher):
         from service.workers.celery_app import app
 
         self._app = app
+        self._settings = settings
 
     def submit(self, job_id: str) -> None:
         from service.workers.celery_app import ANALYSIS_TASK
@@ -86,6 +101,16 @@ class CeleryDispatcher(Dispatcher):
             return True, "broker reachable"
         except Exception as exc:  # noqa: BLE001 - any broker error means unreachable
             return False, f"broker unreachable: {exc}"
+
+    def in_flight(self) -> set[str] | None:
+        from service.workers.queue_probe import waiting_task_ids
+
+        return waiting_task_ids(self._settings.broker_url or "", "agent")
+
+    def consumers(self) -> list | None:
+        from service.workers.presence import consumers
+
+        return consumers(self._settings.broker_url or "")
 
 
 def make_dispatcher(settings: Settings, ctx: TaskContext) -> Dispatcher:

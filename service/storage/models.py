@@ -32,6 +32,17 @@ class RoutingRef(BaseModel):
     dicom_scan: str  # the scan whose study receives the SEG and SR
 
 
+class LeaseRecord(BaseModel):
+    """Who runs a job now, and until when that claim holds without a heartbeat (service.tasks.lease)."""
+
+    owner: str  # node/host/pid/boot of the worker process
+    host: str
+    pid: int
+    acquired_ts: float
+    heartbeat_ts: float
+    expires_ts: float
+
+
 class JobRecord(StoredRecord):
     KIND: ClassVar[str] = "job"
 
@@ -43,6 +54,9 @@ class JobRecord(StoredRecord):
     scan_names: list[str] = Field(default_factory=list)
     batch_id: str | None = None
     label: str | None = None
+    attempt: int = 0  # starts so far; a lost worker's job is started again up to settings.max_attempts
+    lease: LeaseRecord | None = None  # set while running
+    dispatched_ts: float | None = None  # last time a task message was sent for it (None: at creation)
     started_at: str | None = None
     finished_at: str | None = None
     result: dict[str, Any] | None = None  # api_schemas.results.AnalysisResult, as JSON

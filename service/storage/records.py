@@ -11,6 +11,7 @@ import sqlite3
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from enum import Enum
 from pathlib import Path
 from typing import Any, TypeVar
@@ -19,6 +20,9 @@ from api_schemas.jobs import ACTIVE_VALUES as ACTIVE_STATUSES
 from service.storage.models import StoredRecord
 
 R = TypeVar("R", bound=StoredRecord)
+# A guard of `RecordStore.update`, evaluated on the stored document inside the update's transaction,
+# so a check-then-write (a lease still held, an expiry passed) cannot race another writer.
+Guard = Callable[[dict[str, Any]], bool]
 
 
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
@@ -46,10 +50,11 @@ class RecordStore(ABC):
 
     @abstractmethod
     def update(self, kind: str, record_id: str, changes: dict[str, Any],
-               only_if_status: tuple[str, ...] | None = None) -> dict[str, Any] | None:
-        """Merge ``changes``; with ``only_if_status`` the update applies only from those statuses.
+               only_if_status: tuple[str, ...] | None = None, only_if: Guard | None = None) -> dict[str, Any] | None:
+        """Merge ``changes``; with ``only_if_status`` the update applies only from those statuses, and
+        with ``only_if`` only when it returns True for the stored document.
 
-        Returns the new document, or None when absent or the status guard failed.
+        Returns the new document, or None when absent or a guard failed.
         """
 
     @abstractmethod
@@ -62,6 +67,10 @@ class RecordStore(ABC):
     @abstractmethod
     def count_active(self, tenant: str | None = None) -> int:
         """Jobs queued or running (for backpressure and the queue-depth gauge)."""
+
+    @abstractmethod
+    def list_active(self, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Job documents queued or running, any tenant (for the reaper)."""
 
     @abstractmethod
     def ping(self) -> bool: ...
@@ -79,8 +88,8 @@ class RecordStore(ABC):
         return None if doc is None else cls.model_validate(doc)
 
     def update_record(self, cls: type[R], record_id: str, changes: dict[str, Any],
-                      only_if_status: tuple[str, ...] | None = None) -> R | None:
-        doc = self.update(cls.KIND, record_id, _plain(changes), only_if_status=only_if_status)
+                      only_if_status: tuple[str, ...] | None = None, only_if: Guard | None = None) -> R | None:
+        doc = self.update(cls.KIND, record_id, _plain(changes), only_if_status=only_if_status, only_if=only_if)
         return None if doc is None else cls.model_validate(doc)
 
     def list_records(self, cls: type[R], tenant: str | None = None, limit: int = 100, offset: int = 0) -> list[R]:
@@ -130,7 +139,7 @@ class SQLiteRecordStore(RecordStore):
             row = self._db.execute("SELECT doc FROM records WHERE kind=? AND id=?", (kind, record_id)).fetchone()
         return json.loads(row[0]) if row else None
 
-    def update(self, kind, record_id, changes, only_if_status=None):
+    def update(self, kind, record_id, changes, only_if_status=None, only_if=None):
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -139,7 +148,8 @@ class SQLiteRecordStore(RecordStore):
                     self._db.execute("ROLLBACK")
                     return None
                 doc = json.loads(row[0])
-                if only_if_status is not None and doc.get("status") not in only_if_status:
+                if (only_if_status is not None and doc.get("status") not in only_if_status) or \
+                        (only_if is not None and not only_if(doc)):
                     self._db.execute("ROLLBACK")
                     return None
                 doc.update(changes)
@@ -175,6 +185,12 @@ class SQLiteRecordStore(RecordStore):
             args.append(tenant)
         with self._lock:
             return int(self._db.execute(q, args).fetchone()[0])
+
+    def list_active(self, limit=10_000):
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM records WHERE kind='job' AND status IN (?,?) LIMIT ?",
+                                    [*ACTIVE_STATUSES, limit]).fetchall()
+        return [json.loads(r[0]) for r in rows]
 
     def ping(self) -> bool:
         with self._lock:
@@ -244,7 +260,7 @@ class RedisRecordStore(RecordStore):
         raw = self._r.get(self._key(kind, record_id))
         return json.loads(raw) if raw else None
 
-    def update(self, kind, record_id, changes, only_if_status=None):
+    def update(self, kind, record_id, changes, only_if_status=None, only_if=None):
         import redis
 
         key = self._key(kind, record_id)
@@ -257,7 +273,8 @@ class RedisRecordStore(RecordStore):
                         pipe.unwatch()
                         return None
                     doc = json.loads(raw)
-                    if only_if_status is not None and doc.get("status") not in only_if_status:
+                    if (only_if_status is not None and doc.get("status") not in only_if_status) or \
+                            (only_if is not None and not only_if(doc)):
                         pipe.unwatch()
                         return None
                     doc.update(changes)
@@ -290,6 +307,13 @@ class RedisRecordStore(RecordStore):
 
     def count_active(self, tenant=None):
         return int(self._r.scard(self._active(tenant)))
+
+    def list_active(self, limit=10_000):
+        ids = list(self._r.sscan_iter(self._active(None), count=500))[:limit]
+        if not ids:
+            return []
+        raws = self._r.mget([self._key("job", i) for i in ids])
+        return [d for d in (json.loads(r) for r in raws if r) if d.get("status") in ACTIVE_STATUSES]
 
     def ping(self):
         return bool(self._r.ping())

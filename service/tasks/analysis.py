@@ -17,6 +17,8 @@ from api_schemas.results import AnalysisResult, AnalysisStatus, OutputVolume
 from service.clock import now_iso
 from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
 from service.storage import ArtifactRecord, JobRecord, VolumeRecord
+from service.storage.outage import retry_through_outage
+from service.tasks import gate, lease
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -94,19 +96,32 @@ def run_analysis(ctx: TaskContext, job_id: str) -> str:
 
 
 def _run(ctx: TaskContext, job_id: str) -> str:
+    """Claim the job (a queued one, or one whose worker was lost), run it under a renewed lease."""
     t_start = time.perf_counter()
-    job = ctx.records.update_record(JobRecord, job_id, {"status": JobStatus.running, "started_at": now_iso()},
-                                    only_if_status=(JobStatus.queued.value,))
-    if job is None:
+    policy = lease.LeasePolicy.from_settings(ctx.settings)
+    owner = lease.Owner.current(ctx.node)
+    claimed = lease.claim(ctx.records, job_id, owner, policy, ctx.clock)
+    if claimed.job is None:
         current = ctx.records.get_record(JobRecord, job_id)
-        log.info("job not runnable (status %s)", current.status.value if current else None)
+        log.info("job not started: %s", claimed.decision.reason)
+        if claimed.decision.action == lease.Action.fail and current is not None and current.batch_id:
+            from service.batches import on_job_finished
+
+            on_job_finished(ctx, current.batch_id)
         return current.status.value if current else "missing"
-    tenant = job.tenant
+    heartbeat = lease.Heartbeat(ctx.records, job_id, owner, policy, ctx.clock)
+    with heartbeat:  # renewed until the result is written, through a store outage too
+        return _execute(ctx, claimed.job, owner, t_start)
+
+
+def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: float) -> str:
+    job_id, tenant = job.id, job.tenant
     timings: dict[str, float] = {}
     kind = "code" if job.code else "prompt"
     scans: dict = {}
     client = None
     try:
+        gate.wait_at_gate(ctx.settings.test_gate_dir, job_id, job.attempt, owner.id)
         volumes = [VolumeInput.model_validate(v) for v in job.volumes]
         names = job.scan_names
         t0 = time.perf_counter()
@@ -153,16 +168,24 @@ def _run(ctx: TaskContext, job_id: str) -> str:
     for stage, seconds in timings.items():
         STAGE_DURATION.labels(stage.removesuffix("_s")).observe(seconds)
     JOB_DURATION.labels(final.value, kind).observe(timings["total_s"])
-    done = ctx.records.update_record(JobRecord, job_id, {"status": final, "finished_at": now_iso(),
-                                                         "result": result, "error": error},
-                                     only_if_status=(JobStatus.running.value,))
-    if done is None:  # cancelled while running: keep the cancellation, discard the result
-        log.info("job was cancelled while running; result discarded")
-        return JobStatus.cancelled.value
+    changes = {"status": final, "finished_at": now_iso(), "result": result, "error": error}
+    done = retry_through_outage(
+        lambda: ctx.records.update_record(JobRecord, job_id, changes, only_if=lease.held_by(owner)),
+        ctx.settings.store_retry_s, "storing the result")
+    if done is None:  # cancelled, or taken over after this worker lost its lease: keep theirs
+        current = ctx.records.get_record(JobRecord, job_id)
+        if current is None or current.status == JobStatus.cancelled:
+            log.info("job was cancelled while running; result discarded")
+            return JobStatus.cancelled.value
+        log.warning("job lease lost while running (now %s, attempt %d); result discarded", current.status.value,
+                    current.attempt)
+        return current.status.value
     if done.batch_id:
         from service.batches import on_job_finished
 
-        on_job_finished(ctx, done.batch_id)
+        batch_id = done.batch_id
+        retry_through_outage(lambda: on_job_finished(ctx, batch_id), ctx.settings.store_retry_s,
+                             "completing the batch")
     if done.routing is not None:  # started by a DICOM routing rule: push its SEG + SR back
         from service.dicom.routing import on_job_finished as on_routed_job_finished
 

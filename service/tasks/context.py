@@ -7,6 +7,7 @@ from typing import Any
 
 from service.settings import Settings
 from service.storage import ArtifactStore, RecordStore
+from service.tasks.lease import EMBEDDED_NODE, SYSTEM_CLOCK, Clock
 
 
 @dataclass
@@ -15,13 +16,16 @@ class TaskContext:
     records: RecordStore
     artifacts: ArtifactStore
     vision_client: Callable[[str], Any]  # job_id -> VisionClient (local engine or Celery queue "vision")
+    node: str = EMBEDDED_NODE  # who runs the jobs: "embedded", or the Celery node name (job leases)
+    clock: Clock = SYSTEM_CLOCK  # the time of job leases; tests inject their own
 
     @classmethod
-    def embedded(cls, settings: Settings, records: RecordStore, artifacts: ArtifactStore) -> "TaskContext":
+    def embedded(cls, settings: Settings, records: RecordStore, artifacts: ArtifactStore,
+                 node: str = EMBEDDED_NODE) -> "TaskContext":
         def local_client(job_id: str):
             return LazyLocalVisionClient(settings.models_dir)
 
-        return cls(settings, records, artifacts, local_client)
+        return cls(settings, records, artifacts, local_client, node=node)
 
 
 class LazyLocalVisionClient:

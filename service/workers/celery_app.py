@@ -63,3 +63,6 @@ def _warm_models(**_: object) -> None:
             resources.agent_runtime(settings.models_dir)
         except Exception:  # noqa: BLE001 - loaded on the first job instead
             log.warning("agent runtime not loaded at start-up", exc_info=True)
+    from service.workers.presence import start_for_worker
+
+    start_for_worker(settings)  # after loading: /readyz reads from it which models this process holds
