@@ -227,7 +227,7 @@ def _store_series(state: ServiceState, tenant: str, staging: Path, series_uid: s
     try:
         read = read_series(state.artifacts, tenant, vid, folder)
     except ValueError as exc:  # the loader's typed refusals: they name the series, never the patient
-        outcome.error = f"{type(exc).__name__}: {exc}".replace(str(folder), f"series {series_uid}")[:500]
+        outcome.error = f"{type(exc).__name__}: {exc}".replace(folder.name, "STOW-RS series")[:500]
         outcome.failure_reason = (SOP_CLASS_NOT_SUPPORTED if isinstance(exc, NonImageDicomError) else
                                   TRANSFER_SYNTAX_NOT_SUPPORTED if isinstance(exc, UnsupportedTransferSyntaxError)
                                   else PROCESSING_FAILURE)

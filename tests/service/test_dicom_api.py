@@ -9,6 +9,7 @@ import email
 import email.policy
 import io
 import json
+import logging
 import threading
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -174,7 +175,8 @@ def stow_body(paths: list[Path]) -> tuple[bytes, str]:
     return multipart_related([p.read_bytes() for p in paths])
 
 
-def test_stow_rs_stores_each_series_and_answers_per_standard(api, tmp_path):
+def test_stow_rs_stores_each_series_and_answers_per_standard(api, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)
     t1, uid_t1 = series_files(tmp_path / "t1", description="t1_mprage", SeriesNumber=2)
     flair, uid_fl = series_files(tmp_path / "fl", description="FLAIR ax", SeriesNumber=3, seed=1)
     (tmp_path / "junk.dcm").write_bytes(b"not a DICOM file")
@@ -202,6 +204,23 @@ def test_stow_rs_stores_each_series_and_answers_per_standard(api, tmp_path):
     assert r.status_code == 415 and r.headers["content-type"].startswith(PROBLEM)
     r = api.post("/dicomweb/studies", content=body, headers={"Content-Type": ctype})
     assert r.status_code == 401
+
+    # a series that cannot be read fails as a whole, named without the patient; the others are stored
+    gap = [p for p in t1 if pydicom.dcmread(p).InstanceNumber != 5]
+    sr_like = tmp_path / "sr.dcm"
+    ds = pydicom.dcmread(t1[0])
+    ds.Modality, ds.SeriesInstanceUID, ds.SOPInstanceUID = "SR", pydicom.uid.generate_uid(), pydicom.uid.generate_uid()
+    del ds.PixelData
+    ds.save_as(sr_like, enforce_file_format=True)
+    body, ctype = stow_body(gap + flair + [sr_like])
+    r = api.post("/dicomweb/studies", content=body, headers={**api.h["acme"], "Content-Type": ctype})
+    assert r.status_code == 202, r.text
+    reasons = sorted({item.FailureReason for item in pydicom.Dataset.from_json(r.json()).FailedSOPSequence})
+    assert reasons == [0x0110, 0x0122]  # processing failure (missing slice), SOP class not supported (SR)
+    study = api.get("/v1/studies", headers=api.h["acme"]).json()[0]
+    errors = [s["error"] for s in study["series"] if s["error"]]
+    assert len(errors) == 2 and any("MissingSliceError" in e for e in errors), errors
+    no_phi(r.text + json.dumps(study) + caplog.text)
 
 
 # --------------------------------------------------------------------------- routing
