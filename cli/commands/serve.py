@@ -26,7 +26,13 @@ def run(args: argparse.Namespace) -> int:
         os.environ["VOXAGENT_DATA_DIR"] = args.data_dir
     settings = Settings()
     configure_logging(args.log_level if args.log_level != "WARNING" else "INFO", settings.log_json)
-    app = create_app(settings, warm_models=not args.no_warm)
+    from cli.errors import CommandError
+    from service.dicom.routing import RoutingRulesError
+
+    try:
+        app = create_app(settings, warm_models=not args.no_warm)
+    except RoutingRulesError as exc:  # VOXAGENT_ROUTING_RULES: the file, the rule and the field named
+        raise CommandError(str(exc)) from None
     uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_config=None,
                 access_log=False)
     return 0

@@ -377,3 +377,34 @@ def test_bad_rules_stop_the_start(tmp_path):
     with pytest.raises(RoutingRulesError, match="rules.yaml"):
         create_app(Settings(data_dir=tmp_path / "d", broker_url=None, routing_rules=rules))
     assert parse_rules("destinations: {acme: {url: 'http://127.0.0.1:8042/x'}}", allow_loopback=True)
+
+
+def test_serve_refuses_bad_rules_with_exit_2(tmp_path):
+    import subprocess
+
+    from tests.service import procs
+
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules: [{name: a, code: x, scans: {t1: {sequence: 're:(['}}}]")
+    env = procs.base_env(tmp_path / "data", VOXAGENT_ROUTING_RULES=str(rules))
+    out = subprocess.run([*procs.VOXAGENT, "serve", "--no-warm", "--port", str(free_port())], env=env,
+                         cwd=procs.REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2, out.stderr
+    assert "rules.yaml: rules[0] (name 'a').scans.t1.sequence" in out.stderr and "regular expression" in out.stderr
+
+
+def test_push_to_a_name_that_resolves_to_loopback_is_refused_without_the_setting(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_yaml(f"http://localhost:{free_port()}/dicom-web", attempts=3))
+    s = Settings(data_dir=tmp_path / "data", broker_url=None, workers=1, routing_rules=rules)
+    with TestClient(create_app(s)) as api:
+        store = api.app.state.service.records
+        h = {"X-API-Key": auth.create_key(store, "acme")[0]}
+        t1, _ = series_files(tmp_path / "t1", description="t1_mprage")
+        flair, _ = series_files(tmp_path / "fl", description="FLAIR ax", seed=1)
+        body, ctype = stow_body(t1 + flair)
+        assert api.post("/dicomweb/studies", content=body, headers={**h, "Content-Type": ctype}).status_code == 200
+        api.h = {"acme": h}  # type: ignore[attr-defined]
+        study = wait_study(api, "acme", lambda s: s.get("delivery") is not None)
+        assert study["delivery"]["status"] == "dead_letter" and study["delivery"]["attempts"] == 1
+        assert study["delivery"]["last_error"] == "destination refused: private address"
