@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 TORCH := torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: venv install run lint test test-fast bench train-vision clean system-deps
+.PHONY: venv install run lint test test-fast bench train-vision clean system-deps web
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -17,23 +17,35 @@ $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e '.[test]'
 	touch $(STAMP)
 
-venv install: $(STAMP)
+# The page's viewer (NiiVue): npm installs it from the lock file; the service serves its browser bundle
+# from node_modules (never committed).
+WEB := service/web
+WEB_STAMP := $(WEB)/node_modules/.installed
+$(WEB_STAMP): $(WEB)/package.json $(WEB)/package-lock.json
+	cd $(WEB) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
 
-run: $(STAMP)
+web: $(WEB_STAMP)
+
+venv install: $(STAMP) $(WEB_STAMP)
+
+run: $(STAMP) $(WEB_STAMP)
 	$(BIN)/voxagent serve
 
-# redis-server: the service's integration tests start a real one; orthanc and its DICOMweb plugin: the
-# PACS of the DICOM routing test (tests/service/test_orthanc.py) (Debian/Ubuntu packages).
+# redis-server: the service's integration tests start a real one; chromium: the page's browser tests
+# (Debian packages; Playwright drives the system chromium, it downloads no browser); orthanc and its
+# DICOMweb plugin: the PACS of the DICOM routing test (tests/service/test_orthanc.py).
 system-deps:
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	test -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so || (apt-get update -qq && apt-get install -y -qq orthanc orthanc-dicomweb)
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 
 # ruff on everything, mypy on the packages listed in pyproject's [tool.mypy] files
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 
-test: lint system-deps
+test: lint system-deps $(WEB_STAMP)
 	$(BIN)/python -m pytest tests
 
 test-fast: $(STAMP)

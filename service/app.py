@@ -76,6 +76,9 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
     for r in (volumes.router, analyses.router, artifacts.router, batches.router, meta.router, dicom.router,
               dicom.dicomweb_router):
         app.include_router(r)
+    from service import web
+
+    web.mount(app)  # the page at / (static files; it calls the API above like any client)
     return app
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from fastapi import APIRouter, Depends, Query, Request, Response
+from fastapi.responses import FileResponse
 
 from api_schemas.volumes import VolumeInfo
 from service.auth import Principal
@@ -61,6 +62,21 @@ def get_volume(volume_id: str, principal: Principal = Depends(get_principal), st
     if record is None:
         raise ProblemError(404, f"volume {volume_id} not found")
     return to_model(record)
+
+@router.get("/{volume_id}/file", response_class=FileResponse, summary="Download the stored volume (NIfTI)",
+            responses={200: {"content": {"application/gzip": {}, "application/octet-stream": {}}}})
+def download_volume(volume_id: str, principal: Principal = Depends(get_principal),
+                    state: ServiceState = Depends(get_state)):
+    """The volume as stored (a DICOM series as the NIfTI it was read into), so a client such as the web
+    page can show output masks over the very grid they were computed on."""
+    record = state.records.get_record(VolumeRecord, volume_id, principal.tenant)
+    if record is None or not state.artifacts.exists(principal.tenant, record.artifact):
+        raise ProblemError(404, f"volume {volume_id} not found")
+    gz = record.artifact.endswith(".gz")
+    return FileResponse(state.artifacts.path(principal.tenant, record.artifact),
+                        media_type="application/gzip" if gz else "application/octet-stream",
+                        filename=f"{volume_id}.nii.gz" if gz else f"{volume_id}.nii")
+
 
 
 @router.delete("/{volume_id}", status_code=204, response_class=Response, summary="Delete a volume and its file")
