@@ -100,6 +100,7 @@ def test_page_runs_prompts_and_shows_answers_metrics_viewer_and_downloads(server
     assert job["status"] == "succeeded", job
     result = job["result"]
     assert result["metrics"], result
+    assert job["progress"]["max_steps"] >= job["progress"]["step"] >= 1  # what "step k of n" showed
     assert page.locator("#answer").inner_text().strip() == result["text"].strip()
     rows = page.locator("#metrics tbody tr")
     assert rows.count() == len(result["metrics"])
