@@ -408,3 +408,40 @@ def test_push_to_a_name_that_resolves_to_loopback_is_refused_without_the_setting
         study = wait_study(api, "acme", lambda s: s.get("delivery") is not None)
         assert study["delivery"]["status"] == "dead_letter" and study["delivery"]["attempts"] == 1
         assert study["delivery"]["last_error"] == "destination refused: private address"
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_routing_under_celery_pushes_from_the_worker(tmp_path, redis_url):
+    """Distributed: the API stores and routes, a real Celery worker runs the job and pushes the results."""
+    import httpx
+
+    from tests.service import procs
+
+    receiver = StowReceiver()
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(rules_yaml(receiver.url))
+    env = procs.base_env(tmp_path / "data", VOXAGENT_BROKER_URL=redis_url, VOXAGENT_ROUTING_RULES=str(rules),
+                         VOXAGENT_WEBHOOK_ALLOW_LOOPBACK="true")
+    started: list[procs.Proc] = []
+    try:
+        worker = procs.start_worker(env, tmp_path, "agent")
+        started.append(worker)
+        procs.wait_workers(redis_url, ["agent-test@localhost"], [worker])
+        api, base = procs.start_api(env, tmp_path, "api-routing")
+        started.append(api)
+        h = {"X-API-Key": procs.make_key(env, "acme")}
+        t1, _ = series_files(tmp_path / "t1", description="t1_mprage")
+        flair, _ = series_files(tmp_path / "fl", description="FLAIR ax", seed=1)
+        body, ctype = stow_body(t1 + flair)
+        with httpx.Client(base_url=base, timeout=60) as client:
+            r = client.post("/dicomweb/studies", content=body, headers={**h, "Content-Type": ctype})
+            assert r.status_code == 200, r.text
+            assert receiver.event.wait(120), worker.tail()
+            study = client.get("/v1/studies", headers=h).json()[0]
+            assert study["rule"] == "flair-bright"
+        assert sorted(ds.Modality for ds in receiver.instances) == ["SEG", "SR"]
+    finally:
+        for p in reversed(started):
+            p.stop()
+        receiver.close()
