@@ -145,7 +145,7 @@ class StudyRecord(StoredRecord):
     rule: str | None = None
     job_id: str | None = None
     routing_error: str | None = None
-    delivery: dict[str, Any] | None = None  # service.dicom.routing.Delivery dump
+    delivery: dict[str, Any] | None = None  # {status, delivery_id, attempts, last_error} (service.dicom.routing)
 
 
 class DeliveryRecord(StoredRecord):
