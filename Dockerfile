@@ -18,6 +18,11 @@ COPY service service
 COPY cli cli
 COPY models models
 RUN pip install --no-cache-dir .
+# the web page's viewer (NiiVue) from npm, by the lock file; served from here (not copied into the repo)
+RUN apt-get update -qq && apt-get install -y -qq --no-install-recommends nodejs npm \
+    && cd service/web && npm ci --no-audit --no-fund --loglevel=error \
+    && apt-get purge -y -qq npm nodejs && apt-get autoremove -y -qq && rm -rf /var/lib/apt/lists/*
+ENV VOXAGENT_WEB_NODE_MODULES=/app/service/web/node_modules
 RUN useradd --create-home voxagent && mkdir -p /data && chown voxagent /data
 USER voxagent
 EXPOSE 8000

@@ -10,6 +10,7 @@ a machine without internet, like /docs.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -22,7 +23,10 @@ log = logging.getLogger(__name__)
 
 WEB_DIR = Path(__file__).resolve().parent
 STATIC_DIR = WEB_DIR / "static"
-NIIVUE_BUNDLE = WEB_DIR / "node_modules" / "@niivue" / "niivue" / "dist" / "niivue.umd.js"
+# npm's install beside this file (a checkout), or where VOXAGENT_WEB_NODE_MODULES says (an image that
+# installs the package into site-packages and runs `npm ci` elsewhere, see the Dockerfile)
+NODE_MODULES = Path(os.environ.get("VOXAGENT_WEB_NODE_MODULES") or WEB_DIR / "node_modules")
+NIIVUE_BUNDLE = NODE_MODULES / "@niivue" / "niivue" / "dist" / "niivue.umd.js"
 
 # The page's own scripts only: no inline script, no eval, no other origin. blob: URLs carry the scans
 # and masks the page fetched with its key (NiiVue loads them like files).

@@ -31,3 +31,18 @@ def test_docs_load_their_assets_from_the_service(client, page):
         asset = client.get(url)
         assert asset.status_code == 200 and len(asset.content) > 1000, url
     assert client.get("/openapi.json").status_code == 200
+
+
+def test_the_page_and_its_scripts_are_served_from_the_service(client):
+    """The page at / loads only same-origin scripts (NiiVue from the npm install), under a CSP that
+    forbids any other origin."""
+    r = client.get("/")
+    assert r.status_code == 200 and "text/html" in r.headers["content-type"]
+    assert "script-src 'self'" in r.headers["content-security-policy"]
+    scripts = re.findall(r"""<script\b[^>]*\bsrc\s*=\s*["']([^"']+)["']""", r.text)
+    assert "/web/vendor/niivue.js" in scripts and "/web/app.js" in scripts
+    for url in scripts + ["/web/style.css"]:
+        assert not url.startswith(("http://", "https://", "//")), url
+        asset = client.get(url)
+        assert asset.status_code == 200 and len(asset.content) > 1000, url
+    assert "/" not in client.get("/openapi.json").json()["paths"]  # the page is no API route
