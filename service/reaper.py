@@ -63,7 +63,8 @@ class Reaper:
         report = SweepReport()
         now = self.clock.time()
         present = self.dispatcher.in_flight()
-        for doc in self.records.list_active():
+        # oldest first: jobs sent again keep their order in the queue (FIFO survives a restart)
+        for doc in sorted(self.records.list_active(), key=lambda d: float(d.get("created_at_ts") or 0.0)):
             if doc.get("status") == JobStatus.running.value:
                 self._running(doc, now, present, report)
             elif doc.get("status") == JobStatus.queued.value:

@@ -17,7 +17,7 @@ from api_schemas.results import AnalysisResult, AnalysisStatus, OutputVolume
 from service.clock import now_iso
 from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
 from service.storage import ArtifactRecord, JobRecord, VolumeRecord
-from service.storage.outage import retry_through_outage
+from service.storage.outage import is_outage, retry_through_outage, store_errors
 from service.tasks import gate, lease
 from service.tasks.context import TaskContext
 
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 
 class JobCancelled(Exception):
     pass
+
+
+class JobInterrupted(Exception):
+    """The job store or the broker went away mid-job: not the job's fault, so no failed result is
+    written. The lease lapses and the reaper requeues the job (a new attempt) once the store is back."""
 
 
 def load_inputs(ctx: TaskContext, tenant: str, volumes: list[VolumeInput], names: list[str]):
@@ -82,8 +87,11 @@ def _store_snapshot(ctx: TaskContext, tenant: str, record: ArtifactRecord) -> st
 
 def _progress(ctx: TaskContext, job_id: str, step: int, max_steps: int) -> None:
     """Record "working on step k of at most n" on the running job (clients poll it)."""
-    ctx.records.update_record(JobRecord, job_id, {"progress": {"step": step, "max_steps": max_steps}},
-                              only_if_status=(JobStatus.running.value,))
+    try:
+        ctx.records.update_record(JobRecord, job_id, {"progress": {"step": step, "max_steps": max_steps}},
+                                  only_if_status=(JobStatus.running.value,))
+    except store_errors() as exc:  # a progress line is not worth stopping the job for
+        log.warning("progress not recorded (job store unavailable): %s", exc)
 
 
 def run_analysis(ctx: TaskContext, job_id: str) -> str:
@@ -111,7 +119,12 @@ def _run(ctx: TaskContext, job_id: str) -> str:
         return current.status.value if current else "missing"
     heartbeat = lease.Heartbeat(ctx.records, job_id, owner, policy, ctx.clock)
     with heartbeat:  # renewed until the result is written, through a store outage too
-        return _execute(ctx, claimed.job, owner, t_start)
+        try:
+            return _execute(ctx, claimed.job, owner, t_start)
+        except (JobInterrupted, *store_errors()) as exc:
+            log.warning("job interrupted by a job store or broker outage (%s); its lease lapses and the reaper "
+                        "requeues it", exc)
+            return "interrupted"
 
 
 def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: float) -> str:
@@ -154,6 +167,8 @@ def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: floa
         final = JobStatus.failed if result.status == AnalysisStatus.failed else JobStatus.succeeded
         error = result.error
     except Exception as exc:  # noqa: BLE001 - every failure becomes a failed job, never a lost one
+        if is_outage(exc):
+            raise JobInterrupted(f"{type(exc).__name__}: {exc}") from exc
         log.warning("job failed: %s", exc, exc_info=not isinstance(exc, ValueError))
         result = AnalysisResult(status=AnalysisStatus.failed, error=f"{type(exc).__name__}: {exc}")
         final, error = JobStatus.failed, result.error

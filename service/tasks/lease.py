@@ -152,7 +152,7 @@ def decide(doc: dict[str, Any] | None, now: float, policy: LeasePolicy, me: Owne
     status = doc.get("status")
     attempt = int(doc.get("attempt", 0))
     if status == JobStatus.queued.value:
-        return Decision(Action.start, f"queued (attempt {attempt + 1} of {policy.max_attempts})")
+        return Decision(Action.start, "queued")
     if status != JobStatus.running.value:
         return Decision(Action.skip, f"already {status}")
     reason = lapsed(doc, now, policy, me)
@@ -207,7 +207,7 @@ def claim(records: RecordStore, job_id: str, owner: Owner, policy: LeasePolicy, 
     job = records.update_record(JobRecord, job_id, changes, only_if=same_state(doc))
     if job is None:
         return Claim(None, Decision(Action.skip, "claimed by another worker first"))
-    log.info("job claimed (attempt %d of %d): %s", job.attempt, policy.max_attempts, decision.reason)
+    log.info("job claimed (attempt %d of %d; %s)", job.attempt, policy.max_attempts, decision.reason)
     return Claim(job, decision)
 
 
