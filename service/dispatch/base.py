@@ -71,7 +71,7 @@ class EmbeddedDispatcher(Dispatcher):
         return True, "thread pool"
 
     def in_flight(self) -> set[str] | None:
-        return set(self._futures)
+        return set(self._futures.copy())  # a copy in one step: job threads remove finished ones meanwhile
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)
