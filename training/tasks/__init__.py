@@ -38,12 +38,13 @@ from training.tasks.families_lesion import (
     Restriction,
     TargetLesion,
 )
+from training.tasks.families_report import Report
 from training.tasks.program import MOD, STEP, TaskSample
 
 FAMILIES: dict[str, Family] = {f.name: f for f in (
     Segment(), Volume(), Extents(), BoundingBox(), MeanIntensity(), Snr(), Crop(), KeepRemove(), Compare(),
     Asymmetry(), IcvNormalized(), Longitudinal(), LesionCount(), LesionSignal(), LesionSide(), LesionRegion(),
-    Enhancement(), Restriction(), TargetLesion(), OutOfScope(), Centroid(), MultiVolume(),
+    Enhancement(), Restriction(), TargetLesion(), OutOfScope(), Centroid(), MultiVolume(), Report(),
 )}
 
 

@@ -91,6 +91,16 @@ LEXICON: dict[str, list[str]] = {
     "between_sessions": ["between the two sessions", "between the scans", "over time",
                          "from the first to the second exam", "between baseline and follow-up",
                          "since the prior study"],
+    # reports (the report family)
+    "report_noun": ["report", "structured report", "summary", "overview", "morphometry report",
+                    "volumetric report", "quantitative report", "brief report", "short report", "rundown"],
+    "summarize_verb": ["summarize", "summarise", "sum up", "give an overview of", "describe", "review",
+                       "go over"],
+    "morphometry_word": ["brain morphometry", "morphometry", "volumetrics", "brain volumes", "key measurements",
+                         "main brain measurements", "quantitative findings", "structure volumes",
+                         "brain morphology"],
+    "this_scan": ["this scan", "the scan", "this study", "this exam", "this MRI", "the images", "this brain",
+                  "{scan}"],
     # refusal material
     "oos_anatomy": ["the liver", "the heart", "the lungs", "the kidneys", "the spine", "the knee",
                     "the optic chiasm", "the pituitary gland", "the optic nerve", "the aorta", "the pancreas",
