@@ -39,6 +39,7 @@ import torch
 from agent.answer_check import answer_problem
 from agent.constrained import Signature, StepConstraint, signatures, target_strings, token_texts
 from agent.functions import default_registry
+from agent.grounding import ground_result
 from agent.model import DecodeSession, VoxAgentModel
 from agent.phi_bank import PhiBank
 from agent.sandbox.limits import SandboxLimits
@@ -446,6 +447,7 @@ class AgentRuntime:
         answer = " ".join(r.strip() for r in responses if r.strip())
         if status == AnalysisStatus.succeeded:
             result.text = answer or "Done: the results are in the metrics and outputs."
+            result.report = ground_result(result)
         elif status == AnalysisStatus.no_answer:
             result.text = f"No answer: {note}." + (f" Partial response: {answer}" if answer else "")
         else:

@@ -45,6 +45,26 @@ class StepTrace(BaseModel):
     phi_count: int = Field(default=0, description="Latent instructions (phi) consumed by vision calls.")
 
 
+class ReportSentence(BaseModel):
+    """One sentence of the answer and what it rests on: the metrics whose values it states, and the step.
+
+    Filled by the agent (``agent.grounding``) from the answer's text and the recorded metrics. A number
+    that no metric accounts for is listed in ``unlinked`` and never linked by guess.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    text: str
+    metrics: list[str] = Field(default_factory=list, description="Names of the metrics whose values the "
+                               "sentence states, in the order they appear.")
+    metric_indices: list[int] = Field(default_factory=list, description="The same metrics as indices into "
+                                      "the result's `metrics` (names may repeat).")
+    step: int | None = Field(default=None, description="Index of the trace step that computed the sentence's "
+                             "values (the latest of them when they come from several); null without numbers.")
+    unlinked: list[str] = Field(default_factory=list, description="Numbers in the sentence that no metric "
+                                "accounts for.")
+
+
 class AnalysisStatus(str, Enum):
     """How an analysis ended (a job that ran to the end; the job's own status is `JobStatus`)."""
 
@@ -65,6 +85,9 @@ class AnalysisResult(BaseModel):
     outputs: list[OutputVolume] = Field(default_factory=list)
     trace: list[StepTrace] = Field(default_factory=list)
     error: str | None = None
+    report: list[ReportSentence] = Field(default_factory=list,
+                                         description="The answer sentence by sentence, each linked to the "
+                                                     "metrics and the trace step its numbers come from.")
     warnings: list[str] = Field(default_factory=list,
                                 description="What the user should know about how the answer came about "
                                             "(e.g. steps that failed and were retried).")

@@ -27,6 +27,7 @@ from agent.functions import default_registry
 from agent.functions.context import CallContext, StopSignal
 from agent.functions.registry import Registry
 from agent.functions.types import Quantity, Record, Scan
+from agent.grounding import ground_result
 from agent.phi_bank import PhiBank
 from agent.sandbox.errors import SandboxError, SandboxRuntimeError, SandboxTimeout, SandboxViolation
 from agent.sandbox.evaluator import Evaluator
@@ -237,9 +238,12 @@ class Sandbox:
             status = AnalysisStatus.succeeded if answered and not problem else AnalysisStatus.no_answer
             if problem:  # the same wording as the agent runtime's no_answer
                 text = f"No answer: {problem}. Partial response: {text}"
-        return AnalysisResult(status=status, text=text, metrics=list(self.metrics),
-                              outputs=list(self.outputs), trace=list(self.trace), error=error,
-                              timings_s={"sandbox": self.elapsed_s})
+        result = AnalysisResult(status=status, text=text, metrics=list(self.metrics),
+                                outputs=list(self.outputs), trace=list(self.trace), error=error,
+                                timings_s={"sandbox": self.elapsed_s})
+        if status == AnalysisStatus.succeeded:
+            result.report = ground_result(result)
+        return result
 
     def close(self) -> None:
         """Release the job's encodings held by the vision service."""
