@@ -3,10 +3,11 @@
 Why a family of its own: a report is many measurements at once (the main structures, their share of
 the intracranial volume, left-right asymmetries, lesions and their side), and every sentence of it
 must rest on a number the program computed (issue 20, "A grounded report"). The program therefore
-formats each number into the report text in the step that computes it (``rep = f"..."``), so the
-sandbox records each metric with that step, and `agent.grounding` can link every sentence of the
-answer to its metrics and step. The lesion part depends on a value read back (how many lesions
-there are), so it ends a step: the last step characterizes the lesions only when there are some.
+formats each number into text in the step that computes it (the global measures into ``rep = f"..."``
+in the first measuring step, the paired structures and lesions into the final ``respond(f"...")``),
+so the sandbox records each metric with that step and `agent.grounding` can link every sentence of
+the answer to its metrics and step. The lesion search ends the first measuring step (its count is
+read back); the last step characterizes the lesions only when there are some.
 
 On label cases (real anatomy, every ``vision.targets`` target) the report covers the intracranial
 volume, brain, cerebral cortex, cerebral white matter, lateral ventricles and hippocampi; the MNI
