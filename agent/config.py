@@ -35,6 +35,9 @@ class AgentConfig:
     # pretrained with a learned phi bank (training.vision_pretrain): its vectors go below SiLU's
     # minimum of -0.278, which a SiLU head could never emit.
     phi_activation: str = "silu"
+    # width of a sentence-encoder vector of the prompt added to the first position's embedding
+    # (agent.prompt_encoder; 384 for all-MiniLM-L6-v2); 0 = the prompt's tokens only
+    prompt_vector_dim: int = 0
     # special token ids (from AgentTokenizer); -1 = not yet bound to a tokenizer
     pad_id: int = 0
     bos_id: int = 2

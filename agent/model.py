@@ -66,6 +66,8 @@ class VoxAgentModel(nn.Module):
         self.phi_head = nn.Sequential(nn.Linear(cfg.hidden_size, cfg.phi_dim), activation)
         # vision already maps encodings to d; this learns where they sit among token embeddings
         self.feedback_proj = nn.Sequential(nn.LayerNorm(cfg.hidden_size), nn.Linear(cfg.hidden_size, cfg.hidden_size))
+        # a frozen sentence encoder's view of the prompt, added at position 0 (agent.prompt_encoder)
+        self.prompt_proj = nn.Linear(cfg.prompt_vector_dim, cfg.hidden_size) if cfg.prompt_vector_dim else None
         self._fused: tuple[Any, list[dict[str, torch.Tensor]]] | None = None
         self._lm_head_t: tuple[tuple[int, int], torch.Tensor] | None = None  # (d, V) copy for decoding
 
@@ -74,9 +76,11 @@ class VoxAgentModel(nn.Module):
         return self.llama.lm_head.weight.device
 
     # ---- shared pieces -------------------------------------------------------------------------
-    def embed(self, input_ids: torch.Tensor, enc_vectors: torch.Tensor | None = None) -> torch.Tensor:
+    def embed(self, input_ids: torch.Tensor, enc_vectors: torch.Tensor | None = None,
+              prompt_vectors: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings, with every ``<ENC>`` position replaced by a projected encoding vector
-        (vectors consumed in row-major order of the ``<ENC>`` positions)."""
+        (vectors consumed in row-major order of the ``<ENC>`` positions), and, for a model with a
+        sentence-encoder front end, the projected prompt vector added at position 0 of each row."""
         embeds = self.llama.model.embed_tokens(input_ids)
         enc_mask = input_ids == self.cfg.enc_id
         n_enc = int(enc_mask.sum())
@@ -84,8 +88,17 @@ class VoxAgentModel(nn.Module):
         if n_enc != n_vec:
             raise ValueError(f"{n_enc} <ENC> positions but {n_vec} encoding vectors")
         if n_enc:
+            assert enc_vectors is not None
             proj = self.feedback_proj(enc_vectors.to(embeds.dtype).to(embeds.device))
             embeds = embeds.masked_scatter(enc_mask.unsqueeze(-1), proj)
+        if self.prompt_proj is not None:
+            if prompt_vectors is None:
+                raise ValueError("this agent reads the prompt through a sentence encoder: pass prompt_vectors")
+            add = self.prompt_proj(prompt_vectors.to(embeds.dtype).to(embeds.device)).reshape(-1, embeds.shape[-1])
+            if embeds.dim() == 2:  # one unbatched sequence (decoding): its first position
+                embeds = torch.cat([embeds[:1] + add[0], embeds[1:]])
+            else:
+                embeds = torch.cat([embeds[:, :1] + add[:, None], embeds[:, 1:]], dim=1)
         return embeds
 
     def phis(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -113,12 +126,13 @@ class VoxAgentModel(nn.Module):
         enc_vectors: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
+        prompt_vectors: torch.Tensor | None = None,
     ) -> AgentOutput:
         """Teacher forcing over (B, L) ids; ``labels`` unshifted with -100 outside eta tokens."""
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
             labels = labels.unsqueeze(0) if labels is not None else None
-        embeds = self.embed(input_ids, enc_vectors)
+        embeds = self.embed(input_ids, enc_vectors, prompt_vectors)
         out = self.llama.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state
         logits = self.llama.lm_head(hidden)
@@ -211,19 +225,22 @@ class DecodeSession:
         return self.capacity - self.length
 
     @torch.inference_mode()
-    def feed(self, ids: list[int], enc_vectors: torch.Tensor | None = None) -> torch.Tensor:
-        """Append ``ids`` (``<ENC>`` positions take ``enc_vectors``); return hidden states (T, d)."""
+    def feed(self, ids: list[int], enc_vectors: torch.Tensor | None = None,
+             prompt_vector: torch.Tensor | None = None) -> torch.Tensor:
+        """Append ``ids`` (``<ENC>`` positions take ``enc_vectors``; the first feed of a model with a
+        sentence-encoder front end takes ``prompt_vector``); return hidden states (T, d)."""
         T = len(ids)
         if T == 0:
             raise ValueError("nothing to feed")
         if T > self.remaining:
             raise OverflowError(f"sequence would exceed {self.capacity} positions")
         cfg, p0 = self.cfg, self.length
-        if T == 1 and enc_vectors is None and ids[0] != cfg.enc_id:
+        first = p0 == 0 and self.model.prompt_proj is not None
+        if T == 1 and enc_vectors is None and ids[0] != cfg.enc_id and not first:
             x = self.embed_weight[ids[0] : ids[0] + 1]  # one decoded token: a view, no index op
         else:
             id_tensor = torch.tensor(ids, dtype=torch.long, device=self.kv_cache.device)
-            x = self.model.embed(id_tensor, enc_vectors)
+            x = self.model.embed(id_tensor, enc_vectors, prompt_vector if first else None)
         p1 = p0 + T
         blocked = None
         if T > 1:

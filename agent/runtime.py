@@ -240,7 +240,7 @@ class AgentRuntime:
                                       f"over the {capacity}-token limit")
         t0 = self._now()
         with self._lm():
-            hidden = session.feed(mu1)
+            hidden = session.feed(mu1, prompt_vector=self._prompt_vector(prompt))
             logits = self.model.next_token_logits(hidden[-1])
         timings["prefill"] = self._now() - t0
         transcript.ids += mu1
@@ -371,6 +371,14 @@ class AgentRuntime:
             if tid not in seen and take(tid):
                 return int(tid)
         return None
+
+    def _prompt_vector(self, prompt: str) -> torch.Tensor | None:
+        """The sentence encoder's view of the prompt, for agents trained with one (else None)."""
+        if not self.model.cfg.prompt_vector_dim:
+            return None
+        from agent.prompt_encoder import shared_encoder
+
+        return torch.from_numpy(shared_encoder().encode([prompt])[0])
 
     def _decode_step(
         self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int,

@@ -53,6 +53,7 @@ class Episode:
     mod_labels: list[str] | None  # "generate:<target>" / "encode:<modality>" per <MOD>, in order
     answer: str | None = None
     expected: dict[str, Any] = field(default_factory=dict)
+    prompt_vector: np.ndarray | None = None  # the sentence encoder's view, filled on first use
 
     def texts(self) -> Iterator[str]:
         """Texts for the tokenizer corpus: the state, the code and every read value."""

@@ -89,6 +89,8 @@ class AgentPretrainConfig:
     # ../shared/data/synthseg); label_cases False keeps every task on the MNI template (old 19 targets)
     data_root: str | None = None
     label_cases: bool = True
+    # a frozen all-MiniLM-L6-v2 vector of the prompt next to its tokens (agent.prompt_encoder)
+    sentence_encoder: bool = False
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
@@ -106,6 +108,8 @@ class AgentPretrainConfig:
 VARIANTS: dict[str, AgentPretrainConfig] = {
     "default": AgentPretrainConfig(),
     "no_phi": AgentPretrainConfig(phi_lambda=0.0),  # ablation: CE only (the agent's phis go unsupervised)
+    # the prompt also through a frozen pretrained sentence encoder (issue 20's comparison)
+    "sentence": AgentPretrainConfig(sentence_encoder=True),
     "smoke": AgentPretrainConfig(batch=2, corpus_episodes=4, min_pool=2, eval_every=3, eval_tasks=2, patience=2,
                                  warmup_steps=1, vocab_size=400, checkpoint_minutes=0.0),
 }
@@ -167,7 +171,10 @@ class AgentPretrainer:
             self.model.train()
         else:
             self.tokenizer = self._build_tokenizer()
-            acfg = AgentConfig.from_preset(cfg.preset, self.tokenizer, phi_activation=cfg.phi_activation)
+            from agent.prompt_encoder import SENTENCE_DIM
+
+            acfg = AgentConfig.from_preset(cfg.preset, self.tokenizer, phi_activation=cfg.phi_activation,
+                                           prompt_vector_dim=SENTENCE_DIM if cfg.sentence_encoder else 0)
             torch.manual_seed(cfg.seed)
             self.model = VoxAgentModel(acfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -313,6 +320,13 @@ class AgentPretrainer:
             labels.append(e.mod_labels if ok else None)
         return seqs, labels
 
+    def _kept(self, episodes: Sequence[Episode]) -> list[Episode]:
+        """The episodes `_sequences` keeps (those within max_tokens), in order."""
+        dim = self.model.cfg.hidden_size
+        limit = self.config.max_tokens
+        return [e for e in episodes
+                if len(build_training_sequence(self.tokenizer, e.prompt, e.scans, e.steps, dim)) <= limit]
+
     def train_step(self, episodes: Sequence[Episode]) -> StepStats:
         seqs, labels = self._sequences(episodes)
         if not seqs:
@@ -321,8 +335,10 @@ class AgentPretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.model.train()
+        prompts = prompt_vectors(self.model, [e for e, _ in zip(episodes, seqs)] if len(seqs) == len(episodes)
+                                 else self._kept(episodes))
         # the LM head only where a code token is predicted (~half the positions): a third of the step's FLOPs
-        embeds = self.model.embed(batch.input_ids, batch.enc_vectors)
+        embeds = self.model.embed(batch.input_ids, batch.enc_vectors, prompts)
         hidden = self.model.llama.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                         use_cache=False).last_hidden_state
         gold = batch.labels[:, 1:]
@@ -477,6 +493,20 @@ class AgentPretrainer:
 
 # ---------------------------------------------------------------- held-out exact match
 
+def prompt_vectors(model: VoxAgentModel, episodes: Sequence[Episode]) -> torch.Tensor | None:
+    """(B, 384) sentence-encoder vectors of the episodes' prompts, cached on the episodes; None when
+    the model has no sentence-encoder front end."""
+    if not model.cfg.prompt_vector_dim:
+        return None
+    from agent.prompt_encoder import shared_encoder
+
+    todo = [e for e in episodes if e.prompt_vector is None]
+    if todo:
+        for e, vec in zip(todo, shared_encoder().encode([e.prompt for e in todo])):
+            e.prompt_vector = vec
+    return torch.from_numpy(np.stack([e.prompt_vector for e in episodes]))
+
+
 EVAL_SEED_START = 10**9
 
 
@@ -504,10 +534,10 @@ def held_out_episodes(n: int, bank: PhiBank, net=None, seed: int = 0, source=Non
 
 @torch.no_grad()
 def decode_step(model: VoxAgentModel, tokenizer: AgentTokenizer, prefix: list[int], enc: torch.Tensor | None,
-                max_tokens: int = 256) -> tuple[str, list[torch.Tensor]]:
+                max_tokens: int = 256, prompt_vector: torch.Tensor | None = None) -> tuple[str, list[torch.Tensor]]:
     """Greedy code of one step after ``prefix`` (a fresh cache each time: evaluation, not serving)."""
     session = model.start_session(min(model.cfg.max_positions, len(prefix) + max_tokens + 2))
-    hidden = session.feed(prefix, enc if enc is not None and len(enc) else None)
+    hidden = session.feed(prefix, enc if enc is not None and len(enc) else None, prompt_vector)
     logits = model.next_token_logits(hidden[-1])
     tokens: list[int] = []
     phis: list[torch.Tensor] = []
@@ -545,12 +575,13 @@ def evaluate_exact_match(model: VoxAgentModel, tokenizer: AgentTokenizer, bank: 
     per_family: dict[str, list[int]] = {}
     for e in episodes:
         ids = initial_state_ids(tokenizer, e.prompt, e.scans)
+        pv = prompt_vectors(model, [e])
         vectors: list[np.ndarray] = []
         all_ok = True
         label_at = 0
         for i, step in enumerate(e.steps):
             enc = torch.from_numpy(np.concatenate(vectors)) if vectors else None
-            code, phis = decode_step(model, tokenizer, ids, enc)
+            code, phis = decode_step(model, tokenizer, ids, enc, prompt_vector=None if pv is None else pv[0])
             exact = code.strip() == step.code.strip()
             n_mods = step.code.count("<MOD>")
             if exact and e.mod_labels is not None and phis:

@@ -129,3 +129,32 @@ def test_exact_match_counts_a_perfect_program(tmp_path, vision_dir, smoke):
     assert before["program_exact"] == 0.0
     assert after["program_exact"] == 1.0 and after["step_exact"] == 1.0 and after["target_ok"] == 1.0
     assert after["phi_cos"] > 0.9
+
+
+def test_sentence_encoder_front_end(tmp_path, vision_dir, smoke):
+    """The 'sentence' variant feeds MiniLM's prompt vector; training and decoding both see it."""
+    from agent.prompt_encoder import SENTENCE_DIM, shared_encoder
+
+    enc = shared_encoder()
+    a, b, c = enc.encode(["What is the volume of the hippocampus?", "hippocampal volume please",
+                          "Remove the skull from the CT."])
+    assert a.shape == (SENTENCE_DIM,) and abs(float(np.linalg.norm(a)) - 1) < 1e-5
+    assert float(a @ b) > float(a @ c)  # a paraphrase sits nearer than another request
+    trainer = AgentPretrainer(tmp_path / "run", smoke(sentence_encoder=True, lr=3e-3, warmup_steps=1), vision_dir)
+    trainer._worker().close()
+    assert trainer.model.cfg.prompt_vector_dim == SENTENCE_DIM
+    episode = trainer.pool[:1]
+    for _ in range(3):
+        trainer.train_step(episode)
+    assert episode[0].prompt_vector is not None and trainer.model.prompt_proj.weight.grad is not None
+    # the decoder's output depends on the vector: the same tokens with another prompt vector differ
+    from agent.state import initial_state_ids
+
+    ids = initial_state_ids(trainer.tokenizer, episode[0].prompt, episode[0].scans)
+    trainer.model.eval()
+    s1, s2 = trainer.model.start_session(len(ids) + 2), trainer.model.start_session(len(ids) + 2)
+    h1 = s1.feed(ids, prompt_vector=torch.from_numpy(a))
+    h2 = s2.feed(ids, prompt_vector=torch.from_numpy(c))
+    assert not torch.allclose(h1[-1], h2[-1])
+    with pytest.raises(ValueError, match="prompt_vectors"):
+        trainer.model(torch.tensor(ids))
