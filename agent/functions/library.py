@@ -166,7 +166,9 @@ def stop(ctx: CallContext) -> None:
 # ---------------------------------------------------------------- measurements
 
 def volume(ctx: CallContext, mask: Mask) -> Quantity:
-    return Quantity(float(vo.volume_ml(mask.volume)), "mL", f"{mask.name} volume")
+    # "intracranial volume" is already a volume: no "intracranial volume volume" metric
+    name = mask.name if mask.name.endswith(" volume") else f"{mask.name} volume"
+    return Quantity(float(vo.volume_ml(mask.volume)), "mL", name)
 
 
 _EXTENT_AXES = (("left_right", "left-right extent"), ("anterior_posterior", "anterior-posterior extent"),
