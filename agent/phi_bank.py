@@ -16,6 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from api_schemas.modalities import canonical_modality
+
 logger = logging.getLogger(__name__)
 
 PHI_DIM = 32
@@ -108,8 +110,9 @@ class PhiBank:
         return normalize_target(target) in self._generate
 
     def encode_phi(self, modality: str | None) -> np.ndarray:
-        """Phi for encoding a scan of this modality; unknown modalities share one vector."""
-        key = (modality or UNKNOWN_MODALITY).upper()
+        """Phi for encoding a scan of this modality; unknown modalities share one vector. Spellings
+        of one modality (``t1``, ``T1w``, ``MPRAGE``) share its vector (``canonical_modality``)."""
+        key = (canonical_modality(modality) or UNKNOWN_MODALITY).upper()
         return self._encode.get(key, self._encode[UNKNOWN_MODALITY.upper()]).copy()
 
     def generate_phi(self, target: str) -> np.ndarray:

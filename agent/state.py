@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from agent.sandbox.outcome import Feedback
+from api_schemas.modalities import canonical_modality
 
 if TYPE_CHECKING:  # pragma: no cover
     from agent.tokenizer import AgentTokenizer
@@ -43,7 +44,8 @@ class ScanInfo:
     def line(self) -> str:
         spacing = "x".join(f"{s:.2f}" for s in self.spacing) + " mm" if self.spacing else "unknown"
         return (
-            f"scan {self.name}: modality={self.modality or 'unknown'}; "
+            # one spelling per modality (t1, T1w -> T1): the agent's answer must not hinge on it
+            f"scan {self.name}: modality={canonical_modality(self.modality) or 'unknown'}; "
             f"date={self.date or 'unknown'}; spacing={spacing}\n"
         )
 

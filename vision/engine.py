@@ -4,7 +4,10 @@ The engine speaks ``Volume`` (any orientation) on the outside and tensors on the
 are conformed to RAS by axis permutation/flip only (no resampling), normalised as the network was
 trained (`vision.preprocess`), encoded once per job and kept in a memory-capped LRU cache until the
 job releases them. Generated masks are mapped back onto the exact grid and affine the scan arrived
-with. Concurrent generate calls with identical grids are stacked into one forward pass.
+with. Concurrent generate calls go through one batcher thread; by default each still runs as its
+own forward pass, so a mask never depends on which other requests arrived at the same moment
+(``stack_batches=True`` stacks calls with identical grids on the batch axis: more throughput on a
+GPU, but batch-size-dependent floats, see ``_generate_group``).
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ class VisionEngine:
         cache_mb: float = 2048,
         batch_window_ms: float = 3.0,
         max_batch: int = 8,
+        stack_batches: bool = False,
     ) -> None:
         self.device = torch.device(device or default_device())
         if weights is not None:
@@ -74,6 +78,7 @@ class VisionEngine:
         self.net.to(self.device).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
+        self.stack_batches = stack_batches
         self.cache = EncodingCache(int(cache_mb * 2**20))
         self._batcher = MicroBatcher(self._generate_group, window_s=batch_window_ms / 1000.0, max_batch=max_batch)
         log.info("vision engine ready: preset=%s device=%s cache=%d MB", self.config.name, self.device, cache_mb)
@@ -90,7 +95,8 @@ class VisionEngine:
 
     @property
     def batch_sizes(self) -> list[int]:
-        """Sizes of the generate forward passes run so far (>1 means calls were batched)."""
+        """Sizes of the groups of concurrent generate calls collected so far (>1: calls arrived
+        together; they share one forward pass only with ``stack_batches``)."""
         return self._batcher.batch_sizes
 
     def close(self) -> None:
@@ -142,7 +148,16 @@ class VisionEngine:
         return unconform(ras, transform)
 
     def _generate_group(self, payloads: Sequence[tuple[Encoding, int, torch.Tensor]]) -> list[np.ndarray]:
-        """One forward pass for requests whose streams share a plan (stacked on the batch axis)."""
+        """Requests whose streams share a plan: one forward pass each, or one stacked pass.
+
+        Per request by default. Stacked on the batch axis, the same request gave other floats with
+        other company (a batch of 3 differs from a batch of 1, and the members of one batch from
+        each other: the convolution library blocks the batch differently, and the phi shift is
+        folded into the bias only at batch size 1), which moved voxels across 0.5 and changed
+        volumes with the load of the server. Determinism is the contract; stacking is an opt-in.
+        """
+        if not self.stack_batches and len(payloads) > 1:
+            return [self._generate_group([payload])[0] for payload in payloads]
         levels = len(payloads[0][0].streams[payloads[0][1]].skips)
         skips = [
             torch.cat([enc.streams[s].skips[n] for enc, s, _ in payloads], 0) if len(payloads) > 1

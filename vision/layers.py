@@ -55,16 +55,29 @@ class NativeConv3d(nn.Module):
         return out
 
 
-def _pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    """Apply a (out, in) matrix at every voxel of a (B, in, X, Y, Z) tensor."""
-    return F.conv3d(x, weight[:, :, None, None, None], bias)
+def pointwise(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """Apply a (out, in) matrix at every voxel of a (B, in, X, Y, Z) tensor.
+
+    Always on a channels-last tensor (a no-op for the conv outputs that feed it): on CPU, a 1x1x1
+    convolution with a bias over a channels-first tensor takes a path whose sums depend on the
+    intra-op thread count, so the same scan gave different masks in a 1-thread CLI and a 2-thread
+    service (tests/reliability/test_determinism.py). The channels-last path does not.
+    """
+    return F.conv3d(x.contiguous(memory_format=torch.channels_last_3d), weight[:, :, None, None, None], bias)
+
+
+def group_norm(norm: nn.GroupNorm, x: Tensor) -> Tensor:
+    """Group norm over a channels-first tensor: PyTorch's CPU kernel for channels-last input splits
+    each group's mean/variance sums by thread, so its result depended on the thread count; the
+    channels-first kernel reduces each group in one thread, in a fixed order."""
+    return norm(x.contiguous())
 
 
 def _apply_affine(a: Tensor, weight: Tensor, shift: Tensor) -> Tensor:
     """``weight @ a + shift[b]`` at every voxel; the shift is folded into the conv when B == 1."""
     if shift.shape[0] == 1:
-        return _pointwise(a, weight, shift[0])
-    return _pointwise(a, weight) + shift[:, :, None, None, None]
+        return pointwise(a, weight, shift[0])
+    return pointwise(a, weight) + shift[:, :, None, None, None]
 
 
 class PhiMix(nn.Module):
@@ -101,7 +114,7 @@ class PlainMix(nn.Module):
         return self.linear.weight, self.linear.bias.expand(phi.shape[0], -1)  # phi ignored by design
 
     def forward(self, a: Tensor, phi: Tensor) -> Tensor:
-        return _pointwise(a, self.linear.weight, self.linear.bias)
+        return pointwise(a, self.linear.weight, self.linear.bias)
 
 
 def reference_shape(shapes: Sequence[tuple[int, ...]]) -> tuple[int, ...]:
@@ -148,13 +161,13 @@ class StreamAttention(nn.Module):
         b = self.attn_dim
         if len(streams) == 1:
             weight, shift = self.single_stream_affine()
-            return [_pointwise(streams[0], weight, shift)]
+            return [pointwise(streams[0], weight, shift)]
 
         shapes = [tuple(a.shape[2:]) for a in streams]
         ref = reference_shape(shapes)
         q, k, v = [], [], []
         for a in streams:
-            qkv = _resize(_pointwise(a, self.qkv.weight, self.qkv.bias), ref)
+            qkv = _resize(pointwise(a, self.qkv.weight, self.qkv.bias), ref)
             q.append(qkv[:, :b])
             k.append(qkv[:, b : 2 * b])
             v.append(qkv[:, 2 * b :])
@@ -167,7 +180,7 @@ class StreamAttention(nn.Module):
             for t in range(1, len(streams)):
                 mixed = mixed + weights[:, t : t + 1] * v[t]
             mixed = _resize(mixed, shapes[s])
-            out.append(a + _pointwise(mixed, self.proj.weight, self.proj.bias))
+            out.append(a + pointwise(mixed, self.proj.weight, self.proj.bias))
         return out
 
 
@@ -193,8 +206,8 @@ class Block(nn.Module):
             w_att, b_att = self.attn.single_stream_affine()
             a = F.silu(self.conv(streams[0], flat_axes[0]))
             out = _apply_affine(a, w_att @ w_mix, shift @ w_att.T + b_att)
-            return [self.norm(F.silu(out))]
+            return [group_norm(self.norm, F.silu(out))]
         mixed = [
             self.mix(F.silu(self.conv(x, axes)), phi) for x, axes, phi in zip(streams, flat_axes, phis)
         ]
-        return [self.norm(F.silu(b)) for b in self.attn(mixed)]
+        return [group_norm(self.norm, F.silu(b)) for b in self.attn(mixed)]

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vision.config import VisionConfig, get_config
-from vision.layers import Block
+from vision.layers import Block, pointwise
 from vision.native import StreamPlan, plan_stream
 
 log = logging.getLogger(__name__)
@@ -186,7 +186,7 @@ class VisionNet(nn.Module):
                 hs = block(hs, [p.levels[n].flat_axes for p in plans], phis)
         out = []
         for h, plan in zip(hs, plans):
-            logits = F.conv3d(h, self.head.weight[:, :, None, None, None], self.head.bias)
+            logits = pointwise(h, self.head.weight, self.head.bias)
             if plan.reduced and at_input_grid:
                 logits = F.interpolate(logits, size=plan.input_shape, mode="trilinear", align_corners=False)
             out.append(logits.contiguous())
