@@ -4,11 +4,11 @@ from __future__ import annotations
 from datetime import datetime
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from api_schemas.jobs import Job
 from api_schemas.limits import MAX_BATCH_ITEMS, MAX_CODE_CHARS, MAX_PROMPT_CHARS, MAX_VOLUMES_PER_ANALYSIS
-from api_schemas.requests import VolumeInput
+from api_schemas.requests import VolumeInput, check_not_blank
 
 
 class BatchItem(BaseModel):
@@ -18,6 +18,8 @@ class BatchItem(BaseModel):
     code: str | None = Field(default=None, min_length=1, max_length=MAX_CODE_CHARS)
     volumes: list[VolumeInput] = Field(min_length=1, max_length=MAX_VOLUMES_PER_ANALYSIS)
     label: str | None = Field(default=None, max_length=200, description="Case identifier, echoed in results/CSV.")
+
+    _not_blank = field_validator("prompt", "code")(check_not_blank)
 
 
 class BatchRequest(BaseModel):
@@ -34,6 +36,8 @@ class BatchRequest(BaseModel):
                                     description="POSTed once when every item has finished.")
     webhook_secret: str | None = Field(default=None, min_length=16, max_length=256,
                                        description="HMAC-SHA256 key for the X-Voxagent-Signature header.")
+
+    _not_blank = field_validator("prompt", "code")(check_not_blank)
 
     @model_validator(mode="after")
     def _each_item_has_work(self) -> "BatchRequest":

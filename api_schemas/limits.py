@@ -52,6 +52,16 @@ def scan_name_problem(name: str, library: frozenset[str] | set[str] = frozenset(
     return None
 
 
+def blank_text_problem(field: str, value: str | None) -> str | None:
+    """Why ``value`` cannot be a prompt or a program (None if it can): text of only whitespace
+    passes a length check, yet the agent would answer it with whatever its prior favours (a
+    lesion mask, in the issue that found it), so it is refused at the door instead."""
+    if value is not None and not value.strip():
+        hint = "; say what to do, in words" if field == "prompt" else ""
+        return f"{field} is blank (only whitespace){hint}"
+    return None
+
+
 __all__ = ["AGENT_MAX_WALL_S", "CALL_TIMEOUT_S", "JOB_TIMEOUT_S", "LIBRARY_FUNCTIONS", "MAX_BATCH_ITEMS",
            "MAX_CODE_CHARS", "MAX_PROMPT_CHARS", "MAX_SCAN_NAME_CHARS", "MAX_VOLUMES_PER_ANALYSIS",
-           "RESERVED_SCAN_NAMES", "TASK_TIME_LIMIT_S", "scan_name_problem"]
+           "RESERVED_SCAN_NAMES", "TASK_TIME_LIMIT_S", "blank_text_problem", "scan_name_problem"]

@@ -1,9 +1,15 @@
 """What a client sends to start an analysis: a prompt (or a program) and the volumes it is about."""
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from api_schemas.limits import MAX_CODE_CHARS, MAX_PROMPT_CHARS, MAX_VOLUMES_PER_ANALYSIS, scan_name_problem
+from api_schemas.limits import (
+    MAX_CODE_CHARS,
+    MAX_PROMPT_CHARS,
+    MAX_VOLUMES_PER_ANALYSIS,
+    blank_text_problem,
+    scan_name_problem,
+)
 
 
 def check_scan_name(name: str) -> str:
@@ -13,6 +19,14 @@ def check_scan_name(name: str) -> str:
     if problem:
         raise ValueError(problem)
     return name
+
+
+def check_not_blank(value: str | None, info: ValidationInfo) -> str | None:
+    """A prompt or program of only whitespace is refused (422), see ``blank_text_problem``."""
+    problem = blank_text_problem(info.field_name or "text", value)
+    if problem:
+        raise ValueError(problem)
+    return value
 
 
 class VolumeInput(BaseModel):
@@ -44,6 +58,8 @@ class AnalysisRequest(BaseModel):
     volumes: list[VolumeInput] = Field(min_length=1, max_length=MAX_VOLUMES_PER_ANALYSIS)
     wait: float = Field(default=0.0, ge=0.0, le=30.0,
                         description="Seconds to wait for completion before answering 202 (bounded).")
+
+    _not_blank = field_validator("prompt", "code")(check_not_blank)
 
     @model_validator(mode="after")
     def _one_of(self) -> "AnalysisRequest":

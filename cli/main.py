@@ -13,7 +13,7 @@ import pkgutil
 import sys
 
 import cli.commands as commands_pkg
-from cli.errors import CommandError
+from cli.errors import CommandError, validation_message
 
 __all__ = ["CommandError", "build_parser", "main"]
 
@@ -42,6 +42,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except CommandError as exc:
         print(f"voxagent {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        # a pydantic ValidationError (a ValueError) that a command did not translate: still one line
+        from pydantic import ValidationError
+
+        if not isinstance(exc, ValidationError):
+            raise
+        print(f"voxagent {args.command}: error: {validation_message(exc)}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as exc:
         if exc.name != "training" and not (exc.name or "").startswith("training."):

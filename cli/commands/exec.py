@@ -122,6 +122,10 @@ def run(args: argparse.Namespace) -> int:
 
     scans = _pairs(args.scan, "--scan")
     modalities = _pairs(args.modality, "--modality")
+    from cli.commands.run import check_modality
+
+    for modality in modalities.values():
+        check_modality(modality)
     series = _pairs(args.series, "--series")
     for option, given in (("--modality", modalities), ("--series", series)):
         unknown = set(given) - set(scans)

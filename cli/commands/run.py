@@ -12,7 +12,11 @@ needs exactly one scan read from a DICOM series.
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+
+# validate_file's messages start with the name of the stored copy; the user knows the file they gave
+_STORED_NAME = re.compile(r"^vol_[0-9a-f]+\.nii(\.gz)?: ")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -46,11 +50,14 @@ def run(args: argparse.Namespace) -> int:
     import tempfile
     import uuid
 
+    from pydantic import ValidationError
+
     import voxel_ops as vo
+    from api_schemas.limits import blank_text_problem
     from api_schemas.requests import AnalysisRequest, VolumeInput
     from api_schemas.results import AnalysisResult, AnalysisStatus
     from cli.commands.exec import _pairs, load_scan_argument
-    from cli.errors import CommandError
+    from cli.errors import CommandError, validation_message
     from service.settings import Settings
     from service.storage.artifacts import ArtifactStore
     from service.storage.records import SQLiteRecordStore
@@ -58,6 +65,11 @@ def run(args: argparse.Namespace) -> int:
     from service.tasks.context import TaskContext
     from service.volumes import validate_file
 
+    problem = blank_text_problem("--prompt", args.prompt)  # before any scan is read: the cheap refusal first
+    if problem:
+        raise CommandError(problem)
+    for modality in args.modality:
+        check_modality(modality)
     code = None
     if args.code is not None:
         if not args.code.is_file():
@@ -91,14 +103,14 @@ def run(args: argparse.Namespace) -> int:
                 raise CommandError(f"--series {name}=...: {path} is not a DICOM folder or archive")
             try:
                 record = validate_file(records, artifacts, "local", path, modality=modality, date=date)
-            except ValueError as exc:
-                raise CommandError(f"{given}: {exc}") from exc
+            except ValueError as exc:  # the message names the stored copy (vol_<id>.nii.gz): name the user's file
+                raise CommandError(f"{given}: {_STORED_NAME.sub('', str(exc))}") from None
             refs.append(VolumeInput(id=record.id, name=name, modality=modality, date=date))
         source_headers = _dicom_out_sources(args.dicom_out, scans, dicom_scans)
         try:
             req = AnalysisRequest(prompt=args.prompt, code=code, volumes=refs)
-        except ValueError as exc:
-            raise CommandError(str(exc)) from exc
+        except ValidationError as exc:
+            raise CommandError(validation_message(exc)) from None
         from service.jobs import new_job_record
         from service.storage import JobRecord
 
@@ -145,6 +157,20 @@ def run(args: argparse.Namespace) -> int:
         if result.error:
             print(f"  error: {result.error}")
     return 0 if result.status != AnalysisStatus.failed else 1
+
+
+def check_modality(modality: str) -> None:
+    """A --modality the API would refuse is refused here, in one line, before any scan is read."""
+    from pydantic import ValidationError
+
+    from api_schemas.requests import VolumeInput
+    from cli.errors import CommandError, validation_message
+
+    try:
+        VolumeInput(id="check", modality=modality)
+    except ValidationError as exc:
+        reason = validation_message(exc).removeprefix("modality: ")
+        raise CommandError(f"--modality {modality!r}: {reason}") from None
 
 
 def _dicom_out_sources(out_dir: Path | None, scans: list[tuple[str | None, Path]],
