@@ -1,13 +1,23 @@
 # voxagent image for docker-compose.yml (api, agent and vision workers share it).
-# TORCH selects the build: the default CPU wheel for api/agent; for GPU vision workers build with
-#   docker build --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+# TORCH selects the build: the CPU wheel by default (no CUDA libraries, no NVIDIA packages), the GPU
+# build only on request, e.g. for the vision worker of a GPU host:
+#   docker build --build-arg TORCH=cuda [--build-arg TORCH_CUDA=cu128] .
+# (TORCH=cuda VOXAGENT_BUILD_TORCH=cuda docker compose build: see docker-compose.yml)
 FROM python:3.11-slim
-ARG TORCH=torch==2.13.0
-ARG TORCH_INDEX=""
+ARG TORCH=cpu
+ARG TORCH_VERSION=2.13.0
+ARG TORCH_CUDA=cu128
 ENV PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-RUN if [ -n "$TORCH_INDEX" ]; then pip install --no-cache-dir "$TORCH" --index-url "$TORCH_INDEX"; \
-    else pip install --no-cache-dir "$TORCH"; fi
+# PyTorch's own index, named with the build's local version (+cpu / +cu128), so pip cannot settle on
+# PyPI's default wheel, which is the CUDA build on Linux.
+RUN case "$TORCH" in \
+      cpu) flavour=cpu ;; \
+      cuda) flavour="$TORCH_CUDA" ;; \
+      *) echo "TORCH must be cpu or cuda, got $TORCH" >&2; exit 2 ;; \
+    esac \
+    && pip install --no-cache-dir "torch==${TORCH_VERSION}+${flavour}" \
+       --extra-index-url "https://download.pytorch.org/whl/${flavour}"
 COPY pyproject.toml README.md ./
 COPY api_schemas api_schemas
 COPY voxel_ops voxel_ops

@@ -2,8 +2,25 @@
 PY ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
-TORCH := torch==2.13.0
-STAMP := $(VENV)/.installed
+# torch: the CPU build by default (no CUDA wheels, no NVIDIA packages), the GPU build on request:
+#   make install TORCH=cuda [TORCH_CUDA=cu128]
+# The CPU build comes from a local wheel where this machine has one (pip's find-links, e.g.
+# /opt/wheels/torch-2.13.0+cpu-*.whl), else from PyTorch's CPU index. The choice is remembered in
+# $(VENV)/.torch, so a later `make run` keeps the build that `make install TORCH=cuda` chose.
+TORCH ?= $(shell cat $(VENV)/.torch 2>/dev/null || echo cpu)
+TORCH_VERSION := 2.13.0
+TORCH_CUDA ?= cu128
+TORCH_INDEX := https://download.pytorch.org/whl
+TORCH_WHEELS ?= $(or $(PIP_FIND_LINKS),/opt/wheels)
+LOCAL_TORCH := $(firstword $(wildcard $(addsuffix /torch-$(TORCH_VERSION)+cpu-*.whl,$(TORCH_WHEELS))))
+ifeq ($(TORCH),cuda)
+TORCH_PIP := 'torch==$(TORCH_VERSION)+$(TORCH_CUDA)' --extra-index-url $(TORCH_INDEX)/$(TORCH_CUDA)
+else ifeq ($(TORCH),cpu)
+TORCH_PIP := $(or $(LOCAL_TORCH),'torch==$(TORCH_VERSION)+cpu' --extra-index-url $(TORCH_INDEX)/cpu)
+else
+$(error TORCH must be cpu or cuda, got '$(TORCH)')
+endif
+STAMP := $(VENV)/.installed-$(TORCH)
 
 .PHONY: venv install run lint test test-fast bench train-vision clean system-deps web
 
@@ -11,10 +28,12 @@ $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-# torch first, from the pinned CPU build, so the project's range installs nothing more.
+# torch first, the pinned build chosen above, so the project's range installs nothing more.
 $(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q $(TORCH_PIP)
 	$(BIN)/pip install -q -e '.[test]'
+	echo $(TORCH) > $(VENV)/.torch
+	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
 # The page's viewer (NiiVue): npm installs it from the lock file; the service serves its browser bundle

@@ -14,6 +14,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--concurrency", type=int, default=1, help="agent workers: processes (prefork)")
     p.add_argument("--name", default=None, help="node name (default <queues>-<pid>@<host>)")
     p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus metrics on this port")
+    p.add_argument("--check", action="store_true",
+                   help="health check, runs no worker: exit 0 if a worker of these queues on this host answers "
+                        "a Celery ping (docker-compose.yml's healthcheck), else 1")
     p.set_defaults(func=run)
 
 
@@ -25,6 +28,8 @@ def run(args: argparse.Namespace) -> int:
         raise CommandError(f"--queues must name some of {sorted(QUEUES)}, got {args.queues!r}")
     from service.settings import get_settings
 
+    if args.check:
+        return _check(queues, args.name)
     name = args.name or f"{'-'.join(queues)}-{os.getpid()}@{socket.gethostname()}"
     # the environment carries the queues and the node name (job leases, presence for /readyz) to
     # this process's settings and to prefork children
@@ -51,6 +56,25 @@ def run(args: argparse.Namespace) -> int:
         _warm_in_process()  # solo/threads pools run tasks in this process: load models here, once
     app.worker_main(argv)
     return 0
+
+
+def _check(queues: list[str], name: str | None) -> int:
+    """Ping this host's worker of ``queues``. The default node name holds the worker's pid, which a
+    health check cannot know, so any answering node named ``<queues>-*@<this host>`` counts (the
+    container's hostname is its own); with ``--name`` given, exactly that node."""
+    from service.settings import get_settings
+    from service.workers.celery_app import app
+
+    if not get_settings().broker_url:
+        return 1
+    prefix, host = f"{'-'.join(queues)}-", f"@{socket.gethostname()}"
+    try:
+        replies = app.control.ping(timeout=3.0)
+    except Exception:  # noqa: BLE001 - a broker that cannot be reached is an unhealthy worker, not a crash
+        return 1
+    nodes = {node for reply in replies for node in reply}
+    ok = name in nodes if name else any(n.startswith(prefix) and n.endswith(host) for n in nodes)
+    return 0 if ok else 1
 
 
 def _warm_in_process() -> None:

@@ -35,6 +35,30 @@ def test_compose_commands_resolve_to_real_entry_points(repo_root):
         else:
             pytest.fail(f"{name}: command {cmd} is not a known entry point")
     assert services["redis"]["command"][-2:] == ["--appendonly", "yes"]
-    devices = services["vision-worker"]["deploy"]["resources"]["reservations"]["devices"]
-    assert devices[0]["capabilities"] == ["gpu"]
     assert "vision" in services["vision-worker"]["command"] and "agent" in services["agent-worker"]["command"]
+
+
+def test_health_checks_auth_and_keys_are_in_the_compose_file(repo_root):
+    text = (repo_root / "docker-compose.yml").read_text()
+    services = yaml.safe_load(text)["services"]
+    parser = build_parser()
+    assert "/healthz" in " ".join(services["api"]["healthcheck"]["test"])
+    for name, queue in (("agent-worker", "agent"), ("vision-worker", "vision")):
+        test = services[name]["healthcheck"]["test"]
+        assert test[0] == "CMD" and test[1] == "voxagent"
+        args = parser.parse_args(test[2:])  # a real entry point: the worker's own health check
+        assert args.command == "worker" and args.check and args.queues == queue
+    flower = " ".join(services["flower"]["command"])
+    assert "--basic-auth=${FLOWER_BASIC_AUTH:?" in flower  # compose refuses to start Flower without it
+    assert "voxagent keys create" in text and "Redis" in text  # where keys live in this deployment
+
+
+def test_cpu_torch_by_default_and_the_gpu_build_on_request(repo_root):
+    doc = yaml.safe_load((repo_root / "docker-compose.yml").read_text())
+    assert doc["x-voxagent"]["build"]["args"]["TORCH"] == "cpu"
+    assert "deploy" not in doc["services"]["vision-worker"]  # a laptop without a GPU can start it
+    gpu = yaml.safe_load((repo_root / "docker-compose.gpu.yml").read_text())["services"]["vision-worker"]
+    assert gpu["build"]["args"]["TORCH"] == "cuda"
+    assert gpu["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
+    dockerfile = (repo_root / "Dockerfile").read_text()
+    assert "ARG TORCH=cpu" in dockerfile and "download.pytorch.org/whl/${flavour}" in dockerfile
