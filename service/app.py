@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
 from service import errors
+from service.bodylimit import BodyLimitMiddleware
 from service.observability import REQUEST_LATENCY, request_id_var
 from service.routers import analyses, artifacts, batches, dicom, meta, volumes
 from service.settings import Settings, get_settings
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
     app = FastAPIOffline(title="voxagent", version="1.0.0", lifespan=lifespan, static_url="/static-docs",
                          description="Language-driven analysis of 3D brain MRI/CT. Errors are RFC 9457 problem+json.")
     errors.install(app)
+    # added before request_context, which therefore wraps it: refusals get a request id and a latency
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_json_body_bytes)
 
     @app.middleware("http")
     async def request_context(request: Request, call_next):

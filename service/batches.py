@@ -1,4 +1,5 @@
-"""Batch bookkeeping shared by API and workers: progress counts and the completion webhook."""
+"""Batch bookkeeping shared by API and workers: progress counts and the completion webhook (queued
+for :mod:`service.delivery`)."""
 from __future__ import annotations
 
 import logging
@@ -6,8 +7,8 @@ import logging
 from api_schemas.batches import BatchStatus
 from api_schemas.jobs import TERMINAL_VALUES, JobStatus
 from service.clock import now_iso
+from service.delivery import process_queue
 from service.storage import BatchRecord, JobRecord, RecordStore
-from service.webhooks import deliver
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +37,8 @@ def on_job_finished(ctx, batch_id: str) -> None:
                                         only_if_status=(BatchStatus.running.value,))
     if claimed is None or claimed.webhook is None:
         return
-    hook = claimed.webhook
     payload = {"event": "batch.completed", "batch_id": batch_id, "counts": c, "total": len(batch.job_ids),
                "job_ids": batch.job_ids, "finished_at": claimed.finished_at}
-    s = ctx.settings
-    ok, attempts, error = deliver(hook.url, batch.webhook_secret or "", payload, attempts=s.webhook_attempts,
-                                  backoff_s=s.webhook_backoff_s, timeout_s=s.webhook_timeout_s,
-                                  allow_loopback=s.webhook_allow_loopback)
-    delivered = hook.model_copy(update={"delivered": ok, "attempts": attempts, "last_error": error})
-    ctx.records.update_record(BatchRecord, batch_id, {"webhook": delivered})
-    log.info("batch %s webhook delivered=%s after %d attempt(s)", batch_id, ok, attempts)
+    # queued, never sent here: this may be a job thread, and a dead endpoint must not hold it
+    queue = getattr(ctx, "deliveries", None) or process_queue(ctx.settings, ctx.records)
+    queue.enqueue(batch.tenant, batch_id, claimed.webhook.url, batch.webhook_secret or "", payload)

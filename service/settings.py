@@ -43,6 +43,26 @@ class Settings(BaseSettings):
     auth: str = Field(default="keys", description="'keys' (API keys required) or 'off' (single tenant 'default').")
 
     max_upload_bytes: int = 512 * 1024 * 1024
+    # Memory budgets (service.memory): refused with 413 (or 503 + Retry-After while the shared budget
+    # is busy) before the memory is spent.
+    max_upload_decoded_bytes: int = Field(
+        default=512 * 1024 * 1024, gt=0,
+        description="What validating one upload may allocate, judged from its header before decompressing "
+                    "(voxels, plus the reader's scaled copy and finiteness mask).")
+    upload_memory_bytes: int = Field(default=1024 * 1024 * 1024, gt=0,
+                                     description="All uploads being validated at once, together.")
+    upload_memory_wait_s: float = Field(default=10.0, ge=0,
+                                        description="How long an upload waits for the shared budget before a 503.")
+    max_json_body_bytes: int = Field(default=1024 * 1024, gt=0,
+                                     description="Request bodies other than multipart uploads (JSON): larger is a "
+                                                 "413, by Content-Length or while counting, never read whole.")
+    job_memory_bytes: int = Field(default=1024 * 1024 * 1024, gt=0,
+                                  description="Volumes one job's library calls may hold at once (sandbox budget).")
+    worker_address_space_mb: int = Field(
+        default=32768, ge=0,
+        description="RLIMIT_AS of each agent worker process (agent.sandbox.apply_process_limits), a backstop "
+                    "for allocations the sandbox cannot see; 0 = no limit. Not applied where CUDA is in use "
+                    "(the CUDA runtime reserves far more address space than it uses).")
     # prompt and code sizes are not settings: the request schemas enforce `api_schemas.limits`
     max_volumes_per_analysis: int = limits.MAX_VOLUMES_PER_ANALYSIS
     max_wait_s: float = 30.0
@@ -58,6 +78,12 @@ class Settings(BaseSettings):
     webhook_attempts: int = 5
     webhook_backoff_s: float = 0.5
     webhook_timeout_s: float = 5.0
+    # deliveries run off the job threads (service.delivery), with a budget per tenant
+    webhook_threads: int = Field(default=4, ge=1, description="Delivery threads per process.")
+    webhook_tenant_in_flight: int = Field(default=1, ge=1,
+                                          description="Attempts of one tenant running at once (per process).")
+    webhook_tenant_pending: int = Field(default=100, ge=1,
+                                        description="Deliveries of one tenant waiting (queued or between retries).")
     webhook_allow_loopback: bool = Field(
         default=False, description="Allow webhooks to loopback addresses (development and tests only); "
                                    "private and link-local addresses are refused regardless.")

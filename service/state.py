@@ -5,7 +5,9 @@ import logging
 from dataclasses import dataclass, field
 
 from service.clock import now_iso, utcnow
+from service.delivery import DeliveryQueue
 from service.dispatch import Dispatcher, make_dispatcher
+from service.memory import ByteBudget
 from service.reaper import Reaper
 from service.settings import Settings
 from service.storage import ArtifactStore, RecordStore, open_record_store
@@ -23,6 +25,7 @@ class ServiceState:
     dispatcher: Dispatcher
     ctx: TaskContext
     reaper: Reaper | None = field(default=None)
+    upload_budget: ByteBudget = field(default_factory=lambda: ByteBudget(1024 * 1024 * 1024))
 
     @classmethod
     def build(cls, settings: Settings) -> "ServiceState":
@@ -30,15 +33,19 @@ class ServiceState:
         records = open_record_store(settings)
         artifacts = ArtifactStore(settings.artifacts_dir)
         ctx = TaskContext.embedded(settings, records, artifacts)
+        ctx.deliveries = DeliveryQueue(settings, records)  # webhooks: off the job threads
         dispatcher = make_dispatcher(settings, ctx)
         # jobs of a previous process (embedded restart) or of a lost worker are requeued or failed
         reaper = Reaper(ctx, dispatcher, LeasePolicy.from_settings(settings), settings.reaper_interval_s).start()
-        return cls(settings, records, artifacts, dispatcher, ctx, reaper)
+        return cls(settings, records, artifacts, dispatcher, ctx, reaper,
+                   upload_budget=ByteBudget(settings.upload_memory_bytes))
 
     def close(self) -> None:
         if self.reaper is not None:
             self.reaper.stop()
         self.dispatcher.shutdown()
+        if self.ctx.deliveries is not None:
+            self.ctx.deliveries.close()
         self.records.close()
 
 

@@ -4,12 +4,15 @@ from __future__ import annotations
 import os
 import re
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from starlette.concurrency import run_in_threadpool
 
 from api_schemas.volumes import VolumeInfo
 from service.errors import ProblemError
+from service.memory import BudgetExhausted, mb
 from service.state import ServiceState, utcnow
 from service.storage import VolumeRecord
 from service.uploads import UploadedFile
@@ -28,10 +31,11 @@ def artifact_opener(state: ServiceState, tenant: str):
     return open_writer
 
 
-def _validate(path) -> dict:
-    from voxel_ops import load_volume
+def _validate(path, max_decoded_bytes: int | None = None) -> dict:
+    from voxel_ops import ReadLimits, load_volume
 
-    vol = load_volume(path)
+    limits = ReadLimits(max_data_bytes=max_decoded_bytes) if max_decoded_bytes else None
+    vol = load_volume(path, limits=limits)
     return {"shape": list(vol.shape), "spacing": [round(s, 6) for s in vol.spacing],
             "orientation": "".join(vol.orientation), "dtype": str(vol.array.dtype)}
 
@@ -62,7 +66,12 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
     final = state.artifacts.path(tenant, artifact)
     os.replace(raw, final)
     try:
-        info = await run_in_threadpool(_validate, final)
+        need = _decoded_bytes(final, state.settings.max_upload_decoded_bytes, up.filename)
+        async with _upload_memory(state, need):
+            info = await run_in_threadpool(_validate, final, state.settings.max_upload_decoded_bytes)
+    except ProblemError:
+        final.unlink(missing_ok=True)
+        raise
     except ValueError as exc:  # voxel_ops.VolumeError and friends: the message says what is wrong
         final.unlink(missing_ok=True)
         raise ProblemError(422, str(exc).replace(str(final), up.filename).replace(final.name, up.filename),
@@ -86,7 +95,13 @@ async def _ingest_dicom(state: ServiceState, tenant: str, up: UploadedFile, moda
     vid = up.artifact.removesuffix(".upload")
     chosen: str | int | None = int(series) if series is not None and series.isdigit() else series
     try:
-        read = await run_in_threadpool(read_series, state.artifacts, tenant, vid, raw, chosen)
+        # a series' pixel memory is known only once its files are parsed: it holds the whole per-upload
+        # budget (voxel_ops.DicomLimits bound the read itself)
+        async with _upload_memory(state, min(state.settings.max_upload_decoded_bytes,
+                                             state.settings.upload_memory_bytes)):
+            read = await run_in_threadpool(read_series, state.artifacts, tenant, vid, raw, chosen)
+    except ProblemError:
+        raise
     except ValueError as exc:  # voxel_ops.DicomError and friends: messages name series, never patients
         raise ProblemError(422, str(exc).replace(raw.name, up.filename), title="Unusable DICOM series",
                            type_="https://voxagent.dev/problems/dicom", error_class=type(exc).__name__) from exc
@@ -99,6 +114,38 @@ async def _ingest_dicom(state: ServiceState, tenant: str, up: UploadedFile, moda
                      date or read.date, read.info, series_description=read.series_description, dicom=read.source)
     state.records.put_record(record)
     return record
+
+
+def _decoded_bytes(path: Path, budget: int, filename: str) -> int:
+    """What validating ``path`` will allocate, from its header only; a 413 past the per-upload budget.
+
+    Header problems are left to the reader (it reports them with the same words, as a 422)."""
+    from voxel_ops import VolumeError, probe_volume
+
+    try:
+        probe = probe_volume(path)
+    except VolumeError:
+        return budget  # the read refuses it at once; reserve as if it were as large as allowed
+    if probe.peak_bytes > budget:
+        shape = "x".join(str(n) for n in probe.shape)
+        raise ProblemError(413, f"{filename}: a {shape} {probe.dtype} image decompresses to "
+                                f"{mb(probe.peak_bytes)} in memory, more than the {mb(budget)} allowed per upload",
+                           title="Volume too large", type_="https://voxagent.dev/problems/too-large",
+                           decoded_bytes=probe.peak_bytes, limit_bytes=budget)
+    return probe.peak_bytes
+
+
+@asynccontextmanager
+async def _upload_memory(state: ServiceState, need: int) -> AsyncIterator[None]:
+    """Hold ``need`` bytes of the shared validation budget while the read runs (503 if it stays busy)."""
+    s = state.settings
+    try:
+        async with state.upload_budget.areserve(min(need, state.upload_budget.capacity), s.upload_memory_wait_s):
+            yield
+    except BudgetExhausted as exc:
+        raise ProblemError(503, "the service is validating other uploads and has no memory free for this one; "
+                                "retry later", headers={"Retry-After": str(s.retry_after_s)},
+                           type_="https://voxagent.dev/problems/busy") from exc
 
 
 def _record(vid, tenant, artifact, filename, size, sha256, modality, date, info, **dicom) -> VolumeRecord:
@@ -117,7 +164,7 @@ def validate_file(records, artifacts, tenant: str, path: Path, modality: str | N
     artifact = f"{vid}.nii.gz" if gz else f"{vid}.nii"
     final, digest = artifacts.put_file(tenant, artifact, path)
     try:
-        info = _validate(final)
+        info = _validate(final)  # the CLI's own file: the reader's limits, no service budget
     except Exception:
         final.unlink(missing_ok=True)
         raise

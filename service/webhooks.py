@@ -10,6 +10,7 @@ import hmac
 import json
 import logging
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -43,41 +44,65 @@ def _pinned_request(client: httpx.Client, url: str, dest: Destination, body: byt
                                 extensions=extensions)
 
 
+# One message for every failure after the destination was accepted: a timeout, a refused or reset
+# connection and an HTTP error status would otherwise tell a caller which addresses and ports answer
+# (a port scan through our network). The server log keeps the detail.
+DELIVERY_FAILED = "delivery failed"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    delivered: bool
+    error: str | None = None
+    final: bool = False  # no retry can help (the destination is refused)
+
+
+def encode_payload(payload: dict) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+def attempt(url: str, secret: str, body: bytes, *, timeout_s: float = 5.0, allow_loopback: bool = False) -> Attempt:
+    """One POST. The destination is checked again after DNS resolution: a private, loopback or
+    link-local address is refused without a connection. ``error`` names no address, port or socket
+    error, so it tells nothing about what listens where."""
+    try:
+        dest = check_url(url, allow_loopback=allow_loopback)
+    except DestinationRefused as exc:
+        WEBHOOKS.labels("refused").inc()
+        log.warning("webhook refused before connecting: %s", exc)
+        return Attempt(False, str(exc), final=True)
+    ts = str(int(time.time()))
+    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
+               SIGNATURE_HEADER: sign(secret, ts, body), "User-Agent": "voxagent-webhook/1"}
+    try:
+        with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=False) as client:
+            resp = client.send(_pinned_request(client, url, dest, body, headers))
+        if 200 <= resp.status_code < 300:
+            WEBHOOKS.labels("delivered").inc()
+            return Attempt(True)
+        log.info("webhook attempt failed: HTTP %d", resp.status_code)
+    except httpx.HTTPError as exc:
+        log.info("webhook attempt failed: %s", type(exc).__name__)
+    WEBHOOKS.labels("retry").inc()
+    return Attempt(False, DELIVERY_FAILED)
+
+
 def deliver(url: str, secret: str, payload: dict, *, attempts: int = 5, backoff_s: float = 0.5,
             timeout_s: float = 5.0, allow_loopback: bool = False) -> tuple[bool, int, str | None]:
-    """POST until a 2xx; returns (delivered, attempts made, last error).
+    """POST until a 2xx, sleeping between attempts; returns (delivered, attempts made, last error).
 
-    Each attempt checks the destination again after DNS resolution: a private, loopback or
-    link-local address is refused without a connection. ``last_error`` names no address, port or
-    socket error, so it tells nothing about what listens where.
-    """
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    This blocks its thread for as long as the retries take: the service delivers through
+    :class:`service.delivery.DeliveryQueue` instead, never on a job thread."""
+    body = encode_payload(payload)
     last_error = None
-    for attempt in range(1, attempts + 1):
-        try:
-            dest = check_url(url, allow_loopback=allow_loopback)
-        except DestinationRefused as exc:
-            WEBHOOKS.labels("refused").inc()
-            log.warning("webhook refused before connecting: %s", exc)
-            return False, attempt, str(exc)
-        ts = str(int(time.time()))
-        headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
-                   SIGNATURE_HEADER: sign(secret, ts, body), "User-Agent": "voxagent-webhook/1"}
-        try:
-            with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=False) as client:
-                resp = client.send(_pinned_request(client, url, dest, body, headers))
-            if 200 <= resp.status_code < 300:
-                WEBHOOKS.labels("delivered").inc()
-                return True, attempt, None
-            last_error = f"HTTP {resp.status_code}"
-        except httpx.TimeoutException:
-            last_error = "no response in time"
-        except httpx.HTTPError as exc:
-            last_error = "delivery failed"
-            log.info("webhook attempt %d failed: %s", attempt, type(exc).__name__)
-        WEBHOOKS.labels("retry").inc()
-        log.info("webhook attempt %d failed: %s", attempt, last_error)
-        if attempt < attempts:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
+    for n in range(1, attempts + 1):
+        result = attempt(url, secret, body, timeout_s=timeout_s, allow_loopback=allow_loopback)
+        if result.delivered:
+            return True, n, None
+        if result.final:
+            return False, n, result.error
+        last_error = result.error
+        if n < attempts:
+            time.sleep(backoff_s * 2 ** (n - 1))
     WEBHOOKS.labels("failed").inc()
     return False, attempts, last_error

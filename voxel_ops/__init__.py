@@ -50,10 +50,12 @@ from voxel_ops.intensity import normalize_intensity
 from voxel_ops.io import (
     ReadLimits,
     ReadReport,
+    VolumeProbe,
     check_affine,
     load_volume,
     load_volume_from_bytes,
     load_volume_with_report,
+    probe_volume,
     save_volume,
 )
 from voxel_ops.masks import (
@@ -156,6 +158,8 @@ __all__ = [
     "load_volume",
     "load_volume_from_bytes",
     "load_volume_with_report",
+    "probe_volume",
+    "VolumeProbe",
     "normalize_intensity",
     "ratio",
     "remove_region",

@@ -136,6 +136,50 @@ def load_volume_from_bytes(
     return _read(lambda: io.BytesIO(data), len(data), name, limits, nonfinite, meta, frame)
 
 
+@dataclass(frozen=True)
+class VolumeProbe:
+    """What reading a file would allocate, known from its header alone (no voxel data decompressed)."""
+
+    shape: tuple[int, ...]  # as stored (every frame)
+    dtype: str  # the stored voxel type
+    data_bytes: int  # declared voxel bytes: the reader's buffer holds them all at once
+    peak_bytes: int  # the reader's peak: buffer, the scaled copy and the finiteness mask where they arise
+    compressed: bool
+
+
+def probe_volume(path: str | os.PathLike[str], *, limits: ReadLimits | None = None) -> VolumeProbe:
+    """The memory a :func:`load_volume` of ``path`` would need, from the header only.
+
+    A service decides from this whether it can afford the read *before* the reader allocates: a 1 MB
+    ``.nii.gz`` may be a valid 512^3 float64 image that inflates to a gigabyte. Only the first few
+    hundred decompressed bytes are read; the header is validated as the reader would (same errors).
+    """
+    path = Path(path)
+    limits = limits or ReadLimits()
+    try:
+        raw = open(path, "rb")
+    except OSError as exc:
+        raise VolumeFileNotFoundError(f"{path.name}: cannot be read ({exc.strerror})") from exc
+    report = ReadReport(source=path.name)
+    with raw:
+        compressed = raw.read(2) == _GZIP_MAGIC
+        raw.seek(0)
+        stream = cast(BinaryIO, gzip.GzipFile(fileobj=raw, mode="rb")) if compressed else raw
+        with _translate_stream_errors(path.name):
+            prefix = _read_upto(stream, _PREFIX)
+    hdr = _parse_header(prefix, path.name, report)
+    layout = _validate_layout(hdr, path.name, limits, frame=0, report=report)
+    slope, inter = _slope_inter(hdr, path.name)
+    voxels = math.prod(layout.volume_shape)
+    peak = layout.offset + layout.nbytes
+    if slope != 1.0 or inter != 0.0:  # _array_from_buffer: a float copy of one frame
+        peak += voxels * (8 if layout.dtype == np.float64 else 4)
+    if layout.dtype.kind == "f" or slope != 1.0 or inter != 0.0:  # _apply_nonfinite_policy: a bool mask
+        peak += voxels
+    return VolumeProbe(shape=layout.stored_shape, dtype=str(layout.dtype.newbyteorder("=")),
+                       data_bytes=layout.nbytes, peak_bytes=peak, compressed=compressed)
+
+
 # --------------------------------------------------------------------------- reading internals
 
 

@@ -85,7 +85,9 @@ def encode(ctx: CallContext, *scans: ImageValue) -> Encoding:
         raise SandboxRuntimeError(f"encode(): at most {ctx.limits.max_streams} volumes at once, got {len(scans)}")
     phis = [ctx.take_phi((i,), lambda s=s: ctx.phi_bank.encode_phi(s.volume.meta.modality))
             for i, s in enumerate(scans)]
+    ctx.checkpoint()  # safe points around the long parts: cancel and the call's deadline (worker threads)
     handle = ctx.client.encode([s.volume for s in scans], phis, ctx.job_id)
+    ctx.checkpoint()
     return Encoding(handle, tuple(scans))
 
 
@@ -98,7 +100,9 @@ def generate(ctx: CallContext, enc: Encoding, scan: ImageValue, target: str) -> 
         raise SandboxRuntimeError(f"generate(): unsupported target {target!r}; supported targets: "
                                   f"{', '.join(ctx.phi_bank.targets)}")
     phi = ctx.take_phi((1, "scan"), lambda: ctx.phi_bank.generate_phi(target))
+    ctx.checkpoint()
     probabilities = ctx.client.generate(enc.handle, stream, phi)
+    ctx.checkpoint()
     if probabilities.shape != scan.volume.shape:
         raise SandboxRuntimeError("generate(): the vision service returned a volume on the wrong grid")
     mask = Mask(scan.volume.with_array((np.asarray(probabilities.array) >= 0.5).astype(np.uint8)),

@@ -3,7 +3,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from agent.sandbox.errors import SandboxError, SandboxRuntimeError, SandboxTimeout, SandboxViolation
+from agent.sandbox.errors import (
+    SandboxCancelled,
+    SandboxError,
+    SandboxRuntimeError,
+    SandboxTimeout,
+    SandboxViolation,
+)
 from agent.sandbox.limits import SandboxLimits, apply_process_limits
 from agent.sandbox.markers import MOD_TOKEN, strip_mod_markers
 from agent.sandbox.outcome import Feedback, StepOutcome
@@ -21,5 +27,6 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(name)
 
 
-__all__ = ["MOD_TOKEN", "Feedback", "Sandbox", "SandboxError", "SandboxLimits", "SandboxRuntimeError",
-           "SandboxTimeout", "SandboxViolation", "StepOutcome", "apply_process_limits", "strip_mod_markers"]
+__all__ = ["MOD_TOKEN", "Feedback", "Sandbox", "SandboxCancelled", "SandboxError", "SandboxLimits",
+           "SandboxRuntimeError", "SandboxTimeout", "SandboxViolation", "StepOutcome", "apply_process_limits",
+           "strip_mod_markers"]

@@ -16,3 +16,7 @@ class SandboxRuntimeError(SandboxError):
 
 class SandboxTimeout(SandboxRuntimeError):
     """A call or the whole job ran past its wall-time limit."""
+
+
+class SandboxCancelled(SandboxError):
+    """The job was cancelled while it ran: the step ends at the next safe point and no step follows."""

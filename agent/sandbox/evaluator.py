@@ -38,23 +38,21 @@ class Evaluator:
     """Runs the statements of one step against the persistent environment `env`."""
 
     def __init__(self, env: dict[str, Any], limits: SandboxLimits, call: CallHook,
-                 marked_args: dict[int, int], on_format: Callable[[Any], None]) -> None:
+                 marked_args: dict[int, int], on_format: Callable[[Any], None],
+                 checkpoint: Callable[[], None] | None = None) -> None:
         self.env = env
         self.limits = limits
         self.call = call
         self.marked_args = marked_args
         self.on_format = on_format
-        self._handlers: dict[type, Callable[[Any], Any]] = {
-            ast.Constant: self._constant, ast.Name: self._name, ast.Call: self._call,
-            ast.BinOp: self._binop, ast.UnaryOp: self._unaryop, ast.Compare: self._compare,
-            ast.BoolOp: self._boolop, ast.IfExp: self._ifexp, ast.JoinedStr: self._joinedstr,
-            ast.List: self._list, ast.Tuple: self._tuple, ast.Subscript: self._subscript,
-        }
+        self.checkpoint = checkpoint  # raises to end the step (cancelled, past its time): before each statement
 
     # ------------------------------------------------------------ statements
 
     def run(self, tree: ast.Module) -> None:
         for statement in tree.body:
+            if self.checkpoint is not None:
+                self.checkpoint()
             if isinstance(statement, ast.Assign):
                 self._assign(statement.targets[0], self.eval(statement.value))
             else:  # ast.Expr holding a call (validated)
@@ -76,7 +74,9 @@ class Evaluator:
     # ------------------------------------------------------------ expressions
 
     def eval(self, node: ast.AST) -> Any:
-        return self._handlers[type(node)](node)
+        # handlers looked up on the class: a per-instance dict of bound methods would be a reference
+        # cycle keeping the evaluator, and through it the job's whole environment, alive until a gc run
+        return _HANDLERS[type(node)](self, node)
 
     def _constant(self, node: ast.Constant) -> Any:
         return node.value
@@ -306,3 +306,11 @@ def _flat_size(value: Any, budget: int) -> int:
         if total > budget:
             break
     return total
+
+
+_HANDLERS: dict[type, Callable[[Evaluator, Any], Any]] = {
+    ast.Constant: Evaluator._constant, ast.Name: Evaluator._name, ast.Call: Evaluator._call,
+    ast.BinOp: Evaluator._binop, ast.UnaryOp: Evaluator._unaryop, ast.Compare: Evaluator._compare,
+    ast.BoolOp: Evaluator._boolop, ast.IfExp: Evaluator._ifexp, ast.JoinedStr: Evaluator._joinedstr,
+    ast.List: Evaluator._list, ast.Tuple: Evaluator._tuple, ast.Subscript: Evaluator._subscript,
+}

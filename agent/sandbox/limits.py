@@ -34,6 +34,9 @@ class SandboxLimits:
     call_timeout_s: float = CALL_TIMEOUT_S  # wall time of one library call
     job_timeout_s: float = JOB_TIMEOUT_S  # wall time of all steps of a job together
     use_alarm: bool = True  # preempt long calls with SIGALRM when running in the main thread
+    # Bytes of volumes the job's library calls may hold at once (input scans excluded: the service
+    # bounds them at upload). Checked before a call from an estimate and after it exactly.
+    max_memory_bytes: int = 1024**3
 
 
 def apply_process_limits(address_space_mb: int | None, cpu_seconds: int | None) -> None:

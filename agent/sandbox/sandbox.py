@@ -16,6 +16,7 @@ import signal
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from functools import lru_cache
@@ -29,10 +30,17 @@ from agent.functions.registry import Registry
 from agent.functions.types import Quantity, Record, Scan
 from agent.grounding import ground_result
 from agent.phi_bank import PhiBank
-from agent.sandbox.errors import SandboxError, SandboxRuntimeError, SandboxTimeout, SandboxViolation
+from agent.sandbox.errors import (
+    SandboxCancelled,
+    SandboxError,
+    SandboxRuntimeError,
+    SandboxTimeout,
+    SandboxViolation,
+)
 from agent.sandbox.evaluator import Evaluator
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.markers import Position, strip_mod_markers
+from agent.sandbox.memory import MemoryLedger, estimate_result_bytes
 from agent.sandbox.outcome import StepOutcome
 from agent.sandbox.validator import CheckedStep, check_step, parse_step
 from agent.vision_client import VisionClient
@@ -57,9 +65,11 @@ class Sandbox:
 
     def __init__(self, scans: Mapping[str, Volume], *, client: VisionClient, limits: SandboxLimits | None = None,
                  phi_bank: PhiBank | None = None, output_dir: Path | None = None, job_id: str | None = None,
-                 registry: Registry | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 registry: Registry | None = None, clock: Callable[[], float] = time.perf_counter,
+                 cancelled: Callable[[], bool] | None = None) -> None:
         """``clock``: monotonic seconds for the job's time budget and step durations (tests inject one;
-        the per-call SIGALRM preemption stays on real time)."""
+        the per-call SIGALRM preemption stays on real time). ``cancelled``: polled at every safe point
+        (before each statement and call, and where library functions check); True ends the job."""
         self.clock = clock
         self.limits = limits or SandboxLimits()
         self.registry = registry or default_registry()
@@ -73,8 +83,12 @@ class Sandbox:
             self.env[name] = Scan(vol, name, source=name)
         if output_dir is not None:
             Path(output_dir).mkdir(parents=True, exist_ok=True)
+        # The context must not hold the sandbox (a bound method would): Sandbox -> ctx -> Sandbox is a
+        # reference cycle, and a finished job's volumes then wait for the cyclic gc (gigabytes, at times).
         self.ctx = CallContext(client=client, phi_bank=phi_bank or PhiBank.default(), job_id=self.job_id,
-                               limits=self.limits, output_dir=output_dir, record=self._record)
+                               limits=self.limits, output_dir=output_dir, record=_weak_method(self._record),
+                               clock=clock, cancelled=cancelled)
+        self.memory = MemoryLedger(scans.values(), self.limits.max_memory_bytes)
         self.trace: list[StepTrace] = []
         self.metrics: list[Metric] = []
         self.outputs: list[OutputVolume] = []
@@ -104,6 +118,8 @@ class Sandbox:
                 self._run(code, phis, index)
         except StopSignal:
             self.stopped = True
+        except SandboxCancelled as exc:  # no further step: the runtime ends the job on a stopped outcome
+            outcome.error, outcome.stopped, self.stopped = str(exc), True, True
         except SandboxError as exc:
             outcome.error = str(exc)
         except RecursionError:
@@ -146,7 +162,7 @@ class Sandbox:
                                    f"but {len(phis)} phi vector(s) were given")
         self._phis = phis if phis is not None else ()
         marked = checked.marked_args if phis is not None else {}
-        Evaluator(self.env, self.limits, self._invoke, marked, self._record).run(checked.tree)
+        Evaluator(self.env, self.limits, self._invoke, marked, self._record, self.ctx.checkpoint).run(checked.tree)
 
     # ------------------------------------------------------------ calls
 
@@ -158,8 +174,11 @@ class Sandbox:
         budget = min(self.limits.call_timeout_s, remaining)
         if budget <= 0:
             raise SandboxTimeout(f"the analysis ran past its time limit of {self.limits.job_timeout_s:g} s")
+        self.ctx.checkpoint()  # cancelled while the previous call ran
+        self._check_memory(name, function.returns, bound)
         started = self.clock()
         self._current_call = (name, budget)
+        self.ctx.deadline, self.ctx.call_name, self.ctx.call_budget_s = started + budget, name, budget
         try:
             if self._alarm_armed:
                 signal.setitimer(signal.ITIMER_REAL, max(budget, 1e-3))
@@ -179,11 +198,32 @@ class Sandbox:
             raise SandboxRuntimeError(f"{name}(): failed ({type(exc).__name__}: {exc})") from None
         finally:
             self.ctx.call_phis = {}
+            self.ctx.deadline = None
         if self.clock() - started > budget:
             raise SandboxTimeout(f"{name}() ran past its time limit of {budget:.3g} s")
         if not _all_finite(result):  # difference(1e308, -1e308): inf would become a metric JSON cannot carry
             raise SandboxRuntimeError(f"{name}(): the result is not a finite number (overflow or undefined)")
+        self.memory.track(result)
+        held = self.held_bytes()
+        if held > self.memory.budget:
+            del result  # never reaches the environment: freed as the error unwinds
+            raise self._over_budget(name, held)
         return result
+
+    def held_bytes(self) -> int:
+        """Bytes of the volumes this job's calls created that are alive now (outputs included)."""
+        return self.memory.held_bytes(self.ctx.output_volumes.values())
+
+    def _check_memory(self, name: str, returns: str, args: Sequence[Any]) -> None:
+        projected = self.held_bytes() + estimate_result_bytes(name, returns, args)
+        if projected > self.memory.budget:
+            raise self._over_budget(name, projected)
+
+    def _over_budget(self, name: str, held: int) -> SandboxRuntimeError:
+        return SandboxRuntimeError(
+            f"{name}(): the analysis would hold {held / 1e6:,.1f} MB of volumes, more than its memory budget "
+            f"of {self.memory.budget / 1e6:,.1f} MB; give intermediate volumes the same name again (the old "
+            "value is freed) or output fewer of them")
 
     @contextmanager
     def _alarm_handler(self) -> Iterator[None]:
@@ -251,6 +291,18 @@ class Sandbox:
             self.ctx.client.release(self.job_id)
         except Exception:  # releasing is best effort; the engine also evicts by size
             logger.warning("could not release encodings of job %s", self.job_id, exc_info=True)
+
+
+def _weak_method(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """``method`` without a strong reference to its object (a no-op once the object is gone)."""
+    ref = weakref.WeakMethod(method)  # type: ignore[arg-type]  # a bound method
+
+    def call(value: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(value)
+
+    return call
 
 
 def _all_finite(value: Any, depth: int = 0) -> bool:

@@ -2,10 +2,13 @@
 from __future__ import annotations
 
 import logging
+import threading
 from abc import ABC, abstractmethod
-from concurrent.futures import Future, ThreadPoolExecutor
 
+from service.dispatch.fair import FairQueue
 from service.settings import Settings
+from service.storage import JobRecord
+from service.tasks import cancel
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -40,7 +43,8 @@ class Dispatcher(ABC):
 
 
 class EmbeddedDispatcher(Dispatcher):
-    """A thread pool in the API process (the laptop default)."""
+    """Job threads in the API process (the laptop default), shared fairly between tenants
+    (:class:`service.dispatch.fair.FairQueue`); cancelling a running job stops its sandbox."""
 
     mode = "embedded"
 
@@ -49,32 +53,38 @@ class EmbeddedDispatcher(Dispatcher):
 
         self._run = run_analysis
         self._ctx = ctx
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="voxagent-job")
-        self._futures: dict[str, Future] = {}
+        self._queue = FairQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"voxagent-job-{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
 
     def submit(self, job_id: str) -> None:
-        fut = self._pool.submit(self._run, self._ctx, job_id)
-        self._futures[job_id] = fut
-        fut.add_done_callback(lambda f, j=job_id: self._done(j, f))
+        job = self._ctx.records.get_record(JobRecord, job_id)
+        self._queue.put(job.tenant if job is not None else "", job_id)
 
-    def _done(self, job_id: str, fut: Future) -> None:
-        self._futures.pop(job_id, None)
-        if not fut.cancelled() and fut.exception() is not None:
-            log.error("job %s crashed outside the task: %s", job_id, fut.exception())
+    def _work(self) -> None:
+        while (item := self._queue.get()) is not None:
+            tenant, job_id = item
+            try:
+                self._run(self._ctx, job_id)
+            except Exception as exc:  # noqa: BLE001 - the task fails its job itself; this is a defect
+                log.error("job %s crashed outside the task: %s", job_id, exc, exc_info=True)
+            finally:
+                self._queue.done(tenant, job_id)
 
     def cancel(self, job_id: str) -> None:
-        fut = self._futures.get(job_id)
-        if fut is not None:
-            fut.cancel()
+        if not self._queue.remove(job_id):
+            cancel.request(job_id)  # running: its sandbox stops at the next safe point
 
     def ping(self) -> tuple[bool, str]:
-        return True, "thread pool"
+        return True, "job threads"
 
     def in_flight(self) -> set[str] | None:
-        return set(self._futures.copy())  # a copy in one step: job threads remove finished ones meanwhile
+        return self._queue.ids()
 
     def shutdown(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        self._queue.close()  # running jobs finish on their daemon threads; queued ones stay queued (the reaper)
 
 
 class CeleryDispatcher(Dispatcher):

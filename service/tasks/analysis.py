@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from api_schemas.jobs import JobStatus
@@ -18,7 +19,7 @@ from service.clock import now_iso
 from service.observability import JOB_DURATION, STAGE_DURATION, job_id_var
 from service.storage import ArtifactRecord, JobRecord, VolumeRecord
 from service.storage.outage import is_outage, retry_through_outage, store_errors
-from service.tasks import gate, lease
+from service.tasks import cancel, gate, lease
 from service.tasks.context import TaskContext
 
 log = logging.getLogger(__name__)
@@ -118,16 +119,18 @@ def _run(ctx: TaskContext, job_id: str) -> str:
             on_job_finished(ctx, current.batch_id)
         return current.status.value if current else "missing"
     heartbeat = lease.Heartbeat(ctx.records, job_id, owner, policy, ctx.clock)
-    with heartbeat:  # renewed until the result is written, through a store outage too
+    with heartbeat, cancel.flag(job_id) as cancelled:  # renewed until the result is written, through an outage too
         try:
-            return _execute(ctx, claimed.job, owner, t_start)
+            # a lost lease (cancelled, or taken over) stops the sandbox at its next safe point
+            return _execute(ctx, claimed.job, owner, t_start, cancel.any_of(cancelled, heartbeat.lost))
         except (JobInterrupted, *store_errors()) as exc:
             log.warning("job interrupted by a job store or broker outage (%s); its lease lapses and the reaper "
                         "requeues it", exc)
             return "interrupted"
 
 
-def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: float) -> str:
+def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: float,
+             cancelled: Callable[[], bool] | None = None) -> str:
     job_id, tenant = job.id, job.tenant
     timings: dict[str, float] = {}
     kind = "code" if job.code else "prompt"
@@ -151,13 +154,15 @@ def _execute(ctx: TaskContext, job: JobRecord, owner: lease.Owner, t_start: floa
         t0 = time.perf_counter()
         if job.code:
             result = engines.run_program(job.code, scans, client=client, output_dir=out_dir,
-                                         models_dir=ctx.settings.models_dir, job_id=job_id)
+                                         models_dir=ctx.settings.models_dir, job_id=job_id,
+                                         memory_bytes=ctx.settings.job_memory_bytes, cancelled=cancelled)
         else:
             result = engines.run_prompt(job.prompt or "", scans, client=client, output_dir=out_dir,
                                         models_dir=ctx.settings.models_dir, job_id=job_id,
                                         max_steps=ctx.settings.agent_max_steps,
                                         max_wall_s=ctx.settings.agent_max_wall_s,
-                                        on_step=lambda k, n: _progress(ctx, job_id, k, n))
+                                        on_step=lambda k, n: _progress(ctx, job_id, k, n),
+                                        memory_bytes=ctx.settings.job_memory_bytes, cancelled=cancelled)
         timings["analysis_s"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()

@@ -18,6 +18,7 @@ class TaskContext:
     vision_client: Callable[[str], Any]  # job_id -> VisionClient (local engine or Celery queue "vision")
     node: str = EMBEDDED_NODE  # who runs the jobs: "embedded", or the Celery node name (job leases)
     clock: Clock = SYSTEM_CLOCK  # the time of job leases; tests inject their own
+    deliveries: Any = None  # service.delivery.DeliveryQueue of this process (None: the process-wide one)
 
     @classmethod
     def embedded(cls, settings: Settings, records: RecordStore, artifacts: ArtifactStore,

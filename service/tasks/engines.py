@@ -13,14 +13,22 @@ from api_schemas.results import AnalysisResult, AnalysisStatus
 log = logging.getLogger(__name__)
 
 
+def _limits(memory_bytes: int | None):
+    """The sandbox's limits with the service's per-job memory budget (settings.job_memory_bytes)."""
+    from agent.sandbox import SandboxLimits
+
+    return SandboxLimits() if memory_bytes is None else SandboxLimits(max_memory_bytes=memory_bytes)
+
+
 def run_program(code: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
-                job_id: str) -> AnalysisResult:
+                job_id: str, memory_bytes: int | None = None,
+                cancelled: Callable[[], bool] | None = None) -> AnalysisResult:
     """Run a given program as one sandbox step (phis from the checkpoint's phi bank)."""
     from agent.sandbox import Sandbox
     from service.tasks import resources
 
     sandbox = Sandbox(scans, client=client, phi_bank=resources.phi_bank(models_dir), output_dir=output_dir,
-                      job_id=job_id)
+                      job_id=job_id, limits=_limits(memory_bytes), cancelled=cancelled)
     outcome = sandbox.execute_step(code)
     if outcome.error:
         return sandbox.result(status=AnalysisStatus.failed, error=outcome.error)
@@ -78,7 +86,8 @@ class _StepProgress:
 
 def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir: Path,
                job_id: str, max_steps: int = 12, max_wall_s: float = AGENT_MAX_WALL_S,
-               on_step: Callable[[int, int], None] | None = None) -> AnalysisResult:
+               on_step: Callable[[int, int], None] | None = None, memory_bytes: int | None = None,
+               cancelled: Callable[[], bool] | None = None) -> AnalysisResult:
     """Let the agent write and run the program, step by step, in a sandbox of this job."""
     from agent.runtime import RuntimeLimits
     from agent.sandbox import Sandbox
@@ -87,7 +96,7 @@ def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir
     runtime = resources.agent_runtime(models_dir)  # shared by concurrent jobs: never mutate it per job
     limits = RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s)  # the service's per-job budget
     sandbox = Sandbox(scans, client=client, phi_bank=resources.phi_bank(models_dir), output_dir=output_dir,
-                      job_id=job_id)
+                      job_id=job_id, limits=_limits(memory_bytes), cancelled=cancelled)
     executor = sandbox
     if on_step is not None:
         executor = _StepProgress(sandbox, on_step, max_steps)
