@@ -59,7 +59,7 @@ class Settings(BaseSettings):
     job_memory_bytes: int = Field(default=1024 * 1024 * 1024, gt=0,
                                   description="Volumes one job's library calls may hold at once (sandbox budget).")
     worker_address_space_mb: int = Field(
-        default=32768, ge=0,
+        default=16384, ge=0,
         description="RLIMIT_AS of each agent worker process (agent.sandbox.apply_process_limits), a backstop "
                     "for allocations the sandbox cannot see; 0 = no limit. Not applied where CUDA is in use "
                     "(the CUDA runtime reserves far more address space than it uses).")

@@ -48,9 +48,12 @@ app = make_celery(get_settings())
 
 @signals.worker_process_init.connect
 def _warm_models(**_: object) -> None:
-    """Load models once per worker process, before the first task arrives."""
+    """Set the process's limits, then load models once per worker process, before the first task arrives."""
     settings = get_settings()
     queues = settings.worker_queue_list
+    from service.workers.process_limits import apply_worker_limits
+
+    apply_worker_limits(settings)
     from service.tasks import resources
 
     if "vision" in queues:
