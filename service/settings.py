@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     workers: int = Field(default=2, description="Embedded dispatcher threads.")
     tenant_concurrency: int = Field(default=64, description="Queued+running jobs per tenant before 429.")
     queue_limit: int = Field(default=256, description="Queued+running jobs in total before 429.")
+    tenant_running_limit: int = Field(
+        default=2, ge=0, description="Distributed: running jobs of one tenant while another tenant's job waits "
+                                     "(service.workers.fairness; 0 = off). Embedded job threads are shared "
+                                     "fairly by service.dispatch.fair.")
     max_batch_items: int = limits.MAX_BATCH_ITEMS
     task_time_limit_s: int = limits.TASK_TIME_LIMIT_S
     agent_max_wall_s: float = Field(default=limits.AGENT_MAX_WALL_S,
@@ -91,6 +95,12 @@ class Settings(BaseSettings):
         default=None, description="YAML file of DICOM routing rules and per-tenant DICOMweb destinations "
                                   "(service.dicom.routing); validated at start.")
     log_json: bool = True
+    # Who may read the service-wide routes. /readyz is open by default: orchestrators (Kubernetes,
+    # compose health checks) probe without credentials, and it says only whether a job sent now would
+    # run. /metrics holds every tenant's request and job counts: an API key unless opened here (or
+    # scrape it from a separate port, `voxagent worker --metrics-port`).
+    readyz_public: bool = Field(default=True, description="/readyz without an API key.")
+    metrics_public: bool = Field(default=False, description="/metrics without an API key.")
 
     # Jobs lost to a vanished worker (service.tasks.lease, service.reaper): a running job holds a
     # lease its worker renews every heartbeat_s; once it lapses (lease_s without a heartbeat) the

@@ -9,11 +9,14 @@ finished or re-claimed job is recognised and acknowledged without running anythi
 from __future__ import annotations
 
 import socket
+import time
 from functools import lru_cache
 
 from celery import shared_task
 
 from service.workers.celery_app import ANALYSIS_TASK
+
+DEFER_PAUSE_S = 0.2
 
 
 @lru_cache(maxsize=1)
@@ -41,7 +44,19 @@ def worker_context():
 
 
 @shared_task(name=ANALYSIS_TASK, acks_late=True, reject_on_worker_lost=True)
-def analysis(job_id: str) -> str:
+def analysis(job_id: str, deferrals: int = 0) -> str:
     from service.tasks.analysis import run_analysis
+    from service.workers import fairness
 
-    return run_analysis(worker_context(), job_id)
+    ctx = worker_context()
+    if fairness.should_defer(ctx.records, job_id, ctx.settings.tenant_running_limit, deferrals):
+        time.sleep(DEFER_PAUSE_S)  # a bounce costs a broker round trip: never a busy loop
+        fairness.defer(ctx.records, job_id, deferrals, _send_again, time.time())
+        return "deferred"
+    return run_analysis(ctx, job_id)
+
+
+def _send_again(job_id: str, deferrals: int) -> None:
+    from service.workers.celery_app import app
+
+    app.send_task(ANALYSIS_TASK, args=[job_id], kwargs={"deferrals": deferrals}, task_id=job_id, queue="agent")
