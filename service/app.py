@@ -14,9 +14,10 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi_offline import FastAPIOffline
 
-from service import errors
+from service import errors, openapi
 from service.bodylimit import BodyLimitMiddleware
 from service.observability import REQUEST_LATENCY, request_id_var
+from service.openapi import PROBLEM_RESPONSES
 from service.routers import analyses, artifacts, batches, dicom, meta, volumes
 from service.settings import Settings, get_settings
 from service.state import ServiceState
@@ -78,7 +79,8 @@ def create_app(settings: Settings | None = None, *, warm_models: bool = False) -
 
     for r in (volumes.router, analyses.router, artifacts.router, batches.router, meta.router, dicom.router,
               dicom.dicomweb_router):
-        app.include_router(r)
+        app.include_router(r, responses=PROBLEM_RESPONSES)  # problem+json for every error status, every route
+    openapi.install(app)
     from service import web
 
     web.mount(app)  # the page at / (static files; it calls the API above like any client)

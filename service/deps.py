@@ -34,6 +34,20 @@ def get_principal(request: Request, state: ServiceState = Depends(get_state),
     return principal
 
 
+def key_unless_open(setting: str):
+    """A dependency: the caller's principal, unless the boolean setting ``setting`` opens the route to
+    anyone (then None). For routes that infrastructure calls without a key (probes, scrapers)."""
+
+    def dependency(request: Request, state: ServiceState = Depends(get_state),
+                   key: str | None = Depends(_api_key),
+                   bearer: HTTPAuthorizationCredentials | None = Depends(_bearer)) -> auth.Principal | None:
+        if getattr(state.settings, setting):
+            return None
+        return get_principal(request, state, key, bearer)
+
+    return dependency
+
+
 def admit(state: ServiceState, tenant: str, n: int = 1) -> None:
     """Refuse new work when the tenant or the whole queue is full (429 + Retry-After)."""
     s = state.settings

@@ -8,7 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from api_schemas.health import ComponentHealth, Health
 from api_schemas.models import ModelInfo
 from service.auth import Principal
-from service.deps import get_principal, get_state
+from service.deps import get_principal, get_state, key_unless_open
 from service.model_info import describe
 from service.observability import QUEUE_DEPTH
 from service.state import ServiceState
@@ -38,9 +38,11 @@ def _check(name: str, fn) -> ComponentHealth:
 
 @router.get("/readyz", response_model=Health, summary="Readiness: stores, broker, queue consumers and models",
             responses={503: {"model": Health}})
-def readyz(request: Request, response: Response, state: ServiceState = Depends(get_state)):
-    """Ready means a job sent now will run: the stores answer, and either this process runs jobs with
-    its models loaded (embedded), or every queue has a live worker holding its model (distributed)."""
+def readyz(request: Request, response: Response, state: ServiceState = Depends(get_state),
+           _: Principal | None = Depends(key_unless_open("readyz_public"))):
+    """Open unless ``readyz_public`` is off (settings). Ready means a job sent now will run: the
+    stores answer, and either this process runs jobs with its models loaded (embedded), or every
+    queue has a live worker holding its model (distributed)."""
     comps = [_check("job_store", state.records.ping), _check("artifact_store", state.artifacts.ping),
              _check("dispatcher", state.dispatcher.ping)]
     if state.settings.distributed:
@@ -92,9 +94,10 @@ def _models_component(state: ServiceState, required: bool) -> ComponentHealth:
     return ComponentHealth(name="models", ok=False, detail=f"{name}; not loaded: {', '.join(missing)}")
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response,
+@router.get("/metrics", summary="Prometheus metrics (an API key unless `metrics_public`)", response_class=Response,
             responses={200: {"content": {"text/plain": {}}}})
-def metrics(state: ServiceState = Depends(get_state)):
+def metrics(state: ServiceState = Depends(get_state),
+            _: Principal | None = Depends(key_unless_open("metrics_public"))):
     try:
         QUEUE_DEPTH.set(state.records.count_active(None))
     except Exception:  # noqa: BLE001 - a scrape must not fail because the store blinked

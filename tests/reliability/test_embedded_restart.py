@@ -82,7 +82,7 @@ def test_embedded_restart_requeues_running_and_queued_jobs_and_keeps_results(tmp
                 store.close()
 
             # no slot is held by the jobs of the dead process: all SLOTS are free again, and no more
-            depth = re.search(r"^voxagent_queue_depth (\S+)$", client.get("/metrics").text, re.M)
+            depth = re.search(r"^voxagent_queue_depth (\S+)$", client.get("/metrics", headers=h).text, re.M)
             assert depth and float(depth.group(1)) == 0.0
             gate.close()
             codes = [submit().status_code for _ in range(SLOTS + 1)]

@@ -420,5 +420,6 @@ def test_models_health_and_metrics(api):
     assert m["trained"] in (True, False) and (m["trained"] or "random-init" in m["note"])
     r = api.get("/readyz")
     assert r.status_code == 200 and {c["name"] for c in r.json()["components"]} >= {"job_store", "dispatcher"}
-    text = api.get("/metrics").text
+    assert api.get("/metrics").status_code == 401  # every tenant's counts: a key is needed
+    text = api.get("/metrics", headers=api.h["acme"]).text
     assert "voxagent_http_request_seconds" in text and "voxagent_queue_depth" in text

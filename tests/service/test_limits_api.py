@@ -286,3 +286,30 @@ def test_cancelling_a_running_job_frees_its_thread(api_factory, scan_file, monke
     nxt = api.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid}], "wait": 30}, headers=api.h["acme"])
     assert nxt.json()["status"] == "succeeded", nxt.text
     assert api.get(f"/v1/analyses/{stuck}", headers=api.h["acme"]).json()["status"] == "cancelled"
+
+
+def test_metrics_need_a_key_and_readyz_is_open_unless_the_settings_say_otherwise(api_factory):
+    api = api_factory()
+    assert api.get("/readyz").status_code == 200  # orchestrators probe without credentials
+    r = api.get("/metrics")
+    assert r.status_code == 401 and r.headers["content-type"].startswith(PROBLEM)
+    assert api.get("/metrics", headers=api.h["acme"]).status_code == 200
+    closed = api_factory(readyz_public=False, metrics_public=True)
+    assert closed.get("/readyz").status_code == 401
+    assert closed.get("/readyz", headers=closed.h["acme"]).status_code == 200
+    assert closed.get("/metrics").status_code == 200
+
+
+ERRORS = {"400", "401", "404", "413", "415", "422", "429", "503"}
+
+
+def test_every_route_documents_its_errors_as_problem_json(api_factory):
+    doc = api_factory().get("/openapi.json").json()
+    assert "Problem" in doc["components"]["schemas"]
+    for path, operations in doc["paths"].items():
+        for method, op in operations.items():
+            assert ERRORS <= set(op["responses"]), (method, path)
+            for status in ERRORS - ({"503"} if path == "/readyz" else set()):  # /readyz's 503 is its Health body
+                content = op["responses"][status]["content"]
+                assert set(content) == {"application/problem+json"}, (method, path, status, content)
+                assert content["application/problem+json"]["schema"] == {"$ref": "#/components/schemas/Problem"}
