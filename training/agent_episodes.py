@@ -70,9 +70,10 @@ class Episode:
 class FrozenEncoderOracle(OracleVisionClient):
     """Oracle masks for ``generate``; a frozen vision network's vectors for ``encode``."""
 
-    def __init__(self, case: Case, phi_bank: PhiBank, net: Any | None) -> None:
+    def __init__(self, case: Case, phi_bank: PhiBank, net: Any | None, cache: dict | None = None) -> None:
         super().__init__(case, phi_bank, encoding_dim=256 if net is None else net.config.encoding_dim)
         self.net = net
+        self.cache = cache if cache is not None else {}  # shared by the tasks of one case
 
     @torch.no_grad()
     def encode(self, volumes: Sequence[Volume], phis: Sequence[Any], job_id: str) -> OracleHandle:
@@ -81,10 +82,15 @@ class FrozenEncoderOracle(OracleVisionClient):
             return handle
         from vision.preprocess import network_input
 
-        inputs = [network_input(v, self.net.config, self.net.device) for v in volumes]
-        phi_t = [torch.as_tensor(np.asarray(p), dtype=torch.float32).reshape(-1) for p in phis]
-        enc = self.net.encode([i.tensor for i in inputs], [i.spacing for i in inputs], phi_t)
-        vectors = enc.vectors.float().cpu().numpy().astype(np.float32)
+        # renamed scans share their arrays: key by the data, not the name
+        key = tuple((v.array.__array_interface__["data"][0], v.array.shape, np.asarray(p, np.float32).tobytes())
+                    for v, p in zip(volumes, phis))
+        if key not in self.cache:
+            inputs = [network_input(v, self.net.config, self.net.device) for v in volumes]
+            phi_t = [torch.as_tensor(np.asarray(p), dtype=torch.float32).reshape(-1) for p in phis]
+            enc = self.net.encode([i.tensor for i in inputs], [i.spacing for i in inputs], phi_t)
+            self.cache[key] = enc.vectors.float().cpu().numpy().astype(np.float32)
+        vectors = self.cache[key]
         return OracleHandle(handle.key, handle.job_id, handle.stream_count, vectors, handle.scans)
 
 
@@ -92,9 +98,12 @@ def _limits() -> SandboxLimits:
     return SandboxLimits(use_alarm=False, call_timeout_s=600.0, job_timeout_s=1200.0)
 
 
-def run_episode(sample: Any, case: Case, phi_bank: PhiBank, net: Any | None = None) -> Episode:
-    """Execute ``sample``'s ground-truth steps on ``case``; a failing step raises `EpisodeError`."""
-    client = FrozenEncoderOracle(case, phi_bank, net)
+def run_episode(sample: Any, case: Case, phi_bank: PhiBank, net: Any | None = None,
+                cache: dict | None = None) -> Episode:
+    """Execute ``sample``'s ground-truth steps on ``case``; a failing step raises `EpisodeError`.
+
+    ``cache`` keeps the frozen encoder's vectors between tasks on the same case."""
+    client = FrozenEncoderOracle(case, phi_bank, net, cache)
     job = hashlib.sha1(f"episode-{sample.seed}".encode()).hexdigest()[:12]
     sandbox = Sandbox(case.scans, client=client, limits=_limits(), phi_bank=phi_bank, job_id=job)
     modality_of = {name: case.modality(name) for name in case.scans}
@@ -146,23 +155,38 @@ def label_source(data_root: str | Path | None, validation: bool = False) -> Any 
     return LabelCaseSource(data_root, subjects=(val or train) if validation else train)
 
 
-def training_episode(run_seed: int, index: int, phi_bank: PhiBank, net: Any | None,
-                     source: Any | None = None) -> Episode:
-    """The index-th training episode of a run: training templates only, some scans renamed."""
-    from training.tasks import sample_task
+def training_episodes(run_seed: int, index: int, phi_bank: PhiBank, net: Any | None,
+                      source: Any | None = None, variants: int = 1) -> list[Episode]:
+    """The index-th case of a run and ``variants`` tasks on it: training templates only, some scans
+    renamed; a task whose program fails is left out (logged), the others are kept."""
+    from training.tasks import sample_task_variants
     from training.tasks.rename import rename_scans
     from training.trainer import TRAIN_TEMPLATES, train_task_seed
 
     seed = train_task_seed(run_seed, index)
-    sample, case = sample_task(seed, templates=TRAIN_TEMPLATES, labels=source)
-    rng = np.random.default_rng([seed, 31])
-    if rng.random() < RENAME_PROB:
-        sample, case = rename_scans(sample, case, rng)
-    return run_episode(sample, case, phi_bank, net)
+    cache: dict = {}
+    out: list[Episode] = []
+    for j, (sample, case) in enumerate(sample_task_variants(seed, variants, templates=TRAIN_TEMPLATES, labels=source)):
+        rng = np.random.default_rng([seed, 31] if j == 0 else [seed, 31, j])
+        if rng.random() < RENAME_PROB:
+            sample, case = rename_scans(sample, case, rng)
+        try:
+            out.append(run_episode(sample, case, phi_bank, net, cache))
+        except EpisodeError as exc:
+            if j == 0:
+                raise
+            logger.warning("variant %d of case %d skipped: %s", j, index, exc)
+    return out
+
+
+def training_episode(run_seed: int, index: int, phi_bank: PhiBank, net: Any | None,
+                     source: Any | None = None) -> Episode:
+    """The index-th training episode of a run (the first task on its case)."""
+    return training_episodes(run_seed, index, phi_bank, net, source, variants=1)[0]
 
 
 def _produce(out: Any, run_seed: int, start: int, vision_dir: str | None, bank_path: str, threads: int,
-             data_root: str | None) -> None:
+             data_root: str | None, variants: int) -> None:
     """Worker loop: episodes in index order into ``out`` forever (skipping broken tasks, logged)."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent stops us after saving
@@ -173,11 +197,11 @@ def _produce(out: Any, run_seed: int, start: int, vision_dir: str | None, bank_p
     index = start
     while True:
         try:
-            episode = training_episode(run_seed, index, bank, net, source)
+            episodes = training_episodes(run_seed, index, bank, net, source, variants)
         except TaskDefect as exc:
             logger.warning("episode %d skipped: %s", index, exc)
-            episode = None
-        out.put((index, episode))
+            episodes = []
+        out.put((index, episodes))
         index += 1
 
 
@@ -185,13 +209,15 @@ class EpisodeWorker:
     """A process that keeps a bounded queue of fresh episodes filled while the agent trains."""
 
     def __init__(self, run_seed: int, start: int, vision_dir: str | Path | None, bank_path: str | Path,
-                 threads: int = 1, capacity: int = 256, data_root: str | Path | None = None) -> None:
+                 threads: int = 1, capacity: int = 256, data_root: str | Path | None = None,
+                 variants: int = 1) -> None:
         ctx = mp.get_context("spawn")  # no forked torch thread pools
         self.queue: Any = ctx.Queue(maxsize=capacity)
         self.next_index = start
         self.process = ctx.Process(target=_produce, daemon=True,
-                                   args=(self.queue, run_seed, start, None if vision_dir is None else str(vision_dir),
-                                         str(bank_path), threads, None if data_root is None else str(data_root)))
+                                   args=(self.queue, run_seed, start,
+                                         None if vision_dir is None else str(vision_dir), str(bank_path), threads,
+                                         None if data_root is None else str(data_root), variants))
         self.process.start()
 
     def take(self, at_least: int = 0, at_most: int = 64, timeout_s: float = 600.0) -> list[Episode]:
@@ -200,14 +226,13 @@ class EpisodeWorker:
         while len(got) < at_most:
             try:
                 block = len(got) < at_least
-                index, episode = self.queue.get(block=block, timeout=timeout_s if block else None)
+                index, episodes = self.queue.get(block=block, timeout=timeout_s if block else None)
             except queue.Empty:
                 if len(got) < at_least:
                     raise RuntimeError(f"the episode worker produced nothing for {timeout_s:g} s") from None
                 break
             self.next_index = index + 1
-            if episode is not None:
-                got.append(episode)
+            got.extend(episodes)
         return got
 
     def close(self) -> None:
@@ -217,4 +242,4 @@ class EpisodeWorker:
 
 
 __all__ = ["Episode", "EpisodeError", "EpisodeWorker", "FrozenEncoderOracle", "label_source", "load_frozen_vision",
-           "run_episode", "training_episode"]
+           "run_episode", "training_episode", "training_episodes"]

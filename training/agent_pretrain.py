@@ -90,6 +90,8 @@ class AgentPretrainConfig:
     # ../shared/data/synthseg); label_cases False keeps every task on the MNI template (old 19 targets)
     data_root: str | None = None
     label_cases: bool = True
+    # tasks written per synthesized case (other templates, wordings, targets): prompts are cheap, cases not
+    variants_per_case: int = 4
     # a frozen all-MiniLM-L6-v2 vector of the prompt next to its tokens (agent.prompt_encoder)
     sentence_encoder: bool = False
 
@@ -117,7 +119,7 @@ VARIANTS: dict[str, AgentPretrainConfig] = {
 # keys a resumed run may change (recorded in the run's config history); others would change the run's meaning
 RESUMABLE_KEYS = frozenset({"batch", "lr", "min_lr", "eval_every", "eval_tasks", "patience", "decay_steps",
                             "checkpoint_minutes", "threads", "worker_threads", "pool_size", "fresh_per_step",
-                            "clip", "weight_decay"})
+                            "clip", "weight_decay", "variants_per_case"})
 
 
 def phi_targets(bank: PhiBank, labels: Sequence[str]) -> torch.Tensor:
@@ -241,7 +243,8 @@ class AgentPretrainer:
             self._episode_worker = EpisodeWorker(self.config.seed, self.next_episode, self.vision_dir,
                                                  self.vision_dir / "phi_bank.safetensors",
                                                  threads=self.config.worker_threads,
-                                                 data_root=self.data_root)
+                                                 data_root=self.data_root,
+                                                 variants=self.config.variants_per_case)
         return self._episode_worker
 
     def _build_tokenizer(self) -> AgentTokenizer:

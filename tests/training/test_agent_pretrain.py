@@ -65,6 +65,24 @@ def test_episode_reads_frozen_encoder_vectors(vision_dir, data_root):
     assert targets & {f"generate:{t}" for t in VISION_TARGETS if t not in DEFAULT_TARGETS}
 
 
+def test_several_tasks_per_case(vision_dir, data_root):
+    """Variants reuse one synthesized case; the first is the plain draw; all execute."""
+    from training.agent_episodes import training_episodes
+    from training.tasks import sample_task_variants
+
+    source = label_source(data_root)
+    for seed in (3, 11):
+        tasks = sample_task_variants(seed, 4, labels=source)
+        plain, _ = sample_task(seed, labels=source)
+        assert tasks[0][0].prompt == plain.prompt and tasks[0][0].steps == plain.steps
+        assert all(case is tasks[0][1] for _, case in tasks)
+        assert len({t.prompt for t, _ in tasks}) > 1
+        assert len({t.family for t, _ in tasks}) == 1
+    bank = PhiBank.load(vision_dir / "phi_bank.safetensors")
+    episodes = training_episodes(0, 2, bank, load_frozen_vision(vision_dir), source, variants=3)
+    assert 1 <= len(episodes) <= 3 and episodes[0].prompt == training_episode(0, 2, bank, None, source).prompt
+
+
 def test_phi_targets_and_loss(vision_dir):
     bank = PhiBank.load(vision_dir / "phi_bank.safetensors")
     t = phi_targets(bank, ["generate:brain", "encode:T1", "encode:NOT-A-MODALITY"])

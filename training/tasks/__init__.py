@@ -74,4 +74,28 @@ def sample_task(seed: int, family: str | None = None, *, templates: list[int] | 
     return fam.build(case, draw, rng, ti), case
 
 
-__all__ = ["FAMILIES", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task"]
+def sample_task_variants(seed: int, variants: int, *, templates: list[int] | None = None,
+                         labels: LabelCaseSource | bool | None = None) -> list[tuple[TaskSample, Case | LabelCase]]:
+    """``sample_task(seed)`` plus ``variants - 1`` more tasks of the same family on the same case.
+
+    Synthesizing a case costs far more than writing a prompt and program for it, so a language
+    trainer gets several tasks (other templates, wordings and choices of target) per case. The
+    first element equals ``sample_task(seed, templates=templates, labels=labels)``.
+    """
+    first, case = sample_task(seed, templates=templates, labels=labels)
+    out: list[tuple[TaskSample, Case | LabelCase]] = [(first, case)]
+    fam = FAMILIES[first.family]
+    rng0 = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(b"task")])
+    rng0.integers(len(FAMILIES))  # the family draw of sample_task
+    source = default_source() if labels is True else (labels or None)
+    draw = fam.draw_v2(rng0) if source is not None else fam.draw(rng0)  # the same draw: the same case spec
+    allowed = templates if templates is not None else list(range(len(fam.templates)))
+    allowed = [t for t in allowed if t < len(fam.templates)] or [0]
+    for j in range(1, variants):
+        rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(b"variant"), j])
+        ti = int(allowed[int(rng.integers(len(allowed)))])
+        out.append((fam.build(case, draw, rng, ti), case))
+    return out
+
+
+__all__ = ["FAMILIES", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task", "sample_task_variants"]
