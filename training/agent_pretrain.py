@@ -54,6 +54,7 @@ AGENT_DIR = "agent"
 STATE_FILE = "train_state.pt"
 POOL_FILE = "episodes.pt"  # not committed: rebuilt by the worker after a fresh clone
 HELD_OUT_FILE = "held_out.pt"  # executed held-out episodes (not committed either)
+PACKED_STATE_FILE = "train_state.json"  # step counters of a run packed for git (`pack`)
 LOG_FILE = "log.csv"
 EVAL_FILE = "eval.jsonl"
 LOG_FIELDS = ("step", "hours", "lr", "loss", "ce", "phi_loss", "phi_cos", "token_acc", "pool", "s_per_step")
@@ -423,6 +424,14 @@ class AgentPretrainer:
 
     def _load_state(self) -> None:
         path = self.run_dir / STATE_FILE
+        packed = self.run_dir / PACKED_STATE_FILE
+        if not path.is_file() and packed.is_file():  # a run packed for git: counters only, a fresh optimizer
+            meta = json.loads(packed.read_text())
+            self.step, self.hours = int(meta["step"]), float(meta["hours"])
+            self.best, self.evals_since_best = float(meta["best"]), int(meta["evals_since_best"])
+            logger.info("resumed packed run %s at step %d (%.2f h); optimizer state starts afresh",
+                        self.run_dir, self.step, self.hours)
+            return
         if not path.is_file():
             return
         state = torch.load(path, weights_only=False)
@@ -637,6 +646,29 @@ def export(run_dir: str | Path, out_dir: str | Path, best: bool = True) -> Path:
     return out_dir
 
 
+def pack(run_dir: str | Path, out_dir: str | Path) -> Path:
+    """What a later session needs to resume the run, small enough for git: the agent's weights in
+    fp16, its tokenizer and config, the vision snapshot, logs and step counters. Left out: the
+    optimizer state (twice the weights) and the episode pools, which the worker rebuilds."""
+    from safetensors.torch import load_file, save_file
+
+    run_dir, out_dir = Path(run_dir), Path(out_dir)
+    state = torch.load(run_dir / STATE_FILE, weights_only=False)
+    (out_dir / AGENT_DIR).mkdir(parents=True, exist_ok=True)
+    for name in ("agent_config.json", "tokenizer.model"):
+        shutil.copy2(run_dir / AGENT_DIR / name, out_dir / AGENT_DIR / name)
+    weights = load_file(str(run_dir / AGENT_DIR / "agent.safetensors"))
+    save_file({k: v.half() if v.is_floating_point() else v for k, v in weights.items()},
+              str(out_dir / AGENT_DIR / "agent.safetensors"), metadata={"format_version": "1"})
+    shutil.copytree(run_dir / VISION_SNAPSHOT, out_dir / VISION_SNAPSHOT, dirs_exist_ok=True)
+    for name in ("config.json", LOG_FILE, EVAL_FILE, "config_history.jsonl"):
+        if (run_dir / name).is_file():
+            shutil.copy2(run_dir / name, out_dir / name)
+    meta = {k: state[k] for k in ("step", "hours", "best", "evals_since_best")}
+    (out_dir / PACKED_STATE_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+    return out_dir
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.agent_pretrain", description=__doc__.split("\n")[0])
     parser.add_argument("--run", required=True, help="run directory (created, or resumed)")
@@ -647,10 +679,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, help="stop after this many steps")
     parser.add_argument("--export", metavar="DIR", help="write the run's best agent + vision to DIR and exit")
     parser.add_argument("--evaluate", action="store_true", help="held-out exact match of the current agent, then exit")
+    parser.add_argument("--pack", metavar="DIR", help="write what a resume needs, small enough for git, to DIR")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export:
         print(export(args.run, args.export))  # noqa: T201 - CLI output
+        return 0
+    if args.pack:
+        print(pack(args.run, args.pack))  # noqa: T201 - CLI output
         return 0
     config = None
     if args.config:

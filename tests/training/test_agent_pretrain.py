@@ -16,6 +16,7 @@ from training.agent_pretrain import (
     AgentPretrainer,
     evaluate_exact_match,
     export,
+    pack,
     phi_loss,
     phi_targets,
 )
@@ -126,6 +127,11 @@ def test_run_checkpoints_resumes_exports(tmp_path, vision_dir, smoke):
     assert again.step == 4
     with pytest.raises(ValueError, match="phi_lambda"):
         AgentPretrainer(run_dir, smoke(phi_lambda=0.5))
+    packed = pack(run_dir, tmp_path / "packed")  # what git keeps: fp16 weights, counters, no optimizer
+    assert not (packed / "train_state.pt").exists() and not (packed / "episodes.pt").exists()
+    resumed = AgentPretrainer(packed, None, None)
+    assert resumed.step == 4 and resumed.model.llama.lm_head.weight.dtype == torch.float32
+    resumed._worker().close()
     out = export(run_dir, tmp_path / "model")
     model, tok = load_agent(out)
     assert model.cfg.phi_activation == "identity"
