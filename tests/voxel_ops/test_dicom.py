@@ -402,13 +402,17 @@ def compress_header(paths, ts: str) -> None:
         ds.save_as(p)
 
 
-def test_unsupported_transfer_syntax(tmp_path, caplog):
-    paths = write_series(small_stored((4, 4, 3)), AXIAL, tmp_path / "mpeg")
-    compress_header(paths, "1.2.840.10008.1.2.4.100")  # MPEG2 video: pydicom has no decoder at all
-    msg = refusal(vo.UnsupportedTransferSyntaxError, tmp_path / "mpeg", caplog)
-    assert "MPEG2" in msg and "Explicit VR Little Endian" in msg
+@pytest.mark.parametrize("ts, name", [
+    ("1.2.840.10008.1.2.4.100", "MPEG2"),  # video: pydicom has no decoder at all
+    ("1.2.840.10008.1.2.4.92", "JPEG 2000 Part 2"),  # multi-component J2K: none of the installed decoders
+])
+def test_unsupported_transfer_syntax(tmp_path, caplog, ts, name):
+    paths = write_series(small_stored((4, 4, 3)), AXIAL, tmp_path / "odd")
+    compress_header(paths, ts)
+    msg = refusal(vo.UnsupportedTransferSyntaxError, tmp_path / "odd", caplog)
+    assert name in msg and "Explicit VR Little Endian" in msg
     with pytest.raises(vo.UnsupportedTransferSyntaxError) as err:
-        vo.load_dicom(tmp_path / "mpeg")
+        vo.load_dicom(tmp_path / "odd")
     assert type(err.value) is vo.UnsupportedTransferSyntaxError  # not "install a decoder": there is none
 
 
@@ -436,6 +440,41 @@ def test_decoder_availability():
     # the reader asks pydicom whether a decoder exists; an unknown syntax is "no reader at all"
     assert vo.decoder_available("1.2.840.10008.1.2.4.100") is None
     assert vo.decoder_available("1.2.840.10008.1.2.5") is True  # RLE: pydicom's own numpy decoder
+    # the PyPI decoders voxagent depends on (pylibjpeg + libjpeg/openjpeg plugins, pyjpegls)
+    for ts in ("1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.57",
+               "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",
+               "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91", "1.2.840.10008.1.2.4.201"):
+        assert vo.decoder_available(ts) is True, ts
+
+
+@pytest.mark.parametrize("name", ["MR_small_jpeg_ls_lossless.dcm", "MR_small_jp2klossless.dcm"])
+def test_pydicom_compressed_mr_small_reads_as_the_uncompressed_one(tmp_path, name):
+    reference = vo.load_dicom(single(tmp_path, "MR_small.dcm"))
+    vol = vo.load_dicom(single(tmp_path, name))
+    np.testing.assert_array_equal(vol.array, reference.array)
+    assert vol.same_grid(reference) and vol.meta.modality == reference.meta.modality
+
+
+def test_pydicom_compressed_ct_decoded(tmp_path):
+    # a real CT in lossy JPEG 2000: the volume holds the decoded, rescaled pixels
+    vol = vo.load_dicom(single(tmp_path, "693_J2KI.dcm"))
+    ds = pydicom.dcmread(get_testdata_file("693_J2KI.dcm"))
+    assert vol.shape == (512, 512, 1) and vol.meta.modality == "CT"
+    np.testing.assert_array_equal(vol.array[:, :, 0], ds.pixel_array.T * float(ds.RescaleSlope)
+                                  + float(ds.RescaleIntercept))
+
+
+@pytest.mark.parametrize("ts", ["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.5"])
+def test_compressed_series_round_trips(tmp_path, ts):
+    # a whole series compressed losslessly by pydicom's encoders (pyjpegls, openjpeg, RLE) reads back exactly
+    stored = small_stored((32, 40, 5))  # openjpeg's default 6 resolutions need 32 pixels a side
+    paths = write_series(stored, AXIAL, tmp_path / "c")
+    for p in paths:
+        ds = pydicom.dcmread(p)
+        ds.compress(ts)
+        ds.save_as(p)
+        assert pydicom.dcmread(p).file_meta.TransferSyntaxUID == ts
+    assert_round_trip(vo.load_dicom(tmp_path / "c"), stored, AXIAL)
 
 
 def test_mosaic_refused(good_series, caplog):
