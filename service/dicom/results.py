@@ -16,6 +16,10 @@ What is written (IHE AI Results: SEG + SR TID 1500, in the source study):
   measured on that mask, one group (TID 1501) for the other metrics; each metric with its UCUM unit
   and its exact name as tracking identifier; the text answer (and non-numeric metrics) as TEXT items
   in a "Qualitative Evaluations" container; VerificationFlag UNVERIFIED, PreliminaryFlag PRELIMINARY.
+  The grounded report (``AnalysisResult.report``): each sentence a TEXT (DCM 121071 "Finding") item
+  in the measurement group of every SR measurement it states (the metric's group, where the NUM
+  item carries the metric's name as tracking identifier); a sentence that states none goes unlinked
+  into the "Qualitative Evaluations" container.
 
 Which metric belongs to which mask: the caller may say (``metric_masks``); otherwise a metric is
 linked only when that is certain: its name starts with the output's name, or with the name of a
@@ -43,7 +47,7 @@ from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from api_schemas.results import AnalysisResult, AnalysisStatus, Metric
+from api_schemas.results import AnalysisResult, AnalysisStatus, Metric, ReportSentence
 from voxel_ops.dicom_out import mask_frames, planes_of
 from voxel_ops.measure import volume_ml
 from voxel_ops.volume import Volume
@@ -269,6 +273,7 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
             algorithm_id=algorithm)
         (by_segment[metric_segments[i]] if i in metric_segments else unlinked).append(measurement)
     label_of = {n: name for name, n in numbers.items()}
+    keys: list[int | None] = []  # per group: its segment number, None for the unlinked one
     if seg is not None:
         for number, measurements in by_segment.items():
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
@@ -278,10 +283,23 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
                     segment_number=number, source_series=hd.sr.SourceSeriesForSegmentation(
                         str(sources[0].SeriesInstanceUID))),
                 algorithm_id=algorithm, measurements=measurements or None))
+            keys.append(number)
     if unlinked or not groups:  # TID 1500 needs one group; a text-only answer gets an empty one
         groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="voxagent analysis"),
             algorithm_id=algorithm, measurements=unlinked or None))
+        keys.append(None)
+    # the grounded report: each sentence goes, as a TEXT Finding, into the measurement group of every
+    # SR measurement it states; one that states none goes unlinked with the other texts
+    group_of = {i: metric_segments.get(i) for i, m in enumerate(result.metrics) if _is_number(m.value)}
+    for sentence in result.report:
+        where = [group_of[i] for i in _sentence_metrics(sentence, result.metrics)
+                 if i in group_of and group_of[i] in keys]
+        if not where:
+            texts.append(sentence.text)
+        for key in dict.fromkeys(where):
+            groups[keys.index(key)][0].ContentSequence.append(hd.sr.TextContentItem(
+                name=codes.DCM.Finding, value=sentence.text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
     report = hd.sr.MeasurementReport(
         observation_context=hd.sr.ObservationContext(observer_device_context=device),
         procedure_reported=hd.sr.CodedConcept("363679005", "SCT", "Imaging"), imaging_measurements=groups)
@@ -305,6 +323,16 @@ def _report(result: AnalysisResult, sources: list[Dataset], seg: Dataset | None,
             _property_codes(n)[1].scheme_designator == PRIVATE_SCHEME for n in numbers):
         _declare_private_scheme(sr)
     return sr
+
+
+def _sentence_metrics(sentence: ReportSentence, metrics: Sequence[Metric]) -> list[int]:
+    """Indices into ``metrics`` of the metrics a report sentence states (by index, else by name)."""
+    if sentence.metric_indices:
+        return [i for i in sentence.metric_indices if 0 <= i < len(metrics)]
+    first: dict[str, int] = {}
+    for i, m in enumerate(metrics):
+        first.setdefault(m.name, i)
+    return [first[n] for n in sentence.metrics if n in first]
 
 
 def _declare_private_scheme(ds: Dataset) -> None:

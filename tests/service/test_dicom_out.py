@@ -22,7 +22,7 @@ import pydicom
 import pytest
 
 import voxel_ops as vo
-from api_schemas.results import AnalysisResult, AnalysisStatus, Metric, OutputVolume
+from api_schemas.results import AnalysisResult, AnalysisStatus, Metric, OutputVolume, ReportSentence
 from service.dicom import (
     CAUTION,
     DicomOutputError,
@@ -106,6 +106,9 @@ def result_for(masks: dict[str, vo.Volume]) -> AnalysisResult:
         ],
         outputs=[OutputVolume(name="lesion", kind="mask", step=0, source="t1"),
                  OutputVolume(name="left part", kind="mask", step=1, source="t1")],
+        report=[ReportSentence(text="The lesion measures 1.2 mL;", metrics=["t1 above 300 volume"],
+                               metric_indices=[0], step=0),
+                ReportSentence(text="the left part is larger.")],
         model="voxagent-tiny test")
 
 
@@ -342,6 +345,56 @@ def test_no_patient_identifiers_in_logs(series, tmp_path, caplog):
                      for r in caplog.records) + str(err.value)
     for value in [*PHI.values(), "ACC-SECRET-9"]:
         assert value not in text
+
+
+def test_grounded_report_sentences_sit_with_their_measurements(series, tmp_path):
+    folder, stored, affine = series
+    masks = on_loaded_grid(folder, stored, affine, False)
+    result = result_for(masks)
+    result.report = [
+        ReportSentence(text="The lesion measures 1.2 mL.", metrics=["t1 above 300 volume"], metric_indices=[0], step=0),
+        ReportSentence(text="It spans 12.5 mm and changed by -12.5%.",
+                       metrics=["t1 above 300 left-right extent", "percent change from a to b"],
+                       metric_indices=[1, 4], step=2),
+        ReportSentence(text="The left part has 3 components.", metrics=["left part component count"], step=1),
+        ReportSentence(text="Findings are unverified.", metrics=[]),
+        ReportSentence(text="It lies on the left.", metrics=["hemisphere"], metric_indices=[6]),  # not a NUM
+        ReportSentence(text="About 7 mL.", unlinked=["7"]),
+    ]
+    paths = write_dicom_results(result, masks, read_series_datasets(folder), tmp_path / "out")
+    sr = hd.sr.srread(paths["sr"])
+    found = measurements(sr)
+    assert {k: v["segment"] for k, v in found.items()}["t1 above 300 volume"] == 1  # the report moved nothing
+
+    def group_metrics(group) -> set[str]:  # tracking identifiers of the group's NUM items
+        return {next(c.TextValue for c in item.ContentSequence if concept(c) == ("112039", "DCM"))
+                for item in group.ContentSequence if item.ValueType == "NUM"}
+
+    placed: dict[str, list[set[str]]] = {}
+    loose: list[str] = []
+    for item, parents in walk(sr.ContentSequence):
+        if item.ValueType != "TEXT" or concept(item) != ("121071", "DCM"):
+            continue
+        parent = parents[-1]
+        if concept(parent) == ("125007", "DCM"):  # Measurement Group
+            placed.setdefault(item.TextValue, []).append(group_metrics(parent))
+        elif concept(parent) == ("C0034375", "UMLS"):  # Qualitative Evaluations
+            loose.append(item.TextValue)
+    for sentence in result.report:  # every sentence is in the SR, as placed text or loose text
+        assert sentence.text in placed or sentence.text in loose, sentence.text
+    assert placed["The lesion measures 1.2 mL."] == [{"t1 above 300 volume", "t1 above 300 left-right extent"}]
+    # a sentence over two measurements in two groups sits in both: segment 1's and the unlinked group
+    assert sorted(map(sorted, placed["It spans 12.5 mm and changed by -12.5%."])) == [
+        ["percent change from a to b", "ratio of a to b"], ["t1 above 300 left-right extent", "t1 above 300 volume"]]
+    assert placed["The left part has 3 components."] == [{"left part volume", "left part component count"}]
+    for text in ("Findings are unverified.", "It lies on the left.", "About 7 mL."):  # no NUM to rest on
+        assert text in loose and text not in placed
+    assert not set(placed) & set(loose)
+    for sentence in result.report:  # each placed sentence shares a group with every metric it names
+        for metrics in placed.get(sentence.text, []):
+            assert metrics & set(sentence.metrics)
+        assert set().union(*placed.get(sentence.text, [set()])) >= {
+            m for m in sentence.metrics if m in found}
 
 
 @pytest.mark.skipif(shutil.which("dciodvfy", path=str(Path(sys.executable).parent)) is None
