@@ -10,6 +10,7 @@ import datetime as dt
 import logging
 import zlib
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -117,24 +118,12 @@ class LesionTruth:
     growth_percent: float | None = None  # measured on the first scan of each session
 
 
-@dataclass
-class Case:
-    seed: int
-    spec: CaseSpec
-    scans: dict[str, Volume]
-    labels: dict[str, Volume]  # uint8 code maps on each scan's grid (see training.synth.labels)
-    lesions: list[LesionTruth]
-    sessions: dict[int, str]  # session -> ISO date
-    skull_bins: tuple[int, int] | None
-    head_last_bin: int | None
+class ScanLookup:
+    """Scan lookups shared by every kind of case (template `Case`, label-map `LabelCase`): they need
+    only ``scans`` (name -> Volume) and ``spec.scans`` (ScanSpec-like: name, modality, session)."""
 
-    def mask(self, target: str, scan: str, *, lesion: int | None = None) -> Volume:
-        """Ground-truth 0/1 uint8 mask of `target` on the grid of `scan`."""
-        lut = target_lut(target, enhancing_lesions=[t.index for t in self.lesions if t.enhancing],
-                         lesion_index=lesion, skull_bins=self.skull_bins, head_last_bin=self.head_last_bin)
-        codes = self.labels[scan]
-        return codes.with_array(lut.astype(np.uint8)[codes.array], modality="mask",
-                                series_description=target)
+    scans: dict[str, Volume]
+    spec: Any
 
     def scan_name(self, volume: Volume) -> str:
         """Which of this case's scans ``volume`` is: the same object, else the same grid and source.
@@ -155,6 +144,27 @@ class Case:
 
     def modality(self, scan: str) -> str:
         return next(s.modality for s in self.spec.scans if s.name == scan)
+
+
+@dataclass
+class Case(ScanLookup):
+    seed: int
+    spec: CaseSpec
+    scans: dict[str, Volume]
+    labels: dict[str, Volume]  # uint8 code maps on each scan's grid (see training.synth.labels)
+    lesions: list[LesionTruth]
+    sessions: dict[int, str]  # session -> ISO date
+    skull_bins: tuple[int, int] | None
+    head_last_bin: int | None
+
+    def mask(self, target: str, scan: str, *, lesion: int | None = None) -> Volume:
+        """Ground-truth 0/1 uint8 mask of `target` on the grid of `scan`."""
+        lut = target_lut(target, enhancing_lesions=[t.index for t in self.lesions if t.enhancing],
+                         lesion_index=lesion, skull_bins=self.skull_bins, head_last_bin=self.head_last_bin)
+        codes = self.labels[scan]
+        return codes.with_array(lut.astype(np.uint8)[codes.array], modality="mask",
+                                series_description=target)
+
 
 
 def _rng(seed: int, *keys: str | int) -> np.random.Generator:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from training.synth import geometry as geo
-from training.synth.case import ScanSpec
+from training.synth.case import ScanLookup, ScanSpec, _rng
 from training.synth.synthseg import (
     DEFAULT_ROOT,
     VALIDATION_SUBJECTS,
@@ -81,7 +80,7 @@ class LabelLesion:
 
 
 @dataclass
-class LabelCase:
+class LabelCase(ScanLookup):
     """Scans synthesized from one real label map, and the segmentation labels on each scan's grid."""
 
     seed: int
@@ -105,27 +104,6 @@ class LabelCase:
             ids = self.lesion_ids if self.lesion_ids is not None else np.zeros(labels.shape, np.uint8)
             inside = inside & (ids == lesion + 1)
         return labels.with_array(inside.astype(np.uint8), modality="mask", series_description=name)
-
-    def scan_name(self, volume: Volume) -> str:
-        """Which of this case's scans ``volume`` is: the same object, else the same grid and source."""
-        for name, scan in self.scans.items():
-            if scan is volume:
-                return name
-        for name, scan in self.scans.items():
-            if scan.same_grid(volume) and scan.meta.source_name == volume.meta.source_name:
-                return name
-        raise KeyError("this volume is not one of the case's scans")
-
-    def scans_of_session(self, session: int) -> list[str]:
-        return [s.name for s in self.spec.scans if s.session == session]
-
-    def modality(self, scan: str) -> str:
-        return next(s.modality for s in self.spec.scans if s.name == scan)
-
-
-def _rng(seed: int, *keys: str | int) -> np.random.Generator:
-    """A named substream of the seed: one part's draws never shift another's."""
-    return np.random.default_rng([int(seed) & 0xFFFFFFFF] + [zlib.crc32(str(k).encode()) for k in keys])
 
 
 def _torch_gen(rng: np.random.Generator) -> torch.Generator:
