@@ -709,25 +709,22 @@ class StepConstraint:
     def _p_TARG(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
         return kind == "STR" and self._replace(s, ("TSTR", val, ""))
 
-    def _p_PAREN(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
-        if kind == "O" and val == ")":
+    def _sequence(self, s: _State, top: Frame, kind: str, val: Any, frame: str, close: str) -> bool | None:
+        """A parenthesized or bracketed, comma-separated run of expressions, closed by ``close``."""
+        if kind == "O" and val == close:
             s.stack = s.stack[:-1]
             s.depth -= 1
             return True
         if top[1] == "val":
-            return kind == "O" and val == "," and self._replace(s, ("PAREN", "comma"))
-        s.stack = s.stack[:-1] + (("PAREN", "val"), _X0)
+            return kind == "O" and val == "," and self._replace(s, (frame, "comma"))
+        s.stack = s.stack[:-1] + ((frame, "val"), _X0)
         return None
 
+    def _p_PAREN(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
+        return self._sequence(s, top, kind, val, "PAREN", ")")
+
     def _p_LIST(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
-        if kind == "O" and val == "]":
-            s.stack = s.stack[:-1]
-            s.depth -= 1
-            return True
-        if top[1] == "val":
-            return kind == "O" and val == "," and self._replace(s, ("LIST", "comma"))
-        s.stack = s.stack[:-1] + (("LIST", "val"), _X0)
-        return None
+        return self._sequence(s, top, kind, val, "LIST", "]")
 
     def _p_SUB(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
         st = top[1]
