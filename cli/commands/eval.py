@@ -44,6 +44,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--limit", type=int, default=None, metavar="N", help="with --prompts: only the first N requests")
     p.add_argument("--voxel-mm", type=float, default=1.0, choices=(1.0, 2.0),
                    help="with --prompts: voxel size of the synthesized cases")
+    p.add_argument("--oracle-masks", action="store_true",
+                   help="with --prompts: answer each generate with the truth mask of the phi's nearest bank "
+                        "target, to judge the language apart from the vision network")
     p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
                    help="print the saved reports in these --report directories side by side and exit")
     p.set_defaults(func=run)
@@ -91,7 +94,7 @@ def prompts(args: argparse.Namespace) -> int:
         raise CommandError(str(exc)) from None
     try:
         report = evaluate_prompts(args.prompts, model, data_root=args.data, limit=args.limit, seed=args.seed,
-                                  voxel_mm=args.voxel_mm, progress=not args.json)
+                                  voxel_mm=args.voxel_mm, progress=not args.json, oracle_masks=args.oracle_masks)
     except FileNotFoundError as exc:
         raise CommandError(str(exc)) from None
     json_path, md_path = write_report(report, args.out or DEFAULT_OUT)

@@ -230,3 +230,43 @@ def test_cli_end_to_end_on_one_request(tmp_path: Path) -> None:
         assert number["error"] == pytest.approx((number["got"] - number["truth"]) / number["truth"])
         assert row["number_correct"] == (abs(number["error"]) <= 0.10)
     assert "| volume | 1 |" in out.with_suffix(".md").read_text()
+
+
+# ---------------------------------------------------------------- truth masks (language apart from vision)
+
+
+class _Encoder:
+    """Stands in for the network's encoder only: the oracle under test never calls its generate."""
+
+    def encode(self, volumes, phis, job_id):  # noqa: ANN001, ANN201 - the VisionClient protocol
+        return object()
+
+    def release(self, job_id):  # noqa: ANN001, ANN201
+        pass
+
+
+def test_oracle_masks_are_the_truth_of_the_phis_nearest_target(factory: CaseFactory) -> None:
+    from agent.phi_bank import PhiBank
+    from training.prompt_eval.oracle import OracleVisionClient
+
+    case = factory.build("oracle", ["t1", "flair"], "volume", expected_target("left hippocampus", "volume"))
+    from vision.targets import TARGETS
+
+    bank = PhiBank.default(targets=list(TARGETS))
+    oracle = OracleVisionClient(_Encoder(), bank, case.scans, case.labels)
+    handle = oracle.encode([case.scans["flair"]], [bank.encode_phi("flair")], "job")
+    phi = bank.generate_phi("left hippocampus") + 0.05 * np.random.default_rng(0).standard_normal(
+        bank.generate_phi("left hippocampus").shape)
+    mask = oracle.generate(handle, 0, phi)
+    assert mask.same_grid(case.scans["flair"])
+    truth_ml = count_ml(case.labels["flair"], [17], case.scans["flair"].affine)  # 17 = left hippocampus
+    assert truth_ml > 0
+    assert float(mask.array.sum()) * case.scans["flair"].voxel_volume_mm3 / 1000.0 == pytest.approx(truth_ml)
+    assert oracle.calls[-1][0] == "left hippocampus"
+    # a phi that points nowhere (orthogonal to every bank entry in expectation) gets an empty mask
+    far = -np.mean(oracle.table, axis=0)
+    assert not oracle.generate(handle, 0, far).array.any()
+    # only the case's scans can be answered
+    with pytest.raises(KeyError):
+        alien = oracle.encode([case.scans["t1"].with_array(case.scans["t1"].array + 1)], [phi], "job")
+        oracle.generate(alien, 0, phi)

@@ -67,7 +67,7 @@ class PromptEvaluator:
     """Loads the checkpoint and the held-out label maps once, then runs requests one by one."""
 
     def __init__(self, model_dir: Path | str, cases: CaseFactory, *, max_steps: int = SERVICE_MAX_STEPS,
-                 max_wall_s: float = AGENT_MAX_WALL_S, seed: int = 0) -> None:
+                 max_wall_s: float = AGENT_MAX_WALL_S, seed: int = 0, oracle_masks: bool = False) -> None:
         from agent.phi_bank import PhiBank
         from agent.runtime import AgentRuntime, RuntimeLimits
         from vision.engine import VisionEngine
@@ -75,6 +75,7 @@ class PromptEvaluator:
         self.model_dir = Path(model_dir)
         self.cases = cases
         self.seed = seed
+        self.oracle_masks = oracle_masks  # truth masks for the phi's nearest target (language alone)
         self.runtime = AgentRuntime.from_checkpoint(
             self.model_dir, limits=RuntimeLimits(max_steps=max_steps, max_wall_s=max_wall_s))
         self.engine = VisionEngine.load(self.model_dir)
@@ -86,7 +87,12 @@ class PromptEvaluator:
         from agent.vision_client import LocalVisionClient
 
         job = uuid.uuid4().hex
-        sandbox = Sandbox(case.scans, client=LocalVisionClient(self.engine), phi_bank=self.bank, job_id=job)
+        client: Any = LocalVisionClient(self.engine)
+        if self.oracle_masks:
+            from training.prompt_eval.oracle import OracleVisionClient
+
+            client = OracleVisionClient(client, self.bank, case.scans, case.labels)
+        sandbox = Sandbox(case.scans, client=client, phi_bank=self.bank, job_id=job)
         try:
             result = self.runtime.run(prompt, case.scans, sandbox=sandbox)
         finally:
@@ -159,7 +165,8 @@ def markdown(report: dict[str, Any]) -> str:
     s = report["summary"]
     lines = [f"# Prompt evaluation: {report['prompts']}\n\n",
              f"Model `{report['model']}`, {s['overall']['requests']} requests, cases from held-out SynthSeg "
-             f"subjects at {report['voxel_mm']:g} mm (seed {report['seed']}), {report['seconds']:.0f} s.\n\n",
+             f"subjects at {report['voxel_mm']:g} mm (seed {report['seed']}), masks from the "
+             f"{report.get('masks', 'network')}, {report['seconds']:.0f} s.\n\n",
              "*program correct*: kind and target right and status `succeeded`; *number correct*: also the "
              "value within tolerance (measured kinds only); *correct*: number correct where there is a "
              "number, program correct otherwise.\n\n", head]
@@ -169,8 +176,8 @@ def markdown(report: dict[str, Any]) -> str:
 
 
 def evaluate_prompts(prompts: Path | str, model_dir: Path | str, *, data_root: Path | str | None = None,
-                     limit: int | None = None, seed: int = 0, voxel_mm: float = 1.0, progress: bool = True
-                     ) -> dict[str, Any]:
+                     limit: int | None = None, seed: int = 0, voxel_mm: float = 1.0, progress: bool = True,
+                     oracle_masks: bool = False) -> dict[str, Any]:
     """Run and judge the requests of ``prompts`` (the first ``limit``); returns the report."""
     from tqdm import tqdm
 
@@ -179,7 +186,7 @@ def evaluate_prompts(prompts: Path | str, model_dir: Path | str, *, data_root: P
     requests = load_requests(prompts)[:limit] if limit else load_requests(prompts)
     root = Path(data_root) if data_root is not None else DEFAULT_ROOT
     factory = CaseFactory(LabelMaps(root, VALIDATION_SUBJECTS), Priors(root), voxel_mm=voxel_mm)
-    evaluator = PromptEvaluator(model_dir, factory, seed=seed)
+    evaluator = PromptEvaluator(model_dir, factory, seed=seed, oracle_masks=oracle_masks)
     t0 = time.perf_counter()
     records = []
     for request in tqdm(requests, desc="prompts", disable=not progress):
@@ -193,6 +200,7 @@ def evaluate_prompts(prompts: Path | str, model_dir: Path | str, *, data_root: P
                             "number_correct": False if request.kind in MEASURED else None,
                             "notes": [f"{type(exc).__name__}: {exc}"]})
     return {"prompts": str(prompts), "model": str(model_dir), "seed": seed, "voxel_mm": voxel_mm,
+            "masks": "truth (oracle)" if oracle_masks else "network",
             "seconds": time.perf_counter() - t0, "summary": summarize(records), "requests": records}
 
 
