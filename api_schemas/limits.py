@@ -43,7 +43,7 @@ _SCAN_NAME = re.compile(rf"^[A-Za-z][A-Za-z0-9_]{{0,{MAX_SCAN_NAME_CHARS - 1}}}$
 def scan_name_problem(name: str, library: frozenset[str] | set[str] = frozenset()) -> str | None:
     """Why ``name`` cannot name a scan (None if it can). ``library``: extra function names of a
     sandbox whose registry has more than the default library."""
-    if not isinstance(name, str) or not _SCAN_NAME.match(name):
+    if not isinstance(name, str) or not _SCAN_NAME.fullmatch(name):  # fullmatch: '$' lets "t1\n" through
         return (f"scan name {name!r} must be an identifier of at most {MAX_SCAN_NAME_CHARS} ASCII letters, "
                 "digits and '_', starting with a letter")
     if name in RESERVED_SCAN_NAMES or name in library:

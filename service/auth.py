@@ -31,7 +31,7 @@ def digest(key: str) -> str:
 
 
 def validate_tenant(tenant: str) -> str:
-    if not _TENANT.match(tenant):
+    if not _TENANT.fullmatch(tenant):  # fullmatch: "$" would let "acme\n" through
         raise ValueError("tenant must be 1-64 characters of letters, digits, '_' or '-'")
     return tenant
 

@@ -25,7 +25,7 @@ class UploadTooLarge(Exception):
 
 
 def _check(part: str, what: str) -> str:
-    if not _SAFE.match(part) or part in {".", ".."}:
+    if not _SAFE.fullmatch(part) or part in {".", ".."}:  # fullmatch: "$" would let "x\n" through
         raise ValueError(f"invalid {what}: {part!r}")
     return part
 
