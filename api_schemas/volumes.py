@@ -28,4 +28,6 @@ class VolumeInfo(BaseModel):
     date: str | None = None
     series_description: str | None = None
     dicom: DicomSeriesInfo | None = Field(default=None, description="Set when the volume was read from DICOM.")
+    frame: int | None = Field(default=None, description="The frame (0-based) of a 4D NIfTI upload that was "
+                                                        "stored; the 3D volume analyses read.")
     created_at: datetime

@@ -31,21 +31,39 @@ def artifact_opener(state: ServiceState, tenant: str):
     return open_writer
 
 
-def _validate(path, max_decoded_bytes: int | None = None) -> dict:
-    from voxel_ops import ReadLimits, load_volume
+def _validate(path, max_decoded_bytes: int | None = None, frame: int | None = None) -> dict:
+    """The record fields of a readable volume; with ``frame``, that frame of a 4D series replaces the
+    file (the stored volume is the 3D frame the analyses read)."""
+    from voxel_ops import ReadLimits, load_volume, save_volume
 
     limits = ReadLimits(max_data_bytes=max_decoded_bytes) if max_decoded_bytes else None
-    vol = load_volume(path, limits=limits)
+    vol = load_volume(path, limits=limits, frame=frame)
+    if frame is not None:
+        suffix = ".nii.gz" if Path(path).name.endswith(".gz") else ".nii"  # the stored name's compression
+        tmp = Path(path).with_name(f".{Path(path).name}.frame{suffix}")
+        save_volume(vol, tmp)
+        os.replace(tmp, path)
     return {"shape": list(vol.shape), "spacing": [round(s, 6) for s in vol.spacing],
             "orientation": "".join(vol.orientation), "dtype": str(vol.array.dtype)}
 
 
+def parse_frame(value: str | None) -> int | None:
+    """The ``frame`` form field: a frame index (0-based) of a 4D NIfTI series, or None when absent."""
+    if value is None:
+        return None
+    text = value.strip()
+    if not (text.isascii() and text.isdigit() and len(text) <= 6):
+        raise ProblemError(422, f"frame must be a frame index (0, 1, ...) of a 4D NIfTI series, not {value[:20]!r}")
+    return int(text)
+
+
 async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: str | None,
-                 date: str | None, series: str | None = None) -> VolumeRecord:
+                 date: str | None, series: str | None = None, frame: int | None = None) -> VolumeRecord:
     """Check the file with voxel_ops (hostile-input safe) and record it; 422 with its message if unusable.
 
     A ``.zip`` of a DICOM series (or one multi-frame DICOM file) is read as DICOM
     (:mod:`service.dicom.ingest`); ``series`` chooses among several series (UID or listing index).
+    A 4D NIfTI series needs ``frame``: the chosen frame is what is stored (a 422 names the frame count).
     """
     if modality is not None and not (isinstance(modality, str) and 1 <= len(modality) <= 32):
         raise ProblemError(422, "modality must be a string of 1-32 characters")
@@ -55,6 +73,9 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
     from service.dicom.ingest import is_dicom_upload
 
     if is_dicom_upload(raw):
+        if frame is not None:
+            state.artifacts.delete(tenant, up.artifact)
+            raise ProblemError(422, "frame: only a 4D NIfTI series has frames to choose from")
         return await _ingest_dicom(state, tenant, up, modality, date, series)
     if series is not None:
         state.artifacts.delete(tenant, up.artifact)
@@ -66,9 +87,15 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
     final = state.artifacts.path(tenant, artifact)
     os.replace(raw, final)
     try:
-        need = _decoded_bytes(final, state.settings.max_upload_decoded_bytes, up.filename)
+        need, frames = _decoded_bytes(final, state.settings.max_upload_decoded_bytes, up.filename)
+        if frames == 1 and frame == 0:
+            frame = None  # a 3D image is its own only frame: nothing to choose
+        if frames > 1 and frame is None:
+            raise ProblemError(422, f"{up.filename}: a 4D series of {frames} frames; choose one with the 'frame' "
+                                    f"field (0 to {frames - 1})", title="Unusable volume",
+                               type_="https://voxagent.dev/problems/volume", frames=frames)
         async with _upload_memory(state, need):
-            info = await run_in_threadpool(_validate, final, state.settings.max_upload_decoded_bytes)
+            info = await run_in_threadpool(_validate, final, state.settings.max_upload_decoded_bytes, frame)
     except ProblemError:
         final.unlink(missing_ok=True)
         raise
@@ -81,7 +108,12 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
         final.unlink(missing_ok=True)
         raise ProblemError(422, f"could not read the volume: {type(exc).__name__}: {exc}",
                            title="Unusable volume", type_="https://voxagent.dev/problems/volume") from exc
-    record = _record(vid, tenant, artifact, up.filename, up.size, up.sha256, modality, date, info)
+    size, digest = up.size, up.sha256
+    if frame is not None:  # the stored file is the chosen frame: its checksum is what the analyses verify
+        from service.storage.artifacts import sha256_file
+
+        size, digest, info["frame"] = final.stat().st_size, sha256_file(final), frame
+    record = _record(vid, tenant, artifact, up.filename, size, digest, modality, date, info)
     state.records.put_record(record)
     return record
 
@@ -116,8 +148,9 @@ async def _ingest_dicom(state: ServiceState, tenant: str, up: UploadedFile, moda
     return record
 
 
-def _decoded_bytes(path: Path, budget: int, filename: str) -> int:
-    """What validating ``path`` will allocate, from its header only; a 413 past the per-upload budget.
+def _decoded_bytes(path: Path, budget: int, filename: str) -> tuple[int, int]:
+    """What validating ``path`` will allocate, from its header only, and its frame count (4D); a 413
+    past the per-upload budget.
 
     Header problems are left to the reader (it reports them with the same words, as a 422)."""
     from voxel_ops import VolumeError, probe_volume
@@ -125,14 +158,15 @@ def _decoded_bytes(path: Path, budget: int, filename: str) -> int:
     try:
         probe = probe_volume(path)
     except VolumeError:
-        return budget  # the read refuses it at once; reserve as if it were as large as allowed
+        return budget, 1  # the read refuses it at once; reserve as if it were as large as allowed
     if probe.peak_bytes > budget:
         shape = "x".join(str(n) for n in probe.shape)
         raise ProblemError(413, f"{filename}: a {shape} {probe.dtype} image decompresses to "
                                 f"{mb(probe.peak_bytes)} in memory, more than the {mb(budget)} allowed per upload",
                            title="Volume too large", type_="https://voxagent.dev/problems/too-large",
                            decoded_bytes=probe.peak_bytes, limit_bytes=budget)
-    return probe.peak_bytes
+    extra = probe.shape[3:]
+    return probe.peak_bytes, (extra[0] if extra and all(n == 1 for n in extra[1:]) else 1)
 
 
 @asynccontextmanager

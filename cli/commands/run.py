@@ -7,7 +7,7 @@ A scan PATH is a NIfTI file or a DICOM series (folder, ``.zip`` or multi-frame f
 series is read with voxel_ops' checks, and its modality and acquisition date reach the analysis.
 ``--dicom-out DIR`` also writes the results as DICOM into the source study: ``seg.dcm`` (a SEG of the
 output masks on the DICOM scan) and ``sr.dcm`` (a TID 1500 SR of the metrics and the answer); it
-needs exactly one scan read from a DICOM series.
+needs exactly one scan read from a DICOM series. A 4D NIfTI series needs ``--frame NAME=INDEX``.
 """
 from __future__ import annotations
 
@@ -29,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--modality", action="append", default=[], help="modality per scan, in order (repeatable)")
     p.add_argument("--series", action="append", default=[], metavar="NAME=INDEX|UID",
                    help="which series of a DICOM folder/zip holding several to read as scan NAME (repeatable)")
+    p.add_argument("--frame", action="append", default=[], metavar="NAME=INDEX",
+                   help="which frame (0-based) of a 4D NIfTI series to read as scan NAME (repeatable)")
     p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
     p.add_argument("--dicom-out", type=Path, default=None, metavar="DIR",
                    help="also write seg.dcm (output masks) and sr.dcm (metrics, answer) into DIR, in the study "
@@ -80,9 +82,11 @@ def run(args: argparse.Namespace) -> int:
         settings = Settings(data_dir=Path(tmp), broker_url=None)
         records, artifacts = SQLiteRecordStore(settings.sqlite_path), ArtifactStore(settings.artifacts_dir)
         series = _pairs(args.series, "--series")
-        unknown = set(series) - {name for name, _ in scans if name}
-        if unknown:
-            raise CommandError(f"--series names a scan that was not given as NAME=PATH: {sorted(unknown)[0]}")
+        frames = _pairs(args.frame, "--frame")
+        for option, given in (("--series", series), ("--frame", frames)):
+            unknown = set(given) - {name for name, _ in scans if name}
+            if unknown:
+                raise CommandError(f"{option} names a scan that was not given as NAME=PATH: {sorted(unknown)[0]}")
         refs = []
         dicom_scans: dict[int, tuple[Path, int | str | None]] = {}  # scan index -> (path, chosen series)
         for i, (name, path) in enumerate(scans):
@@ -92,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             date, given = None, path
             if vo.is_dicom_source(path):  # the service stores NIfTI: read the series here, store it as NIfTI
                 label = name or f"scan {i + 1}"
-                volume, _ = load_scan_argument(label, path, modality, series.get(name or ""))
+                volume, _ = load_scan_argument(label, path, modality, series.get(name or ""), frames.get(name or ""))
                 modality, date = volume.meta.modality, volume.meta.acquisition_date
                 path = vo.save_volume(volume, Path(tmp) / f"dicom_{i}.nii.gz")
                 chosen = series.get(name or "")
@@ -101,10 +105,17 @@ def run(args: argparse.Namespace) -> int:
                 raise CommandError(f"no such scan file: {path}")
             elif name in series:
                 raise CommandError(f"--series {name}=...: {path} is not a DICOM folder or archive")
+            elif name in frames:  # the chosen frame of a 4D series is the scan
+                volume, _ = load_scan_argument(name, path, modality, frame=frames[name])
+                path = vo.save_volume(volume, Path(tmp) / f"frame_{i}.nii.gz")
             try:
                 record = validate_file(records, artifacts, "local", path, modality=modality, date=date)
             except ValueError as exc:  # the message names the stored copy (vol_<id>.nii.gz): name the user's file
-                raise CommandError(f"{given}: {_STORED_NAME.sub('', str(exc))}") from None
+                hint = ""
+                if isinstance(exc, vo.DimensionError) and "4D series" in str(exc):
+                    hint = f"; on the command line: --frame {name}=INDEX" if name else \
+                        "; give the scan as NAME=PATH and choose one with --frame NAME=INDEX"
+                raise CommandError(f"{given}: {_STORED_NAME.sub('', str(exc))}{hint}") from None
             refs.append(VolumeInput(id=record.id, name=name, modality=modality, date=date))
         source_headers = _dicom_out_sources(args.dicom_out, scans, dicom_scans)
         try:

@@ -45,7 +45,8 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "code": {"type": "string", "maxLength": MAX_CODE_CHARS},
         "wait": {"type": "number", "minimum": 0, "maximum": 30},
         "files": {"type": "array", "items": {"type": "string", "format": "binary"}},
-        "metadata": {"type": "string", "description": "JSON list aligned with files: [{name, modality, date}]"},
+        "metadata": {"type": "string", "description": "JSON list aligned with files: [{name, modality, date, "
+                                                     "frame}] (frame: required for a 4D NIfTI, 0-based)"},
         "volumes": {"type": "string",
                     "description": "JSON list of already stored volumes: [{id, name, modality, date}]"},
     }}}}}}
@@ -79,6 +80,9 @@ async def create_analysis_with_upload(request: Request, response: Response,
                         if m.get(key) is not None and not isinstance(m[key], str):
                             raise ValueError(f"entry {i}: {key!r} must be a string or null, "
                                              f"not {type(m[key]).__name__}")
+                    frame = m.get("frame")
+                    if frame is not None and (type(frame) is not int or not 0 <= frame < 10**6):
+                        raise ValueError(f"entry {i}: 'frame' must be a frame index (0, 1, ...) or null")
             except RecursionError as exc:  # json.loads of '[' * 5000
                 raise ProblemError(422, "metadata/volumes: JSON nested too deeply") from exc
             except ValueError as exc:
@@ -87,7 +91,7 @@ async def create_analysis_with_upload(request: Request, response: Response,
                 raise ProblemError(422, f"at most {state.settings.max_volumes_per_analysis} volumes per analysis")
             refs = []
             for up, m in zip(files, meta):
-                record = await ingest(state, tenant, up, m.get("modality"), m.get("date"))
+                record = await ingest(state, tenant, up, m.get("modality"), m.get("date"), frame=m.get("frame"))
                 refs.append({"id": record.id, "name": m.get("name"), "modality": m.get("modality"),
                              "date": m.get("date")})
             try:

@@ -12,7 +12,7 @@ from service.idempotency import Created, idempotent
 from service.state import ServiceState
 from service.storage import VolumeRecord
 from service.uploads import parse_multipart
-from service.volumes import artifact_opener, ingest, to_model
+from service.volumes import artifact_opener, ingest, parse_frame, to_model
 
 router = APIRouter(prefix="/v1/volumes", tags=["volumes"])
 
@@ -23,7 +23,9 @@ UPLOAD_BODY = {"requestBody": {"required": True, "content": {"multipart/form-dat
         "series": {"type": "string", "maxLength": 64,
                    "description": "DICOM only: the SeriesInstanceUID (or listing index) when the zip holds several"},
         "modality": {"type": "string", "maxLength": 32},
-        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"}}}}}}}
+        "date": {"type": "string", "pattern": r"^\d{4}-\d{2}-\d{2}$"},
+        "frame": {"type": "integer", "minimum": 0,
+                  "description": "4D NIfTI only (required there): the frame to store, 0-based"}}}}}}}
 
 
 @router.post("", status_code=201, response_model=VolumeInfo, openapi_extra=UPLOAD_BODY,
@@ -44,7 +46,13 @@ async def upload_volume(request: Request, response: Response, principal: Princip
         if series is not None and not 1 <= len(series) <= 64:
             state.artifacts.delete(principal.tenant, files[0].artifact)
             raise ProblemError(422, "series must be a SeriesInstanceUID or an index (1-64 characters)")
-        record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"), series)
+        try:
+            frame = parse_frame(form.one("frame"))
+        except ProblemError:
+            state.artifacts.delete(principal.tenant, files[0].artifact)
+            raise
+        record = await ingest(state, principal.tenant, files[0], form.one("modality"), form.one("date"), series,
+                              frame)
         return Created(to_model(record), 201, f"/v1/volumes/{record.id}")
 
     return await idempotent(request, response, state, principal.tenant, produce, fingerprint_body=False)

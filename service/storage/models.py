@@ -114,6 +114,7 @@ class VolumeRecord(StoredRecord):
     date: str | None = None
     series_description: str | None = None
     dicom: DicomSourceRef | None = None  # set for volumes read from DICOM (service.dicom.ingest)
+    frame: int | None = None  # the frame of a 4D NIfTI upload that was stored
 
 
 class ArtifactRecord(StoredRecord):
