@@ -43,6 +43,9 @@ class StepTrace(BaseModel):
     error: str | None = None
     duration_s: float = 0.0
     phi_count: int = Field(default=0, description="Latent instructions (phi) consumed by vision calls.")
+    phis: list[list[float]] | None = Field(default=None, description=(
+        "The model's phi vectors of this step, one per <MOD> marker in `code` (float32 values); "
+        "`voxagent exec --phis RESULT.json` replays the steps with them."))
 
 
 class ReportSentence(BaseModel):

@@ -1,12 +1,15 @@
 """`voxagent exec --scan t1=PATH [--scan ...] --code FILE|-`: run a program in the sandbox, no language model.
 
 A scan PATH is a NIfTI file, or a DICOM series: a folder, a ``.zip`` or one multi-frame file
-(``--series t1=INDEX|UID`` picks one where the folder holds several; the refusal lists them).
+(``--series t1=INDEX|UID`` picks one where the folder holds several; the refusal lists them). A 4D
+NIfTI series needs ``--frame t1=INDEX`` (0-based): that frame is the scan.
 
 Scripted, reproducible analysis, and how a user replays a trace. Steps: if the program contains the
 end-of-step marker `<STEP>`, the pieces between markers are the steps; otherwise blank lines
 separate steps. Phis come from the phi bank of the model directory (or the default bank); `<MOD>`
-markers in the code are accepted and ignored for that reason. Output volumes go to --out.
+markers in the code are accepted and ignored for that reason, unless ``--phis RESULT.json`` (the
+result document of a model run, ``voxagent run --json``) gives each step the phis its trace recorded:
+then the steps run with the model's own phis and give that run's masks. Output volumes go to --out.
 """
 from __future__ import annotations
 
@@ -27,7 +30,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--series", action="append", default=[], metavar="NAME=INDEX|UID",
                    help="which series of a DICOM folder/zip holding several to read as scan NAME: its index "
                         "in the listing the error shows, or its SeriesInstanceUID (repeatable)")
+    p.add_argument("--frame", action="append", default=[], metavar="NAME=INDEX",
+                   help="which frame (0-based) of a 4D NIfTI series to read as scan NAME (repeatable)")
     p.add_argument("--code", required=True, help="program file, or - to read it from stdin")
+    p.add_argument("--phis", type=Path, default=None, metavar="RESULT.json",
+                   help="replay a model run: the result document (run --json) whose trace gives each step "
+                        "its phis, one per <MOD> marker (steps in the same order as the trace)")
     p.add_argument("--out", type=Path, default=Path("voxagent-out"), help="directory for output volumes")
     p.add_argument("--model", type=Path, default=None,
                    help="checkpoint directory with vision weights and phi bank (default: the service's "
@@ -67,7 +75,19 @@ def _pairs(items: list[str], what: str) -> dict[str, str]:
     return out
 
 
-def load_scan_argument(name: str, path: Path, modality: str | None, series: str | None = None):
+def parse_frame_option(name: str, value: str | None) -> int | None:
+    """``--frame NAME=INDEX``: the index as an int (a CommandError, exit 2, unless a non-negative integer)."""
+    from cli.errors import CommandError
+
+    if value is None:
+        return None
+    if not (value.isascii() and value.isdigit() and len(value) <= 6):
+        raise CommandError(f"--frame {name}={value}: the frame must be an index 0, 1, ... of the 4D series")
+    return int(value)
+
+
+def load_scan_argument(name: str, path: Path, modality: str | None, series: str | None = None,
+                       frame: str | None = None):
     """Read the scan a user named on the command line (NIfTI file, DICOM folder / zip / file).
 
     Returns the volume and the SHA-256 of its bytes (of every file, in path order, for a folder).
@@ -83,10 +103,16 @@ def load_scan_argument(name: str, path: Path, modality: str | None, series: str 
     dicom = vo.is_dicom_source(path)
     if series is not None and not dicom:
         raise CommandError(f"--series {name}=...: scan {name} ({path}) is not a DICOM folder or archive")
+    if frame is not None and dicom:
+        raise CommandError(f"--frame {name}=...: scan {name} ({path}) is a DICOM series, not a 4D NIfTI file")
+    index = parse_frame_option(name, frame)
     chosen: int | str | None = int(series) if series is not None and series.isdigit() else series
     meta = vo.VolumeMeta(modality=modality) if dicom else vo.VolumeMeta(modality=modality, source_name=path.name)
     try:
-        volume = vo.load_scan(path, meta=meta, series=chosen)
+        if index is not None:
+            volume = vo.load_volume(path, meta=meta, frame=index)
+        else:
+            volume = vo.load_scan(path, meta=meta, series=chosen)
         digest = hashlib.sha256()
         files = sorted(p for p in path.rglob("*") if p.is_file() and not p.is_symlink()) if path.is_dir() else [path]
         for file in files:
@@ -95,9 +121,35 @@ def load_scan_argument(name: str, path: Path, modality: str | None, series: str 
                     digest.update(block)
     except vo.MixedSeriesError as exc:
         raise CommandError(f"scan {name} ({path}): {exc}; on the command line: --series {name}=INDEX") from None
+    except vo.DimensionError as exc:
+        hint = f"; on the command line: --frame {name}=INDEX" if "4D series" in str(exc) else ""
+        raise CommandError(f"scan {name} ({path}): {exc}{hint}") from None
     except (vo.VolumeError, OSError) as exc:
         raise CommandError(f"scan {name} ({path}): {exc}") from None
     return volume, digest.hexdigest()
+
+
+def read_trace_phis(path: Path, steps: int) -> list:
+    """Per step, the phis (float32 tensors) a result document's trace recorded, or None (bank phis)."""
+    import json
+
+    import torch
+
+    from api_schemas.results import StepTrace
+    from cli.errors import CommandError
+
+    try:
+        trace = [StepTrace.model_validate(t) for t in json.loads(path.read_text(encoding="utf-8"))["trace"]]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise CommandError(f"--phis {path}: not a result document with a trace ({type(exc).__name__})") from None
+    if len(trace) != steps:
+        raise CommandError(f"--phis {path}: the trace has {len(trace)} step(s), the program {steps}")
+    out = []
+    for step in trace:
+        if step.phi_count and not step.phis:
+            raise CommandError(f"--phis {path}: trace step {step.index} used {step.phi_count} phi(s) but records none")
+        out.append([torch.tensor(p, dtype=torch.float32) for p in step.phis] if step.phis else None)
+    return out
 
 
 def _read_program(source: str) -> str:
@@ -127,7 +179,8 @@ def run(args: argparse.Namespace) -> int:
     for modality in modalities.values():
         check_modality(modality)
     series = _pairs(args.series, "--series")
-    for option, given in (("--modality", modalities), ("--series", series)):
+    frames = _pairs(args.frame, "--frame")
+    for option, given in (("--modality", modalities), ("--series", series), ("--frame", frames)):
         unknown = set(given) - set(scans)
         if unknown:
             raise CommandError(f"{option} names a scan that was not given: {sorted(unknown)[0]}")
@@ -142,10 +195,12 @@ def run(args: argparse.Namespace) -> int:
         if len(code) > MAX_CODE_CHARS:
             raise CommandError(f"step {index} has {len(code)} characters; the limit is {MAX_CODE_CHARS}")
 
+    replay = read_trace_phis(args.phis, len(steps)) if args.phis is not None else [None] * len(steps)
+
     volumes, checksums = {}, {}
     for name, path in scans.items():
         volumes[name], checksums[name] = load_scan_argument(name, Path(path), modalities.get(name),
-                                                            series.get(name))
+                                                            series.get(name), frames.get(name))
 
     from vision.engine import VisionEngine  # torch: only once the inputs are known to be good
 
@@ -161,7 +216,7 @@ def run(args: argparse.Namespace) -> int:
     failure = None
     try:
         for index, code in enumerate(steps):
-            outcome = sandbox.execute_step(code)
+            outcome = sandbox.execute_step(code, replay[index])
             if outcome.error:
                 failure = f"step {index}: {outcome.error}"
                 break

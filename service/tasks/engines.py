@@ -101,4 +101,31 @@ def run_prompt(prompt: str, scans: dict, *, client, output_dir: Path, models_dir
     if on_step is not None:
         executor = _StepProgress(sandbox, on_step, max_steps)
         executor._report(1)
-    return runtime.run(prompt, scans, sandbox=executor, limits=limits)
+    recorder = _PhiRecorder(executor)
+    result = runtime.run(prompt, scans, sandbox=recorder, limits=limits)
+    return recorder.annotate(result)
+
+
+class _PhiRecorder:
+    """Keeps the phis the model handed to each step, so the trace can carry them: `voxagent exec
+    --phis` replays a model run's steps with its very phis (the same masks), not the bank's."""
+
+    def __init__(self, executor) -> None:
+        self._executor = executor
+        self.phis: list[list[list[float]]] = []
+
+    def execute_step(self, code: str, phis=None):
+        import numpy as np
+
+        self.phis.append([np.asarray(p.detach().float().cpu() if hasattr(p, "detach") else p, dtype=np.float32)
+                          .reshape(-1).tolist() for p in (phis or ())])
+        return self._executor.execute_step(code, phis)
+
+    def annotate(self, result: AnalysisResult) -> AnalysisResult:
+        for step in result.trace:
+            if 0 <= step.index < len(self.phis) and self.phis[step.index]:
+                step.phis = self.phis[step.index]
+        return result
+
+    def __getattr__(self, name: str):
+        return getattr(self._executor, name)
