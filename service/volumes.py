@@ -93,7 +93,8 @@ async def ingest(state: ServiceState, tenant: str, up: UploadedFile, modality: s
         if frames > 1 and frame is None:
             raise ProblemError(422, f"{up.filename}: a 4D series of {frames} frames; choose one with the 'frame' "
                                     f"field (0 to {frames - 1})", title="Unusable volume",
-                               type_="https://voxagent.dev/problems/volume", frames=frames)
+                               type_="https://voxagent.dev/problems/volume", frames=frames,
+                               error_class="DimensionError")
         async with _upload_memory(state, need):
             info = await run_in_threadpool(_validate, final, state.settings.max_upload_decoded_bytes, frame)
     except ProblemError:

@@ -58,6 +58,7 @@ def test_a_4d_upload_without_a_frame_is_a_422_naming_the_frames_and_the_field(ap
     problem = r.json()
     assert f"{FRAMES} frames" in problem["detail"] and "'frame'" in problem["detail"], problem
     assert problem["frames"] == FRAMES and "bold.nii.gz" in problem["detail"] and "vol_" not in problem["detail"]
+    assert problem["error_class"] == "DimensionError"  # the same field as every other refused upload
     for bad, message in (("3", "frame 3 requested but the image has 3 frame(s)"), ("-1", "frame index"),
                          ("x", "frame index"), ("1.5", "frame index"), ("", "frame index")):
         r = upload(api, path, frame=bad)
