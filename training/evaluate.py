@@ -117,40 +117,52 @@ class CaseResult:
 class Evaluator:
     """Loads a checkpoint once and runs cases through the real runtime."""
 
-    def __init__(self, model_dir: Path, *, max_steps: int = 8, max_wall_s: float = 120.0) -> None:
+    def __init__(self, model_dir: Path, *, max_steps: int = 8, max_wall_s: float = 120.0,
+                 labels: Any = None, oracle_masks: bool = False) -> None:
+        """``labels``: a `LabelCaseSource` of held-out subjects (v2 tasks on real anatomy; None: MNI
+        cases); ``oracle_masks``: generate answers with the truth of the phi's nearest bank target
+        (`training.prompt_eval.oracle`), so task success measures the language alone."""
         from agent.phi_bank import PhiBank
         from agent.runtime import AgentRuntime, RuntimeLimits
         from vision.engine import VisionEngine
 
         self.model_dir = Path(model_dir)
+        self.labels = labels
+        self.oracle_masks = oracle_masks
         self.engine = VisionEngine.load(self.model_dir, device="cpu")
         self.bank = PhiBank.for_model_dir(self.model_dir)
         self.runtime = AgentRuntime.from_checkpoint(
             self.model_dir, limits=RuntimeLimits(max_steps=max_steps, max_step_tokens=320, max_wall_s=max_wall_s))
 
     @contextlib.contextmanager
-    def _sandbox(self, scans: dict[str, Volume]) -> Iterator[tuple[Any, RecordingClient]]:
-        """A sandbox on this engine and phi bank whose generate calls are recorded; cache released after."""
+    def _sandbox(self, scans: dict[str, Volume], case: Any = None) -> Iterator[tuple[Any, RecordingClient]]:
+        """A sandbox on this engine and phi bank whose generate calls are recorded; cache released after.
+        With oracle masks and a ``case``, generate returns the case's truth masks."""
         from agent.sandbox import Sandbox
         from agent.vision_client import LocalVisionClient
 
-        client = RecordingClient(LocalVisionClient(self.engine))
+        inner: Any = LocalVisionClient(self.engine)
+        if self.oracle_masks and case is not None:
+            from training.prompt_eval.oracle import OracleVisionClient
+
+            inner = OracleVisionClient(inner, self.bank, scans, lambda scan, target: case.mask(target, scan).array)
+        client = RecordingClient(inner)
         sandbox = Sandbox(scans, client=client, phi_bank=self.bank)
         try:
             yield sandbox, client
         finally:
             self.engine.release(sandbox.job_id)
 
-    def run_agent(self, prompt: str, scans: dict[str, Volume]) -> tuple[Any, RecordingClient]:
-        with self._sandbox(scans) as (sandbox, client):
+    def run_agent(self, prompt: str, scans: dict[str, Volume], case: Any = None) -> tuple[Any, RecordingClient]:
+        with self._sandbox(scans, case) as (sandbox, client):
             return self.runtime.run(prompt, scans, sandbox=sandbox), client
 
     def case(self, seed: int, family: str) -> CaseResult:
         from training.grid_ceiling import grid_ceiling_dice
 
-        sample, case = held_out_task(seed, family)
+        sample, case = held_out_task(seed, family, self.labels)
         t0 = time.perf_counter()
-        result, client = self.run_agent(sample.prompt, case.scans)
+        result, client = self.run_agent(sample.prompt, case.scans, case)
         codes = [t.code for t in result.trace]
         response = " ".join(m for m in [result.text or ""]) if result.status == AnalysisStatus.succeeded else ""
         outputs = sorted(o.name for o in result.outputs)
@@ -176,9 +188,9 @@ class Evaluator:
                           volume_error=volume_error, grid_ceiling=ceiling, seconds=time.perf_counter() - t0,
                           steps=codes)
 
-    def run_program(self, steps: Sequence[str], scans: dict[str, Volume]) -> RecordingClient:
+    def run_program(self, steps: Sequence[str], scans: dict[str, Volume], case: Any = None) -> RecordingClient:
         """Run a fixed program (no language model) through the same engine and phi bank."""
-        with self._sandbox(scans) as (sandbox, client):
+        with self._sandbox(scans, case) as (sandbox, client):
             for code in steps:
                 outcome = sandbox.execute_step(code)
                 if outcome.error:
@@ -224,12 +236,13 @@ def mni_t1_and_truths() -> tuple[Volume, dict[str, np.ndarray]]:
     return t1, truths
 
 
-def held_out_task(task_seed: int, family: str) -> tuple[Any, Any]:
-    """(sample, case) of a held-out task: an evaluation seed, and prompt templates training never uses."""
+def held_out_task(task_seed: int, family: str, labels: Any = None) -> tuple[Any, Any]:
+    """(sample, case) of a held-out task: an evaluation seed, and prompt templates training never uses;
+    ``labels`` (a `LabelCaseSource` of held-out subjects) puts the anatomy families on real anatomy."""
     from training.tasks import sample_task
     from training.trainer import HELD_OUT_TEMPLATE_START
 
-    return sample_task(task_seed, family, templates=list(range(HELD_OUT_TEMPLATE_START, 64)))
+    return sample_task(task_seed, family, templates=list(range(HELD_OUT_TEMPLATE_START, 64)), labels=labels)
 
 
 def generate_truth(case: Any, scan: str, target: str) -> Volume:
@@ -245,14 +258,19 @@ def eval_seed(seed: int, index: int) -> int:
     return EVAL_SEED_START + int(seed) * 1_000_003 + index
 
 
-def evaluate(model_dir: Path, cases: int = 20, seed: int = 0, *, mni: bool = True, progress: bool = True
+def evaluate(model_dir: Path, cases: int = 20, seed: int = 0, *, mni: bool = True, progress: bool = True,
+             data_root: Path | None = None, oracle_masks: bool = False
              ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Run ``cases`` held-out tasks (+ the MNI T1); return (flat figures, detailed report)."""
+    """Run ``cases`` held-out tasks (+ the MNI T1); return (flat figures, detailed report).
+
+    ``data_root``: SynthSeg label maps; the anatomy families then run on the held-out subjects (the
+    v2 tasks and targets). ``oracle_masks``: truth masks in place of the network's."""
     from tqdm import tqdm
 
+    from training.agent_episodes import label_source
     from training.tasks import FAMILIES
 
-    ev = Evaluator(model_dir)
+    ev = Evaluator(model_dir, labels=label_source(data_root, validation=True), oracle_masks=oracle_masks)
     families = list(FAMILIES)
     results: list[CaseResult] = []
     for i in tqdm(range(cases), desc="eval", disable=not progress):
@@ -266,6 +284,8 @@ def evaluate(model_dir: Path, cases: int = 20, seed: int = 0, *, mni: bool = Tru
     report["phi_separation"] = phi_separation(model_dir)
     report["model_dir"] = str(model_dir)
     report["seed"] = seed
+    report["anatomy"] = f"held-out SynthSeg subjects under {data_root}" if data_root else "MNI152"
+    report["masks"] = "truth (oracle)" if oracle_masks else "network"
     return figures, report
 
 

@@ -21,7 +21,8 @@ def meets(key: str, value: float) -> bool:
 def markdown(report: dict[str, Any]) -> str:
     fig = report["figures"]
     lines = ["# voxagent evaluation", "", f"model: `{report.get('model_dir')}`; held-out cases: "
-             f"{report['counts']['cases']} (seed {report.get('seed')})", "",
+             f"{report['counts']['cases']} (seed {report.get('seed')}) on {report.get('anatomy', 'MNI152')}, "
+             f"masks from the {report.get('masks', 'network')}", "",
              "| figure | value | goal | met |", "|---|---|---|---|"]
     for key, (op, goal) in GOALS.items():
         lines.append(f"| {key} | {fig[key]:.3f} | {op} {goal} | {'yes' if meets(key, fig[key]) else 'no'} |")

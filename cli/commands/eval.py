@@ -36,7 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--vision", action="store_true",
                    help="vision network alone on held-out SynthSeg subjects (training.vision_eval)")
     p.add_argument("--data", type=Path, default=None,
-                   help="with --vision or --prompts: SynthSeg label-map folder (default ../shared/data/synthseg)")
+                   help="SynthSeg label-map folder: held-out subjects for --vision and --prompts (default "
+                        "../shared/data/synthseg), and for the held-out tasks (v2 targets) when given")
     p.add_argument("--prompts", type=Path, default=None, metavar="FILE",
                    help="JSONL of requests with expected kind and target: run and judge them (training.prompt_eval)")
     p.add_argument("--out", type=Path, default=None, metavar="PATH",
@@ -45,7 +46,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--voxel-mm", type=float, default=1.0, choices=(1.0, 2.0),
                    help="with --prompts: voxel size of the synthesized cases")
     p.add_argument("--oracle-masks", action="store_true",
-                   help="with --prompts: answer each generate with the truth mask of the phi's nearest bank "
+                   help="answer each generate with the truth mask of the phi's nearest bank "
                         "target, to judge the language apart from the vision network")
     p.add_argument("--compare", type=Path, nargs="+", default=None, metavar="DIR",
                    help="print the saved reports in these --report directories side by side and exit")
@@ -131,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
     from training.report import markdown, write_report
 
     figures, report = evaluate(args.model, cases=args.cases, seed=args.seed, mni=not args.no_mni,
-                               progress=not args.json)
+                               progress=not args.json, data_root=args.data, oracle_masks=args.oracle_masks)
     if args.baselines is not None:
         if not args.baselines.is_file():
             raise CommandError(f"no baselines file at {args.baselines}")

@@ -147,3 +147,27 @@ def test_mni_truth_volumes_are_the_template_maps_at_half_probability():
     assert abs(ml["brain"] - 1749.0) < 5, ml
     assert ml["brain"] >= ml["gray matter"] + ml["white matter"]
     assert truths["gray matter"].shape == t1.shape
+
+
+def test_oracle_masks_make_the_expert_program_exact_on_label_cases(tmp_path):
+    """Truth masks in place of the network's (language judged alone): the expert program of a held-out
+    label-case task, run through the oracle, generates exactly the truth of each of its targets."""
+    import numpy as np
+
+    from agent.phi_bank import PhiBank
+    from tests.training.synthseg_phantom import write_phantom_root
+    from training.agent_episodes import label_source
+    from training.evaluate import Evaluator, generate_truth, held_out_task
+    from vision.targets import TARGETS
+
+    root = write_phantom_root(tmp_path / "synthseg", numbers=(17, 18))
+    ev = Evaluator(SHIPPED, labels=label_source(root, validation=True), oracle_masks=True)
+    ev.bank = PhiBank.default(targets=list(TARGETS))  # a bank with every v2 target, as the v2 models ship
+    sample, case = held_out_task(10**9 + 7, "multi_volume", ev.labels)
+    assert len(sample.generate_calls) >= 2
+    masks = generated_masks(sample.steps, ev.run_program(sample.steps, case.scans, case).generated)
+    for scan, target in sample.generate_calls:
+        truth = generate_truth(case, scan, target).array
+        assert truth.any()
+        got = masks[(scan, target)].array
+        assert np.array_equal(got > 0.5, truth > 0), target

@@ -247,13 +247,13 @@ class _Encoder:
 
 def test_oracle_masks_are_the_truth_of_the_phis_nearest_target(factory: CaseFactory) -> None:
     from agent.phi_bank import PhiBank
-    from training.prompt_eval.oracle import OracleVisionClient
+    from training.prompt_eval.oracle import OracleVisionClient, label_truth
 
     case = factory.build("oracle", ["t1", "flair"], "volume", expected_target("left hippocampus", "volume"))
     from vision.targets import TARGETS
 
     bank = PhiBank.default(targets=list(TARGETS))
-    oracle = OracleVisionClient(_Encoder(), bank, case.scans, case.labels)
+    oracle = OracleVisionClient(_Encoder(), bank, case.scans, label_truth(case.labels))
     handle = oracle.encode([case.scans["flair"]], [bank.encode_phi("flair")], "job")
     phi = bank.generate_phi("left hippocampus") + 0.05 * np.random.default_rng(0).standard_normal(
         bank.generate_phi("left hippocampus").shape)

@@ -10,7 +10,7 @@ empty mask, so an agent whose phis are wrong still fails.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -25,11 +25,12 @@ logger = logging.getLogger(__name__)
 class OracleVisionClient:
     """A `VisionClient` that encodes for real and generates the truth of the nearest bank target."""
 
-    def __init__(self, inner: Any, bank: PhiBank, scans: dict[str, Volume], labels: dict[str, np.ndarray],
-                 min_cosine: float = 0.5) -> None:
+    def __init__(self, inner: Any, bank: PhiBank, scans: dict[str, Volume],
+                 truth: Callable[[str, str], np.ndarray], min_cosine: float = 0.5) -> None:
+        """``truth(scan name, bank target)``: the 0/1 truth mask of that target on that scan's grid."""
         self.inner = inner
         self.scans = scans
-        self.labels = labels
+        self.truth = truth
         self.min_cosine = min_cosine
         self.names = list(bank.targets)
         table = np.stack([bank.generate_phi(t) for t in self.names]).astype(np.float64)
@@ -64,13 +65,13 @@ class OracleVisionClient:
         volume = self._streams[id(handle)][stream]
         target, cosine = self.nearest_target(phi)
         self.calls.append((target, cosine))
-        labels = self.labels[self._scan_name(volume)]
+        scan = self._scan_name(volume)
         empty = volume.with_array(np.zeros(volume.shape, dtype=np.float32))
         if cosine < self.min_cosine:
             logger.info("oracle: phi points at no target (best %s, cosine %.2f): empty mask", target, cosine)
             return empty
         try:
-            return volume.with_array(target_mask(labels, canonical_target(target)).astype(np.float32))
+            return volume.with_array(np.asarray(self.truth(scan, target), dtype=np.float32))
         except UnknownTargetError:  # a bank entry the target table has no labels for (old banks)
             logger.info("oracle: bank target %s has no truth labels: empty mask", target)
             return empty
@@ -78,3 +79,8 @@ class OracleVisionClient:
     def release(self, job_id: str) -> None:
         self._streams.clear()
         self.inner.release(job_id)
+
+
+def label_truth(labels: dict[str, np.ndarray]) -> Callable[[str, str], np.ndarray]:
+    """Truth from segmentation-label arrays per scan (`vision.targets` names)."""
+    return lambda scan, target: target_mask(np.asarray(labels[scan]), canonical_target(target))

@@ -89,9 +89,9 @@ class PromptEvaluator:
         job = uuid.uuid4().hex
         client: Any = LocalVisionClient(self.engine)
         if self.oracle_masks:
-            from training.prompt_eval.oracle import OracleVisionClient
+            from training.prompt_eval.oracle import OracleVisionClient, label_truth
 
-            client = OracleVisionClient(client, self.bank, case.scans, case.labels)
+            client = OracleVisionClient(client, self.bank, case.scans, label_truth(case.labels))
         sandbox = Sandbox(case.scans, client=client, phi_bank=self.bank, job_id=job)
         try:
             result = self.runtime.run(prompt, case.scans, sandbox=sandbox)
