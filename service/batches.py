@@ -40,5 +40,5 @@ def on_job_finished(ctx, batch_id: str) -> None:
     payload = {"event": "batch.completed", "batch_id": batch_id, "counts": c, "total": len(batch.job_ids),
                "job_ids": batch.job_ids, "finished_at": claimed.finished_at}
     # queued, never sent here: this may be a job thread, and a dead endpoint must not hold it
-    queue = getattr(ctx, "deliveries", None) or process_queue(ctx.settings, ctx.records)
+    queue = getattr(ctx, "deliveries", None) or process_queue(ctx.settings, ctx.records, ctx.node)
     queue.enqueue(batch.tenant, batch_id, claimed.webhook.url, batch.webhook_secret or "", payload)

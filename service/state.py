@@ -33,7 +33,8 @@ class ServiceState:
         records = open_record_store(settings)
         artifacts = ArtifactStore(settings.artifacts_dir)
         ctx = TaskContext.embedded(settings, records, artifacts)
-        ctx.deliveries = DeliveryQueue(settings, records)  # webhooks: off the job threads
+        # webhooks: off the job threads; at start-up it sends what a previous process left pending
+        ctx.deliveries = DeliveryQueue(settings, records, node=ctx.node)
         dispatcher = make_dispatcher(settings, ctx)
         # jobs of a previous process (embedded restart) or of a lost worker are requeued or failed
         reaper = Reaper(ctx, dispatcher, LeasePolicy.from_settings(settings), settings.reaper_interval_s).start()

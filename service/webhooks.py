@@ -20,6 +20,10 @@ from service.observability import WEBHOOKS
 log = logging.getLogger(__name__)
 SIGNATURE_HEADER = "X-Voxagent-Signature"
 TIMESTAMP_HEADER = "X-Voxagent-Timestamp"
+# The same on every attempt of one delivery, also across restarts (also in the body as "delivery_id"):
+# receivers deduplicate on it, since a delivery may arrive more than once (at-least-once).
+DELIVERY_HEADER = "X-Voxagent-Delivery"
+ATTEMPT_HEADER = "X-Voxagent-Delivery-Attempt"  # 1, 2, ... : each attempt number is sent at most once
 
 
 def sign(secret: str, timestamp: str, body: bytes) -> str:
@@ -61,7 +65,8 @@ def encode_payload(payload: dict) -> bytes:
     return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
 
 
-def attempt(url: str, secret: str, body: bytes, *, timeout_s: float = 5.0, allow_loopback: bool = False) -> Attempt:
+def attempt(url: str, secret: str, body: bytes, *, timeout_s: float = 5.0, allow_loopback: bool = False,
+            headers: dict[str, str] | None = None) -> Attempt:
     """One POST. The destination is checked again after DNS resolution: a private, loopback or
     link-local address is refused without a connection. ``error`` names no address, port or socket
     error, so it tells nothing about what listens where."""
@@ -72,7 +77,7 @@ def attempt(url: str, secret: str, body: bytes, *, timeout_s: float = 5.0, allow
         log.warning("webhook refused before connecting: %s", exc)
         return Attempt(False, str(exc), final=True)
     ts = str(int(time.time()))
-    headers = {"Content-Type": "application/json", TIMESTAMP_HEADER: ts,
+    headers = {**(headers or {}), "Content-Type": "application/json", TIMESTAMP_HEADER: ts,
                SIGNATURE_HEADER: sign(secret, ts, body), "User-Agent": "voxagent-webhook/1"}
     try:
         with httpx.Client(timeout=timeout_s, trust_env=False, follow_redirects=False) as client:

@@ -72,6 +72,26 @@ class WebhookRecord(BaseModel):
     last_error: str | None = None
 
 
+class WebhookDeliveryRecord(StoredRecord):
+    """A batch's completion webhook until it is delivered or given up (service.delivery).
+
+    The secret is not copied here: it is read from the batch record (``webhook_secret``) when an
+    attempt is signed. ``body`` is the exact JSON that is signed and sent on every attempt."""
+
+    KIND: ClassVar[str] = "webhook_delivery"
+
+    created_at: str
+    batch_id: str
+    url: str
+    body: str
+    status: str  # pending | delivered | dead
+    attempts: int = 0  # attempts started (one is counted before it is sent)
+    due_ts: float  # epoch seconds of the next attempt
+    owner: str  # the process whose queue holds it (service.tasks.lease.Owner id)
+    last_error: str | None = None
+    finished_at: str | None = None
+
+
 class BatchRecord(StoredRecord):
     KIND: ClassVar[str] = "batch"
 
@@ -165,4 +185,4 @@ class DeliveryRecord(StoredRecord):
 
 
 __all__ = ["ArtifactRecord", "BatchRecord", "DeliveryRecord", "DicomSourceRef", "JobRecord", "RoutingRef",
-           "StoredRecord", "StudyRecord", "VolumeRecord", "WebhookRecord"]
+           "StoredRecord", "StudyRecord", "VolumeRecord", "WebhookDeliveryRecord", "WebhookRecord"]

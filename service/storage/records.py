@@ -23,6 +23,9 @@ R = TypeVar("R", bound=StoredRecord)
 # A guard of `RecordStore.update`, evaluated on the stored document inside the update's transaction,
 # so a check-then-write (a lease still held, an expiry passed) cannot race another writer.
 Guard = Callable[[dict[str, Any]], bool]
+# Kinds other than jobs whose records are found by status (`RecordStore.list_status`): the statuses
+# indexed. SQLite has a status column for every kind; Redis keeps a set of ids per indexed status.
+STATUS_INDEXED: dict[str, tuple[str, ...]] = {"webhook_delivery": ("pending",)}
 
 
 def _plain(changes: dict[str, Any]) -> dict[str, Any]:
@@ -71,6 +74,11 @@ class RecordStore(ABC):
     @abstractmethod
     def list_active(self, limit: int = 10_000) -> list[dict[str, Any]]:
         """Job documents queued or running, any tenant (for the reaper)."""
+
+    @abstractmethod
+    def list_status(self, kind: str, status: str, limit: int = 10_000) -> list[dict[str, Any]]:
+        """Documents of ``kind`` in ``status``, any tenant, in no particular order (for Redis only the
+        statuses of `STATUS_INDEXED` are found)."""
 
     @abstractmethod
     def ping(self) -> bool: ...
@@ -192,6 +200,12 @@ class SQLiteRecordStore(RecordStore):
                                     [*ACTIVE_STATUSES, limit]).fetchall()
         return [json.loads(r[0]) for r in rows]
 
+    def list_status(self, kind, status, limit=10_000):
+        with self._lock:
+            rows = self._db.execute("SELECT doc FROM records WHERE kind=? AND status=? LIMIT ?",
+                                    [kind, status, limit]).fetchall()
+        return [json.loads(r[0]) for r in rows]
+
     def ping(self) -> bool:
         with self._lock:
             return self._db.execute("SELECT 1").fetchone()[0] == 1
@@ -219,6 +233,9 @@ class RedisRecordStore(RecordStore):
     def _active(self, tenant: str | None) -> str:
         return f"{self._p}:active:{tenant if tenant is not None else '*all*'}"
 
+    def _status(self, kind: str, status: str) -> str:
+        return f"{self._p}:status:{kind}:{status}"
+
     def _write(self, pipe, kind: str, doc: dict[str, Any]) -> None:
         rid, tenant = doc["id"], doc.get("tenant")
         pipe.set(self._key(kind, rid), json.dumps(doc))
@@ -231,6 +248,11 @@ class RedisRecordStore(RecordStore):
                     pipe.sadd(key, rid)
                 else:
                     pipe.srem(key, rid)
+        for status in STATUS_INDEXED.get(kind, ()):
+            if doc.get("status") == status:
+                pipe.sadd(self._status(kind, status), rid)
+            else:
+                pipe.srem(self._status(kind, status), rid)
 
     def put(self, kind, doc):
         pipe = self._r.pipeline()
@@ -295,6 +317,8 @@ class RedisRecordStore(RecordStore):
         pipe.zrem(self._index(kind, None), record_id)
         pipe.srem(self._active(doc.get("tenant")), record_id)
         pipe.srem(self._active(None), record_id)
+        for status in STATUS_INDEXED.get(kind, ()):
+            pipe.srem(self._status(kind, status), record_id)
         pipe.execute()
         return True
 
@@ -314,6 +338,15 @@ class RedisRecordStore(RecordStore):
             return []
         raws = self._r.mget([self._key("job", i) for i in ids])
         return [d for d in (json.loads(r) for r in raws if r) if d.get("status") in ACTIVE_STATUSES]
+
+    def list_status(self, kind, status, limit=10_000):
+        if status not in STATUS_INDEXED.get(kind, ()):
+            raise ValueError(f"status {status!r} of {kind!r} records is not indexed (STATUS_INDEXED)")
+        ids = list(self._r.sscan_iter(self._status(kind, status), count=500))[:limit]
+        if not ids:
+            return []
+        raws = self._r.mget([self._key(kind, i) for i in ids])
+        return [d for d in (json.loads(r) for r in raws if r) if d.get("status") == status]
 
     def ping(self):
         return bool(self._r.ping())

@@ -66,6 +66,12 @@ def _warm_models(**_: object) -> None:
             resources.agent_runtime(settings.models_dir)
         except Exception:  # noqa: BLE001 - loaded on the first job instead
             log.warning("agent runtime not loaded at start-up", exc_info=True)
+    if "agent" in queues:  # batches complete here: resume the webhooks a stopped process left pending
+        from service.delivery import process_queue
+        from service.workers.analysis_task import worker_context
+
+        ctx = worker_context()
+        process_queue(settings, ctx.records, ctx.node)
     from service.workers.presence import start_for_worker
 
     start_for_worker(settings)  # after loading: /readyz reads from it which models this process holds
