@@ -102,8 +102,11 @@ class DeliveryQueue:
         delivery = Delivery(did, tenant, batch_id, url, secret, encode_payload({**payload, "delivery_id": did}),
                             due=self._clock())
         with self._cond:
-            waiting = self._waiting(tenant)
-            accepted = waiting < self.settings.webhook_tenant_pending and not self._closed
+            waiting, closed = self._waiting(tenant), self._closed
+            accepted = waiting < self.settings.webhook_tenant_pending
+        if closed and accepted:  # shutting down: recorded pending, for the next process to send
+            self._store_new(delivery, PENDING, None)
+            return True
         if not accepted:
             log.warning("webhook of batch %s not queued: tenant %s has %d deliveries pending", batch_id, tenant,
                         waiting)
