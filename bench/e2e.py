@@ -1,20 +1,27 @@
-"""End-to-end benchmark of the embedded deployment: real `voxagent serve` processes, real HTTP.
+"""End-to-end benchmark of both deployments: real `voxagent serve` processes, real HTTP.
 
-What it measures, each with this machine's description (CPU count and model, torch threads):
+Embedded: one `voxagent serve` (thread pool, SQLite). Celery: a redis-server on loopback (temp
+dir, random free port), N agent and N vision workers (`voxagent worker --queues agent|vision`,
+one process each) and `voxagent serve` with VOXAGENT_BROKER_URL; the processes are those of
+tests/service/procs.py and tests/reliability/faults.py. Each with 1 and 2 workers (Celery: 1 + 1,
+then 2 + 2). What it measures, each with this machine's description (CPU count and model, torch
+threads, redis-server version):
 
 - latency per task family (p50, p95 over ``--repeats`` prompts, the language model writing the
   program) on a 1 mm T1 (the MNI152 template) and a thick-slice scan (the template resampled to
-  1 x 1 x 5 mm), one request at a time, models warm;
-- cold start: process start to ``/readyz`` 200, and the first analysis after it (models load lazily
-  on first use where a deployment does not warm them) against the warm median;
-- throughput with 1 and 2 embedded workers: ``--jobs`` analyses submitted at once, jobs per minute;
-- peak resident memory (VmHWM) of each server process, i.e. per worker pool.
+  1 x 1 x 5 mm), one request at a time, models warm, on the 1-worker deployment of each kind;
+- cold start: process start to ``/readyz`` 200 (Celery: redis, workers and API started, until
+  every worker process reports its model loaded), and the first analysis after it against the
+  warm median;
+- throughput with 1 and 2 workers: ``--jobs`` analyses submitted at once by as many clients,
+  analyses per minute;
+- peak resident memory (VmHWM) of each process: the embedded server; the Celery API, each worker
+  and redis-server.
 
-Medians and ratios all come from this one run. The Celery deployment is not measured here (its
-latency adds the broker round trips and the vision queue's artifact exchange; tests/reliability
-covers its behaviour, not its speed).
+Medians and ratios (2 vs 1 workers, Celery vs embedded) all come from this one run.
 
-Run: .venv/bin/python -m bench.e2e [--repeats 20] [--jobs 8]   (writes bench/results/e2e.json, e2e.md)
+Run: .venv/bin/python -m bench.e2e [--repeats 20] [--jobs 8] [--quick] [--no-celery] [--no-embedded]
+(writes bench/results/e2e.json, e2e.md; ``--out DIR`` elsewhere). ``--quick``: 2 repeats, 4 jobs.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import argparse
 import json
 import os
 import platform
-import socket
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,12 +39,14 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 from tqdm import tqdm
 
 from bench.common import RESULTS_DIR
+from tests.reliability import faults
+from tests.service import procs
 
 # One prompt per task family of the shipped agent's training (training/tasks): what a user asks.
 FAMILIES: dict[str, str] = {
@@ -48,7 +57,9 @@ FAMILIES: dict[str, str] = {
     "asymmetry": "Is there an asymmetry between the left and right hemisphere?",
 }
 THROUGHPUT_PROMPT = FAMILIES["volume"]
-READY_TIMEOUT_S = 180.0
+READY_TIMEOUT_S = 300.0
+WARM_REQUESTS = 3
+SECTIONS = ("embedded", "celery")
 
 
 def cpu_model() -> str:
@@ -62,13 +73,21 @@ def cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def redis_version() -> str:
+    exe = shutil.which("redis-server")
+    if exe is None:
+        return "not installed"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=10).stdout
+    return next((w.split("=", 1)[1] for w in out.split() if w.startswith("v=")), out.strip() or "unknown")
+
+
 def machine(threads: int) -> dict[str, Any]:
-    """Where the figures were taken; ``threads`` is the torch thread count the servers ran with."""
+    """Where the figures were taken; ``threads`` is the torch thread count of every server and worker."""
     import torch
 
     return {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
             "torch_threads": threads, "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
-            "platform": platform.platform(), "python": platform.python_version(),
+            "platform": platform.platform(), "python": platform.python_version(), "redis_server": redis_version(),
             "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
@@ -87,82 +106,130 @@ def thick_slice_scan(mni: Path, out: Path) -> Path:
     return vo.save_volume(vo.resample_to_spacing(vol, (1.0, 1.0, 5.0)), out)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _peak_rss_mb(pid: int) -> float:
     """VmHWM: the process's peak resident set so far (Linux)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:  # exited: its peak is gone with it
+        pass
     return float("nan")
 
 
-class Server:
+def _env(root: Path, threads: int, **extra: str) -> dict[str, str]:
+    """The tests' process environment (no stray VOXAGENT_* settings) with ``threads`` torch threads;
+    VOXAGENT_MODELS_DIR passes through, so the model benchmarked is the one pointed at."""
+    models = {"VOXAGENT_MODELS_DIR": os.environ["VOXAGENT_MODELS_DIR"]} if "VOXAGENT_MODELS_DIR" in os.environ else {}
+    return procs.base_env(root / "data", OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                          VOXAGENT_TENANT_CONCURRENCY="16", **models, **extra)
+
+
+class Deployment(Protocol):
+    url: str
+    key: str
+
+    def start(self) -> float: ...
+    def stop(self) -> None: ...
+    def peak_rss_mb(self) -> dict[str, float]: ...
+
+
+class Embedded:
     """A `voxagent serve` child process on loopback with its own data directory and API key."""
 
     def __init__(self, root: Path, workers: int, threads: int) -> None:
-        self.root, self.port = root, _free_port()
-        self.env = {**os.environ, "VOXAGENT_DATA_DIR": str(root / "data"), "VOXAGENT_WORKERS": str(workers),
-                    "VOXAGENT_TENANT_CONCURRENCY": "16", "OMP_NUM_THREADS": str(threads),
-                    "MKL_NUM_THREADS": str(threads)}
-        self.env.pop("VOXAGENT_BROKER_URL", None)
-        key = subprocess.run([sys.executable, "-m", "cli", "keys", "create", "--tenant", "bench"], env=self.env,
-                             capture_output=True, text=True, check=True, timeout=120)
-        self.key = key.stdout.strip()
-        self.proc: subprocess.Popen | None = None
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.port = root, procs.free_port()
+        self.env = _env(root, threads, VOXAGENT_WORKERS=str(workers))
+        self.key = procs.make_key(self.env, "bench")
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.proc: procs.Proc | None = None
 
     def start(self) -> float:
-        """Start the process; seconds until /readyz answers 200."""
+        """Start the process; seconds until /readyz answers 200 (models loaded: serve warms them)."""
         t0 = time.perf_counter()
-        log = open(self.root / f"serve-{self.port}.log", "wb")
-        self.proc = subprocess.Popen([sys.executable, "-m", "cli", "serve", "--host", "127.0.0.1",
-                                      "--port", str(self.port)], env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        deadline = t0 + READY_TIMEOUT_S
-        while time.perf_counter() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"voxagent serve exited ({self.proc.returncode}); see {log.name}")
-            try:
-                if httpx.get(f"{self.url}/readyz", headers=self.headers, timeout=2).status_code == 200:
-                    return time.perf_counter() - t0
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"voxagent serve not ready in {READY_TIMEOUT_S} s; see {log.name}")
+        self.proc = procs.Proc([*procs.VOXAGENT, "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                               self.env, self.root / "serve.log")
+        faults.wait_for(self._readyz, lambda status: status == 200, READY_TIMEOUT_S, "voxagent serve ready",
+                        self.proc.tail)
+        return time.perf_counter() - t0
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"X-API-Key": self.key}
-
-    def peak_rss_mb(self) -> float:
+    def _readyz(self) -> int:
         assert self.proc is not None
-        return _peak_rss_mb(self.proc.pid)
+        if not self.proc.alive():
+            raise RuntimeError(f"voxagent serve exited ({self.proc.p.returncode}):\n{self.proc.tail()}")
+        return httpx.get(f"{self.url}/readyz", timeout=2).status_code
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        assert self.proc is not None
+        return {"serve": _peak_rss_mb(self.proc.p.pid)}
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        if self.proc is not None:
+            self.proc.stop(30)
+
+
+class Celery:
+    """redis-server, ``workers`` agent and ``workers`` vision worker processes, `voxagent serve` with
+    the broker; all on loopback, sharing one data directory."""
+
+    def __init__(self, root: Path, workers: int, threads: int) -> None:
+        root.mkdir(parents=True, exist_ok=True)
+        self.root, self.workers, self.threads = root, workers, threads
+        self.procs: dict[str, procs.Proc] = {}
+        self.url = self.key = ""
+
+    def start(self) -> float:
+        """Start every process; seconds until /readyz answers 200 with each worker's model loaded."""
+        t0 = time.perf_counter()
+        self.procs["redis"], broker = procs.start_redis(self.root)
+        env = _env(self.root, self.threads, VOXAGENT_BROKER_URL=broker)
+        for queue in ("agent", "vision"):
+            for i in range(1, self.workers + 1):
+                name = f"{queue}-{i}@bench"
+                self.procs[name] = faults.start_worker(env, self.root, queue, name)
+        self.procs["api"], self.url = faults.start_api(env, self.root, "api")
+        faults.wait_for(self._readyz, self._all_loaded, READY_TIMEOUT_S,
+                        f"/readyz with {self.workers} agent and {self.workers} vision worker(s) loaded", self.logs)
+        ready_s = time.perf_counter() - t0
+        self.key = procs.make_key(env, "bench")
+        return ready_s
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {name}\n{p.tail(2500)}" for name, p in self.procs.items())
+
+    def _readyz(self) -> tuple[int, dict[str, Any]]:
+        for name, p in self.procs.items():
+            if not p.alive():
+                raise RuntimeError(f"{name} exited ({p.p.returncode}):\n{p.tail()}")
+        r = httpx.get(f"{self.url}/readyz", timeout=2)
+        return r.status_code, r.json()
+
+    def _all_loaded(self, answer: tuple[int, dict[str, Any]]) -> bool:
+        status, body = answer
+        queues = [c for c in body.get("components", []) if c["name"].startswith("queue:")]
+        return status == 200 and len(queues) == 2 and all((c.get("model_loaded") or 0) >= self.workers
+                                                         for c in queues)
+
+    def peak_rss_mb(self) -> dict[str, float]:
+        return {name: _peak_rss_mb(p.p.pid) for name, p in self.procs.items()}
+
+    def stop(self) -> None:
+        for p in reversed(list(self.procs.values())):  # API, workers, then the broker
+            p.stop(30)
 
 
 @contextmanager
-def running(root: Path, workers: int, threads: int) -> Iterator[tuple[Server, float]]:
-    server = Server(root, workers, threads)
+def running(kind: type[Embedded] | type[Celery], root: Path, workers: int,
+            threads: int) -> Iterator[tuple[Deployment, float]]:
+    """A started deployment and its cold start; every process stopped on the way out, errors and
+    KeyboardInterrupt included (the children run in their own sessions: a Ctrl-C never reaches them)."""
+    deployment = kind(root, workers, threads)
     try:
-        ready_s = server.start()
-        yield server, ready_s
+        ready_s = deployment.start()
+        yield deployment, ready_s
     finally:
-        server.stop()
+        deployment.stop()
 
 
 def upload(client: httpx.Client, path: Path) -> str:
@@ -190,9 +257,9 @@ def analyse(client: httpx.Client, volume_id: str, prompt: str, answers: dict[str
     return elapsed
 
 
-def throughput(server: Server, volume_id: str, jobs: int, bar: tqdm) -> float:
+def throughput(deployment: Deployment, volume_id: str, jobs: int, bar: tqdm) -> float:
     """Analyses per minute with ``jobs`` submitted at once."""
-    with httpx.Client(base_url=server.url, headers=server.headers, timeout=600) as client:
+    with httpx.Client(base_url=deployment.url, headers={"X-API-Key": deployment.key}, timeout=600) as client:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(jobs) as pool:
             for _ in pool.map(lambda _: analyse(client, volume_id, THROUGHPUT_PROMPT), range(jobs)):
@@ -200,80 +267,188 @@ def throughput(server: Server, volume_id: str, jobs: int, bar: tqdm) -> float:
         return jobs / (time.perf_counter() - t0) * 60
 
 
+def measure(deployment: Deployment, scans: dict[str, Path], repeats: int, jobs: int, bar: tqdm,
+            answers: dict[str, dict[str, str]] | None) -> tuple[dict[str, float], dict[str, Any] | None]:
+    """First and warm analyses, throughput; with ``answers`` also the latency per family and scan."""
+    latency: dict[str, Any] | None = None
+    with httpx.Client(base_url=deployment.url, headers={"X-API-Key": deployment.key}, timeout=600) as client:
+        ids = {name: upload(client, path) for name, path in scans.items()}
+        first_s = analyse(client, ids["t1_1mm"], THROUGHPUT_PROMPT)
+        bar.update()
+        warm = []
+        for _ in range(WARM_REQUESTS):
+            warm.append(analyse(client, ids["t1_1mm"], THROUGHPUT_PROMPT))
+            bar.update()
+        if answers is not None:  # latency one request at a time: the pool size does not matter
+            latency = {}
+            for scan, vid in ids.items():
+                per_family = {}
+                for family, prompt in FAMILIES.items():
+                    samples = []
+                    for _ in range(repeats):
+                        samples.append(analyse(client, vid, prompt, answers.setdefault(scan, {})))
+                        bar.update()
+                    per_family[family] = {"p50": statistics.median(samples), "p95": percentile(samples, 95),
+                                          "samples": samples}
+                latency[scan] = per_family
+    per_min = throughput(deployment, ids["t1_1mm"], jobs, bar)
+    return {"first_request_s": first_s, "warm_request_s": statistics.median(warm),
+            "throughput_per_min": per_min}, latency
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else float("nan")
+
+
+def run_section(kind: type[Embedded] | type[Celery], root: Path, scans: dict[str, Path], repeats: int, jobs: int,
+                threads: int, bar: tqdm) -> dict[str, Any]:
+    section: dict[str, Any] = {"latency_s": {}, "deployments": {}, "answers": {}}
+    for workers in (1, 2):
+        with running(kind, root / f"w{workers}", workers, threads) as (deployment, ready_s):
+            figures, latency = measure(deployment, scans, repeats, jobs, bar,
+                                       section["answers"] if workers == 1 else None)
+            section["deployments"][str(workers)] = {"cold_start_s": ready_s, **figures,
+                                                    "peak_rss_mb": deployment.peak_rss_mb()}
+            if latency is not None:
+                section["latency_s"] = latency
+    d = section["deployments"]
+    section["throughput_ratio_2_vs_1"] = _ratio(d["2"]["throughput_per_min"], d["1"]["throughput_per_min"])
+    section["first_vs_warm_ratio"] = _ratio(d["1"]["first_request_s"], d["1"]["warm_request_s"])
+    return section
+
+
+def celery_vs_embedded(embedded: dict[str, Any], celery: dict[str, Any]) -> dict[str, Any]:
+    """Celery / embedded, figure by figure (latency p50 per scan and family; per worker count)."""
+    out: dict[str, Any] = {"latency_p50": {
+        scan: {f: _ratio(celery["latency_s"][scan][f]["p50"], embedded["latency_s"][scan][f]["p50"]) for f in FAMILIES}
+        for scan in embedded["latency_s"]}}
+    for key in ("cold_start_s", "warm_request_s", "throughput_per_min"):
+        out[key] = {w: _ratio(celery["deployments"][w][key], embedded["deployments"][w][key]) for w in ("1", "2")}
+    return out
+
+
+SCAN_LABELS = {"t1_1mm": "1 mm T1", "thick_5mm": "1x1x5 mm"}
+SECTION_LABELS = {"embedded": "embedded", "celery": "Celery"}
+COLUMNS = {"embedded": ("1 worker", "2 workers"), "celery": ("1 agent + 1 vision worker", "2 + 2 workers")}
+
+
+def _f(value: float, fmt: str) -> str:
+    return "-" if value != value else fmt.format(value)  # NaN: not measured
+
+
 def table(results: dict[str, Any]) -> str:
     m = results["machine"]
+    sections = [s for s in SECTIONS if s in results]
     rows = [f"Machine: {m['cpu_count']} CPUs ({m['cpu_model']}), torch {m['torch']} with {m['torch_threads']} "
-            f"thread(s), CUDA {m['cuda']}; load average at start {m['load_average_at_start']}. "
-            f"`python -m bench.e2e --repeats {results['repeats']} --jobs {results['jobs']}`, one run.", "",
-            "| task family | 1 mm T1 p50 (s) | 1 mm T1 p95 (s) | 1x1x5 mm p50 (s) | 1x1x5 mm p95 (s) |",
-            "|---|---|---|---|---|"]
+            f"thread(s) per process, CUDA {m['cuda']}, redis-server {m['redis_server']}; load average at start "
+            f"{m['load_average_at_start']}. `{results['command']}` ({results['repeats']} repeats, "
+            f"{results['jobs']} jobs at once), one run.", ""]
+    ratio = results.get("celery_vs_embedded")
+    head = "| task family |"
+    for scan in SCAN_LABELS:
+        for s in sections:
+            head += f" {SCAN_LABELS[scan]} {SECTION_LABELS[s]} p50 (s) | p95 (s) |"
+        if ratio:
+            head += f" {SCAN_LABELS[scan]} p50 Celery / embedded |"
+    rows += [head, "|" + "---|" * head.count(" |")]
     for family in FAMILIES:
-        a, b = results["latency_s"]["t1_1mm"][family], results["latency_s"]["thick_5mm"][family]
-        rows.append(f"| {family} | {a['p50']:.2f} | {a['p95']:.2f} | {b['p50']:.2f} | {b['p95']:.2f} |")
-    rows += ["", "| deployment figure | 1 worker | 2 workers |", "|---|---|---|"]
-    d = results["deployments"]
-    for key, label, fmt in (("cold_start_s", "cold start: process start to /readyz (s)", "{:.1f}"),
+        row = f"| {family} |"
+        for scan in SCAN_LABELS:
+            for s in sections:
+                x = results[s]["latency_s"][scan][family]
+                row += f" {x['p50']:.2f} | {x['p95']:.2f} |"
+            if ratio:
+                row += f" {ratio['latency_p50'][scan][family]:.2f} |"
+        rows.append(row)
+    head = "| deployment figure |" + "".join(f" {SECTION_LABELS[s]}, {c} |" for s in sections for c in COLUMNS[s])
+    rows += ["", head, "|" + "---|" * head.count(" |")]
+
+    def line(label: str, values: list[str]) -> None:
+        rows.append(f"| {label} | " + " | ".join(values) + " |")
+
+    deps = [(s, results[s]["deployments"][w]) for s in sections for w in ("1", "2")]
+    for key, label, fmt in (("cold_start_s", "cold start: process start to /readyz, models loaded (s)", "{:.1f}"),
                             ("first_request_s", "first analysis after ready (s)", "{:.2f}"),
-                            ("warm_request_s", "warm analysis, median (s)", "{:.2f}"),
-                            ("throughput_per_min", f"throughput, {results['jobs']} at once (analyses/min)", "{:.1f}"),
-                            ("peak_rss_mb", "peak RSS of the server process (MB)", "{:.0f}")):
-        rows.append(f"| {label} | {fmt.format(d['1'][key])} | {fmt.format(d['2'][key])} |")
-    rows.append(f"| throughput ratio 2 / 1 workers | | {results['throughput_ratio_2_vs_1']:.2f} |")
-    rows.append(f"| cold / warm first analysis (1 worker) | {results['first_vs_warm_ratio']:.2f} | |")
-    rows += ["", "Celery deployment: not measured by this benchmark."]
+                            ("warm_request_s", f"warm analysis, median of {WARM_REQUESTS} (s)", "{:.2f}"),
+                            ("throughput_per_min", f"throughput, {results['jobs']} at once (analyses/min)",
+                             "{:.1f}")):
+        line(label, [_f(d[key], fmt) for _, d in deps])
+    for role, label in (("serve", "embedded server process"), ("api", "Celery API process"),
+                        ("agent", "each agent worker"), ("vision", "each vision worker"), ("redis", "redis-server")):
+        values = []
+        for _, d in deps:
+            rss = [v for name, v in d["peak_rss_mb"].items() if name == role or name.startswith(f"{role}-")]
+            values.append("/".join(_f(v, "{:.0f}") for v in rss) if rss else "")
+        if any(values):
+            line(f"peak RSS, {label} (MB)", values)
+    values = []
+    for s in sections:
+        values += ["", _f(results[s]["throughput_ratio_2_vs_1"], "{:.2f}")]
+    line("throughput ratio 2 / 1 workers", values)
+    values = []
+    for s in sections:
+        values += [_f(results[s]["first_vs_warm_ratio"], "{:.2f}"), ""]
+    line("first / warm analysis (1 worker)", values)
+    if ratio:
+        rows += ["", "| Celery / embedded | 1 worker | 2 workers |", "|---|---|---|"]
+        for key, label in (("cold_start_s", "cold start"), ("warm_request_s", "warm analysis"),
+                           ("throughput_per_min", "throughput")):
+            rows.append(f"| {label} | {_f(ratio[key]['1'], '{:.2f}')} | {_f(ratio[key]['2'], '{:.2f}')} |")
+    for s, why in results.get("not_measured", {}).items():
+        rows += ["", f"{SECTION_LABELS[s]} deployment: not measured in this run ({why})."]
     return "\n".join(rows)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=20, help="prompts per family and scan (p50/p95 over these)")
-    parser.add_argument("--jobs", type=int, default=8, help="analyses submitted at once for throughput")
-    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of each server")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="prompts per family and scan, p50/p95 over these (default 20; --quick 2)")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="analyses submitted at once for throughput (default 8; --quick 4)")
+    parser.add_argument("--quick", action="store_true", help="a small run (2 repeats, 4 jobs): a few minutes")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch threads of each process")
+    parser.add_argument("--no-celery", action="store_true", help="skip the Celery deployment")
+    parser.add_argument("--no-embedded", action="store_true", help="skip the embedded deployment")
+    parser.add_argument("--out", type=Path, default=RESULTS_DIR, help="where e2e.json and e2e.md go")
     args = parser.parse_args(argv)
+    repeats = args.repeats if args.repeats is not None else (2 if args.quick else 20)
+    jobs = args.jobs if args.jobs is not None else (4 if args.quick else 8)
+    kinds: dict[str, type[Embedded] | type[Celery]] = {"embedded": Embedded, "celery": Celery}
+    if args.no_embedded:
+        kinds.pop("embedded")
+    if args.no_celery:
+        kinds.pop("celery")
+    skipped = {name: f"--no-{name} given" for name in SECTIONS if name not in kinds}
+    if "celery" in kinds and shutil.which("redis-server") is None:
+        kinds.pop("celery")
+        skipped["celery"] = "redis-server is not installed (make system-deps)"
+        sys.stderr.write("bench.e2e: redis-server is not installed (make system-deps): Celery part skipped\n")
+    if not kinds:
+        parser.error("nothing left to measure")
 
     import nilearn
 
     mni = Path(nilearn.__file__).parent / "datasets/data/mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
     root = Path(tempfile.mkdtemp(prefix="voxagent-e2e-"))
     scans = {"t1_1mm": mni, "thick_5mm": thick_slice_scan(mni, root / "mni_1x1x5.nii.gz")}
-    total = 2 * (1 + 3) + len(scans) * len(FAMILIES) * args.repeats + 2 * args.jobs
-    results: dict[str, Any] = {"machine": machine(args.threads), "repeats": args.repeats, "jobs": args.jobs,
-                               "latency_s": {}, "deployments": {}}
-    answers: dict[str, dict[str, str]] = {}
-    with tqdm(total=total, desc="bench.e2e", unit="req", file=sys.stderr) as bar:
-        for workers in (1, 2):
-            with running(root / f"w{workers}", workers, args.threads) as (server, ready_s):
-                with httpx.Client(base_url=server.url, headers=server.headers, timeout=600) as client:
-                    ids = {name: upload(client, path) for name, path in scans.items()}
-                    first_s = analyse(client, ids["t1_1mm"], THROUGHPUT_PROMPT)
-                    bar.update()
-                    warm = []
-                    for _ in range(3):
-                        warm.append(analyse(client, ids["t1_1mm"], THROUGHPUT_PROMPT))
-                        bar.update()
-                    if workers == 1:  # latency one request at a time: the pool size does not matter
-                        for scan, vid in ids.items():
-                            per_family = {}
-                            for family, prompt in FAMILIES.items():
-                                samples = []
-                                for _ in range(args.repeats):
-                                    samples.append(analyse(client, vid, prompt, answers.setdefault(scan, {})))
-                                    bar.update()
-                                per_family[family] = {"p50": statistics.median(samples),
-                                                      "p95": percentile(samples, 95), "samples": samples}
-                            results["latency_s"][scan] = per_family
-                per_min = throughput(server, ids["t1_1mm"], args.jobs, bar)
-                results["deployments"][str(workers)] = {
-                    "cold_start_s": ready_s, "first_request_s": first_s, "warm_request_s": statistics.median(warm),
-                    "throughput_per_min": per_min, "peak_rss_mb": server.peak_rss_mb()}
-    d = results["deployments"]
-    results["throughput_ratio_2_vs_1"] = d["2"]["throughput_per_min"] / d["1"]["throughput_per_min"]
-    results["first_vs_warm_ratio"] = d["1"]["first_request_s"] / d["1"]["warm_request_s"]
-    results["answers"] = answers
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    (RESULTS_DIR / "e2e.json").write_text(json.dumps(results, indent=2, sort_keys=True))
+    per_section = 2 * (1 + WARM_REQUESTS) + len(scans) * len(FAMILIES) * repeats + 2 * jobs
+    shown = sys.argv[1:] if argv is None else argv
+    results: dict[str, Any] = {"machine": machine(args.threads), "repeats": repeats, "jobs": jobs,
+                               "command": " ".join(["python -m bench.e2e", *shown]), "not_measured": skipped}
+    try:
+        with tqdm(total=per_section * len(kinds), desc="bench.e2e", unit="req", file=sys.stderr) as bar:
+            for name, kind in kinds.items():
+                results[name] = run_section(kind, root / name, scans, repeats, jobs, args.threads, bar)
+    except BaseException:
+        sys.stderr.write(f"bench.e2e stopped; every process it started is stopped, their logs are in {root}\n")
+        raise
+    if "embedded" in results and "celery" in results:
+        results["celery_vs_embedded"] = celery_vs_embedded(results["embedded"], results["celery"])
+    shutil.rmtree(root, ignore_errors=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "e2e.json").write_text(json.dumps(results, indent=2, sort_keys=True))
     md = f"## bench.e2e\n\n{table(results)}\n"
-    (RESULTS_DIR / "e2e.md").write_text(md)
+    (args.out / "e2e.md").write_text(md)
     sys.stdout.write(md)
     return 0
 
