@@ -40,6 +40,9 @@ class MultiLabelPretrainer(VisionPretrainer):
         if self.net.config.out_channels != len(CLASS_LABELS) or not self.net.config.baseline:
             raise ValueError(f"the multi-label baseline needs vision baseline=True and out_channels="
                              f"{len(CLASS_LABELS)}, got {self.net.config}")
+        if self.config.mni_share > 0:
+            # it trains every class on every sample; an MNI sample defines only a few (mni_synthseg)
+            raise ValueError("the multi-label baseline cannot train on MNI samples: set mni_share to 0")
         self._class_lut = torch.from_numpy(class_lut())
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:

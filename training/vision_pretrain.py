@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 
 from agent.phi_bank import PHI_DIM, PhiBank
+from training.synth.mni_synthseg import MNI_SUPERVISED
 from training.synth.synthseg import (
     DEFAULT_ROOT,
     LabelMaps,
@@ -82,6 +83,9 @@ class PretrainConfig:
     # share of samples that are whole heads with a random field of view instead of patches, so that
     # the group norms see at inference-time fields of view (whole volumes) during training too
     whole_volume_share: float = 0.0
+    # share of samples drawn from the MNI152 template's label map (training.synth.mni_synthseg) instead
+    # of a subject's: same augmentation, but only the targets the template defines are drawn on them
+    mni_share: float = 0.0
     # "working": logits on the network's working grid against area-averaged (soft) targets, the path
     # training.grid_ceiling scores; "input": logits interpolated to the input grid first (8x the voxels)
     loss_grid: str = "working"
@@ -110,6 +114,8 @@ class PretrainConfig:
             raise ValueError(f"target_sampling must be 'uniform' or 'difficulty', got {self.target_sampling!r}")
         if self.loss_grid not in ("working", "input"):
             raise ValueError(f"loss_grid must be 'working' or 'input', got {self.loss_grid!r}")
+        if not 0.0 <= self.mni_share <= 1.0:
+            raise ValueError(f"mni_share must be in [0, 1], got {self.mni_share!r}")
         if self.targets_per_step < 1:
             raise ValueError("targets_per_step must be >= 1")
         if not self.patch_schedule or self.patch_schedule[0][0] != 0:
@@ -144,8 +150,8 @@ def trainer_class(name: str) -> type:
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
-    "data_root", "whole_volume_share", "loss_grid", "target_sampling", "lr", "warmup_steps", "patch_schedule",
-    "targets_per_step",
+    "data_root", "whole_volume_share", "mni_share", "loss_grid", "target_sampling", "lr", "warmup_steps",
+    "patch_schedule", "targets_per_step",
     "present_target_share", "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
     "autocast_bf16"})
 
@@ -208,15 +214,23 @@ class SynthStream(torch.utils.data.IterableDataset):
         gen = SynthSegGenerator(LabelMaps(root, self.subjects), Priors(root),
                                 SynthSettings(**cfg.synth))
         ceiling = VisionConfig.from_dict(dict(cfg.vision)).intensity_ceiling
+        mni_gen = None
+        if cfg.mni_share > 0:
+            from training.synth.mni_synthseg import MNILabelMaps
+
+            mni_gen = SynthSegGenerator(MNILabelMaps(), gen.priors, gen.settings)
         rng = np.random.default_rng([cfg.seed, self.start_step])
         step = self.start_step
         while True:
             patch = patch_for_step(cfg, step)
             whole = rng.random() < cfg.whole_volume_share
-            s = gen.sample(rng, patch_mm=None if whole else patch)
+            # no draw at all when the share is 0, so such a run's stream is the one it was before the option
+            mni = mni_gen is not None and rng.random() < cfg.mni_share
+            s = (mni_gen if mni and mni_gen is not None else gen).sample(rng, patch_mm=None if whole else patch)
             present = np.unique(s.labels.numpy())
             yield dict(image=_normalize(s.image, ceiling), labels=s.labels, spacing=s.spacing,
-                       contrast=s.contrast, present=present, patch_mm=0 if whole else patch)
+                       contrast=s.contrast, present=present, patch_mm=0 if whole else patch,
+                       supervised=MNI_SUPERVISED if mni else None)
             step += 1
 
 
@@ -277,15 +291,22 @@ class VisionPretrainer:
             self.load()
 
     # -- override points ---------------------------------------------------------------------
-    def choose_targets(self, present: np.ndarray, k: int | None = None) -> list[int]:
+    def choose_targets(self, present: np.ndarray, k: int | None = None,
+                       supervised: Sequence[str] | None = None) -> list[int]:
         """Indices into BANK_TARGETS: mostly targets with voxels in the sample, some absent ones.
 
         When the sample holds a lesion, one of the step's targets is a lesion target half of the time
         (there are 4 lesion targets among ~60, and lesions are what users ask about most).
+        ``supervised`` (a sample's own list, e.g. an MNI sample's ``MNI_SUPERVISED``) restricts the draw
+        to the targets whose truth the sample defines; None: every target.
         """
         k = k or self.config.targets_per_step
         lesions_on = SynthSettings(**self.config.synth).lesion_probability > 0
-        allowed = [BANK_TARGETS.index(n) for n in ANATOMY_TARGETS + (LESION_TARGETS if lesions_on else ())]
+        allowed = [BANK_TARGETS.index(n) for n in ANATOMY_TARGETS + (LESION_TARGETS if lesions_on else ())
+                   if supervised is None or n in supervised]
+        if not allowed:
+            raise ValueError(f"a sample supervises none of the trainer's targets: {supervised}")
+        k = min(k, len(allowed))
         present = np.asarray(present, dtype=np.int64)
         lut = self._luts[:, np.clip(present, 0, LUT_SIZE - 1)].any(1).numpy()
         here = [i for i in allowed if lut[i]]
@@ -342,7 +363,8 @@ class VisionPretrainer:
         self.net.train()
         labels = sample["labels"].to(torch.int64)
         # a whole head costs ~12 patches at the working grid: one target for it, not targets_per_step
-        chosen = self.choose_targets(sample["present"], 1 if sample["patch_mm"] == 0 else None)
+        chosen = self.choose_targets(sample["present"], 1 if sample["patch_mm"] == 0 else None,
+                                     sample.get("supervised"))
         masks = torch.stack([self._luts[i][labels] for i in chosen]).float()[:, None]
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()

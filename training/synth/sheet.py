@@ -4,7 +4,10 @@ One row per sample: the middle slice of the image across its finest axes, and th
 it. The sheets are derived from the third-party label maps, so they are written to a folder of your
 choice and not committed::
 
-    python -m training.synth.sheet --out runs/sheets --samples 12 [--lesions 0.5]
+    python -m training.synth.sheet --out runs/sheets --samples 12 [--lesions 0.5] [--mni]
+
+``--mni`` draws the MNI152 template's label map instead (training.synth.mni_synthseg), with the
+same augmentation; the data folder still gives the intensity priors.
 """
 from __future__ import annotations
 
@@ -58,14 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--samples", type=int, default=12)
     parser.add_argument("--lesions", type=float, default=0.5, help="share of samples with lesions")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--mni", action="store_true", help="sample the MNI152 template's label map")
     args = parser.parse_args(argv)
     try:
-        gen = SynthSegGenerator(LabelMaps(args.data), Priors(args.data), SynthSettings(lesion_probability=args.lesions))
+        if args.mni:
+            from training.synth.mni_synthseg import MNILabelMaps
+
+            maps: LabelMaps = MNILabelMaps()
+        else:
+            maps = LabelMaps(args.data)
+        gen = SynthSegGenerator(maps, Priors(args.data), SynthSettings(lesion_probability=args.lesions))
     except (FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     out = Path(args.out)
-    for name, patch in (("synth_patches.png", 128), ("synth_whole.png", None)):
+    prefix = "mni" if args.mni else "synth"
+    for name, patch in ((f"{prefix}_patches.png", 128), (f"{prefix}_whole.png", None)):
         path = draw_sheet(gen, out / name, args.samples, args.seed, patch)
         sys.stdout.write(f"{path}\n")
     return 0
