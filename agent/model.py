@@ -77,10 +77,11 @@ class VoxAgentModel(nn.Module):
 
     # ---- shared pieces -------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, enc_vectors: torch.Tensor | None = None,
-              prompt_vectors: torch.Tensor | None = None) -> torch.Tensor:
+              prompt_vectors: torch.Tensor | None = None, at_start: bool = True) -> torch.Tensor:
         """Token embeddings, with every ``<ENC>`` position replaced by a projected encoding vector
         (vectors consumed in row-major order of the ``<ENC>`` positions), and, for a model with a
-        sentence-encoder front end, the projected prompt vector added at position 0 of each row."""
+        sentence-encoder front end, the projected prompt vector added at position 0 of each row
+        (``at_start=False``: the ids continue a sequence, so there is no position 0 to add it to)."""
         embeds = self.llama.model.embed_tokens(input_ids)
         enc_mask = input_ids == self.cfg.enc_id
         n_enc = int(enc_mask.sum())
@@ -91,7 +92,7 @@ class VoxAgentModel(nn.Module):
             assert enc_vectors is not None
             proj = self.feedback_proj(enc_vectors.to(embeds.dtype).to(embeds.device))
             embeds = embeds.masked_scatter(enc_mask.unsqueeze(-1), proj)
-        if self.prompt_proj is not None:
+        if self.prompt_proj is not None and at_start:
             if prompt_vectors is None:
                 raise ValueError("this agent reads the prompt through a sentence encoder: pass prompt_vectors")
             add = self.prompt_proj(prompt_vectors.to(embeds.dtype).to(embeds.device)).reshape(-1, embeds.shape[-1])
@@ -240,7 +241,7 @@ class DecodeSession:
             x = self.embed_weight[ids[0] : ids[0] + 1]  # one decoded token: a view, no index op
         else:
             id_tensor = torch.tensor(ids, dtype=torch.long, device=self.kv_cache.device)
-            x = self.model.embed(id_tensor, enc_vectors, prompt_vector if first else None)
+            x = self.model.embed(id_tensor, enc_vectors, prompt_vector if first else None, at_start=p0 == 0)
         p1 = p0 + T
         blocked = None
         if T > 1:

@@ -42,6 +42,7 @@ from agent.functions import default_registry
 from agent.grounding import ground_result
 from agent.model import DecodeSession, VoxAgentModel
 from agent.phi_bank import PhiBank
+from agent.result_warnings import failed_step_warnings, instruction_warnings, thick_slice_warnings
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
@@ -225,6 +226,7 @@ class AgentRuntime:
         deadline = t_start + lim.max_wall_s
         timings = {"setup": 0.0, "prefill": 0.0, "decode": 0.0, "execute": 0.0, "feedback": 0.0}
         result = AnalysisResult(status=AnalysisStatus.no_answer, model=self.model_name)
+        result.warnings = thick_slice_warnings(scans)
         transcript = Transcript()
         self.last_transcript = transcript
         responses: list[str] = []
@@ -281,12 +283,12 @@ class AgentRuntime:
             timings["execute"] += self._now() - t_decoded
             if outcome.error is None:
                 assigned |= _assigned_names(code)
+                result.warnings += instruction_warnings(index, code, draft.phis, self._bank(executor))
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
 
             if outcome.stopped:
-                result.warnings = [f"step {t.index} failed and the agent went on: {t.error}"
-                                   for t in result.trace[:-1] if t.error]
+                result.warnings += failed_step_warnings(result.trace)
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
                            answer_problem(" ".join(responses)))
                 if problem:
@@ -333,12 +335,15 @@ class AgentRuntime:
             registry = default_registry()
         if self._signatures is None or self._signatures[0] is not registry:
             self._signatures = (registry, signatures(registry))
-        bank = getattr(getattr(executor, "ctx", None), "phi_bank", None)
-        if not isinstance(bank, PhiBank):
-            bank = self.phi_bank or PhiBank.default()
+        bank = self._bank(executor)
         limits = getattr(executor, "limits", None)
         return _StepRules(names, self._signatures[1], target_strings(bank),
                           limits if isinstance(limits, SandboxLimits) else SandboxLimits())
+
+    def _bank(self, executor: StepExecutor) -> PhiBank:
+        """The phi bank the executor's ``generate`` checks targets against (the runtime's otherwise)."""
+        bank = getattr(getattr(executor, "ctx", None), "phi_bank", None)
+        return bank if isinstance(bank, PhiBank) else (self.phi_bank or PhiBank.default())
 
     def _choose(self, logits: torch.Tensor, constraint: StepConstraint, transcript: Transcript) -> int | None:
         """The most likely token that keeps the step valid (fed to ``constraint``), or None if none does.

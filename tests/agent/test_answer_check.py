@@ -50,7 +50,9 @@ def test_retried_steps_become_warnings_of_a_real_answer(tokenizer, random_model)
                 StepOutcome(stopped=True, responses=["The brain measures 1200 mL."], metrics=[metric])]
     result = run_with(tokenizer, random_model, outcomes)
     assert result.status == "succeeded" and result.text == "The brain measures 1200 mL."
-    assert result.warnings == ["step 0 failed and the agent went on: name 'left_b' is not defined"]
+    thick, retried = result.warnings  # SCANS' FLAIR has 5 mm slices
+    assert thick.startswith("scan flair has 0.9x0.9x5 mm voxels")
+    assert retried == "step 0 failed and the agent went on: name 'left_b' is not defined"
 
 
 def test_scripted_program_with_placeholder_is_no_answer(tmp_path):

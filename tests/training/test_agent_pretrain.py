@@ -195,9 +195,15 @@ def test_sentence_encoder_front_end(tmp_path, vision_dir, smoke):
 
     ids = initial_state_ids(trainer.tokenizer, episode[0].prompt, episode[0].scans)
     trainer.model.eval()
-    s1, s2 = trainer.model.start_session(len(ids) + 2), trainer.model.start_session(len(ids) + 2)
+    s1, s2 = trainer.model.start_session(len(ids) + 6), trainer.model.start_session(len(ids) + 2)
     h1 = s1.feed(ids, prompt_vector=torch.from_numpy(a))
     h2 = s2.feed(ids, prompt_vector=torch.from_numpy(c))
     assert not torch.allclose(h1[-1], h2[-1])
+    # later feeds (feedback chunks of several tokens) continue the sequence: no second prompt vector,
+    # and the cached states equal one full forward of the whole sequence
+    more = [trainer.tokenizer.step_id, *ids[1:4]]
+    h_more = s1.feed(more)
+    full = trainer.model(torch.tensor([ids + more]), prompt_vectors=torch.from_numpy(a)[None])
+    assert torch.allclose(h_more, full.hidden[0, len(ids):], atol=1e-4)
     with pytest.raises(ValueError, match="prompt_vectors"):
         trainer.model(torch.tensor(ids))
