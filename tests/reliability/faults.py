@@ -100,6 +100,14 @@ def start_api(env: dict[str, str], tmp: Path, name: str, warm: bool = False) -> 
     return proc, url
 
 
+def upload_volume(client, path: Path, headers: dict[str, str]) -> str:  # noqa: ANN001 - an httpx.Client
+    """POST ``path`` to /v1/volumes; the new volume's id."""
+    with open(path, "rb") as fh:
+        r = client.post("/v1/volumes", files={"file": (path.name, fh)}, headers=headers)
+    assert r.status_code == 201, r.text
+    return r.json()["id"]
+
+
 def sigkill(proc: procs.Proc) -> None:
     os.killpg(proc.p.pid, signal.SIGKILL)
     proc.p.wait(10)

@@ -35,8 +35,7 @@ def test_embedded_restart_requeues_running_and_queued_jobs_and_keeps_results(tmp
             return "\n".join(f"--- {p.log.name}\n{p.tail(3000)}" for p in started)
 
         with httpx.Client(base_url=base, timeout=30) as client:
-            with open(scan, "rb") as fh:
-                vid = client.post("/v1/volumes", files={"file": (scan.name, fh)}, headers=h).json()["id"]
+            vid = faults.upload_volume(client, scan, h)
 
             def submit() -> httpx.Response:
                 return client.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid}]}, headers=h)

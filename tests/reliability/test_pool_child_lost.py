@@ -43,8 +43,7 @@ def test_pool_child_killed_mid_job_is_redelivered_and_completes(tmp_path):
         scan = tmp_path / "scan.nii.gz"
         write_scan(scan, seed=4)
         with httpx.Client(base_url=base, timeout=30) as client:
-            with open(scan, "rb") as fh:
-                vid = client.post("/v1/volumes", files={"file": (scan.name, fh)}, headers=h).json()["id"]
+            vid = faults.upload_volume(client, scan, h)
 
             def run(wait: float = 0.0) -> dict:
                 r = client.post("/v1/analyses", json={"code": CODE, "volumes": [{"id": vid}], "wait": wait}, headers=h)

@@ -78,8 +78,7 @@ def test_pending_webhook_is_delivered_after_an_api_restart_and_a_spent_one_is_no
         scan = tmp_path / "scan.nii.gz"
         write_scan(scan, seed=1)
         with httpx.Client(base_url=base, timeout=30) as client:
-            with open(scan, "rb") as fh:
-                vid = client.post("/v1/volumes", files={"file": (scan.name, fh)}, headers=h).json()["id"]
+            vid = faults.upload_volume(client, scan, h)
 
             def batch(url: str) -> str:
                 r = client.post("/v1/batches", headers=h, json={"code": CODE, "webhook_url": url,
