@@ -52,7 +52,8 @@ class CeleryVisionClient:
                 paths.append(stored[1])
                 checksums.append(stored[2])
                 continue
-            p = d / f"in_{uuid.uuid4().hex}.nii.gz"  # a derived volume (e.g. a crop): written for the worker
+            # a derived volume (e.g. a crop): written for the worker, uncompressed (see generate)
+            p = d / f"in_{uuid.uuid4().hex}.nii"
             nib.save(nib.Nifti1Image(np.asarray(vol.array, dtype=np.float32), vol.affine), p)
             paths.append(str(p))
             checksums.append(None)
@@ -70,7 +71,9 @@ class CeleryVisionClient:
         queue = self._queues.get(handle.job_id)
         if queue is None:
             raise LookupError(f"no vision worker holds encodings of job {handle.job_id}; call encode first")
-        out = self._dir(handle.job_id) / f"gen_{uuid.uuid4().hex}.nii.gz"
+        # uncompressed: writing + reading a 1 mm float32 probability map (~29 MB) gzipped took 0.18 s a
+        # call on 2 cores, 0.02 s plain; the file lives only until the job's release
+        out = self._dir(handle.job_id) / f"gen_{uuid.uuid4().hex}.nii"
         phi_list = np.asarray(_numpy(phi), dtype=np.float32).reshape(-1).tolist()
         path = self._call("vision.generate", [handle.job_id, handle.key, int(stream), phi_list, str(out)], queue)
         img = nib.load(path)
