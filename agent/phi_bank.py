@@ -49,6 +49,13 @@ def _seeded_vector(label: str) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(PHI_DIM) * 0.5).astype(np.float32)
 
 
+def phi_array(phi: object) -> np.ndarray:
+    """A phi the agent emitted (a tensor, maybe bf16 or on a GPU) or any sequence, as 1-D float32 numbers."""
+    if hasattr(phi, "detach"):
+        phi = phi.detach().float().cpu()  # type: ignore[attr-defined]
+    return np.asarray(phi, dtype=np.float32).reshape(-1)
+
+
 class PhiBank:
     """Phi vectors by modality (encode) and by target (generate)."""
 

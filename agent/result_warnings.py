@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from agent.phi_bank import PhiBank, UnsupportedTargetError
+from agent.phi_bank import PhiBank, UnsupportedTargetError, phi_array
 from agent.state import ScanInfo
 
 # a voxel this much longer along one axis than along another, or slices thicker than this
@@ -74,7 +74,7 @@ def instruction_warnings(step: int, code: str, phis: Sequence[object], bank: Phi
             ref = bank.generate_phi(target)
         except UnsupportedTargetError:
             continue  # the sandbox reports an unknown target as the step's error
-        vec = np.asarray(phi.detach().float().cpu() if hasattr(phi, "detach") else phi, dtype=np.float64).ravel()
+        vec = phi_array(phi).astype(np.float64)
         if vec.shape != ref.shape:
             continue
         cos = float(vec @ ref / max(np.linalg.norm(vec) * np.linalg.norm(ref), 1e-12))

@@ -115,10 +115,9 @@ class _PhiRecorder:
         self.phis: list[list[list[float]]] = []
 
     def execute_step(self, code: str, phis=None):
-        import numpy as np
+        from agent.phi_bank import phi_array
 
-        self.phis.append([np.asarray(p.detach().float().cpu() if hasattr(p, "detach") else p, dtype=np.float32)
-                          .reshape(-1).tolist() for p in (phis or ())])
+        self.phis.append([phi_array(p).tolist() for p in (phis or ())])
         return self._executor.execute_step(code, phis)
 
     def annotate(self, result: AnalysisResult) -> AnalysisResult:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from agent.phi_bank import PhiBank
+from agent.phi_bank import PhiBank, phi_array
 from vision.targets import UnknownTargetError, canonical_target, target_mask
 from voxel_ops import Volume
 
@@ -45,8 +45,7 @@ class OracleVisionClient:
 
     def nearest_target(self, phi: Any) -> tuple[str, float]:
         """(bank target, cosine) nearest to ``phi``."""
-        vec = phi.detach().float().cpu().numpy() if hasattr(phi, "detach") else np.asarray(phi)
-        vec = vec.astype(np.float64).ravel()
+        vec = phi_array(phi).astype(np.float64)
         cos = self.table @ (vec / max(float(np.linalg.norm(vec)), 1e-12))
         best = int(np.argmax(cos))
         return self.names[best], float(cos[best])
