@@ -46,6 +46,7 @@ from agent.phi_bank import PhiBank
 from agent.state import IGNORE_INDEX, build_training_sequence, collate_sequences
 from agent.tokenizer import TINY_VOCAB, AgentTokenizer, train_tokenizer
 from training.agent_episodes import Episode, EpisodeWorker, run_episode
+from training.prompt_augment import PromptNoise
 
 logger = logging.getLogger(__name__)
 
@@ -95,6 +96,11 @@ class AgentPretrainConfig:
     variants_per_case: int = 4
     # a frozen all-MiniLM-L6-v2 vector of the prompt next to its tokens (agent.prompt_encoder)
     sentence_encoder: bool = False
+    # share of drawn episodes whose prompt gets word dropout/insertion/swaps (training.prompt_augment)
+    prompt_noise: float = 0.0
+    # keep drawing fresh episodes from the worker once the pool is full (False: the worker is never
+    # started after that, which frees its core; prompt_noise then supplies the variety)
+    refresh_pool: bool = True
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
@@ -120,7 +126,7 @@ VARIANTS: dict[str, AgentPretrainConfig] = {
 # keys a resumed run may change (recorded in the run's config history); others would change the run's meaning
 RESUMABLE_KEYS = frozenset({"batch", "lr", "min_lr", "eval_every", "eval_tasks", "patience", "decay_steps",
                             "checkpoint_minutes", "threads", "worker_threads", "pool_size", "fresh_per_step",
-                            "clip", "weight_decay", "variants_per_case"})
+                            "clip", "weight_decay", "variants_per_case", "prompt_noise", "refresh_pool"})
 
 
 def phi_targets(bank: PhiBank, labels: Sequence[str]) -> torch.Tensor:
@@ -289,8 +295,10 @@ class AgentPretrainer:
         """Fresh episodes first (the worker's output since the last step), the rest from the pool."""
         cfg = self.config
         need = cfg.fresh_per_step if len(self.pool) >= cfg.min_pool else cfg.min_pool - len(self.pool)
-        fresh = self._worker().take(at_least=need, at_most=max(need, 8))
-        self._add(fresh)
+        fresh: list[Episode] = []
+        if need or cfg.refresh_pool or len(self.pool) < cfg.pool_size:
+            fresh = self._worker().take(at_least=need, at_most=max(need, 8))
+            self._add(fresh)
         # candidates sorted by length, one random window of them: rows of a batch have similar lengths,
         # so right-padding wastes little (episodes run 60-270 tokens)
         n_rest = max(0, cfg.batch - len(fresh))
@@ -332,7 +340,19 @@ class AgentPretrainer:
         return [e for e in episodes
                 if len(build_training_sequence(self.tokenizer, e.prompt, e.scans, e.steps, dim)) <= limit]
 
+    def perturb(self, episodes: Sequence[Episode]) -> list[Episode]:
+        """Override point: the episodes as this step trains on them (word noise on some prompts)."""
+        if not self.config.prompt_noise:
+            return list(episodes)
+        noise = PromptNoise(share=self.config.prompt_noise)
+        out = []
+        for e in episodes:
+            prompt = noise.apply(e.prompt, [s.name for s in e.scans], self.rng)
+            out.append(e if prompt == e.prompt else dataclasses.replace(e, prompt=prompt, prompt_vector=None))
+        return out
+
     def train_step(self, episodes: Sequence[Episode]) -> StepStats:
+        episodes = self.perturb(episodes)
         seqs, labels = self._sequences(episodes)
         if not seqs:
             raise ValueError("every episode of the batch was longer than max_tokens")

@@ -207,3 +207,24 @@ def test_sentence_encoder_front_end(tmp_path, vision_dir, smoke):
     assert torch.allclose(h_more, full.hidden[0, len(ids):], atol=1e-4)
     with pytest.raises(ValueError, match="prompt_vectors"):
         trainer.model(torch.tensor(ids))
+
+
+def test_prompt_noise_and_a_fixed_pool(tmp_path, vision_dir, smoke):
+    """prompt_noise rewrites copies of the drawn prompts (the pool keeps its own); with refresh_pool
+    off a full pool takes nothing more from the worker."""
+    trainer = AgentPretrainer(tmp_path / "run", smoke(prompt_noise=1.0, refresh_pool=False, pool_size=4), vision_dir)
+    try:
+        assert len(trainer.pool) == 4
+        before = [e.prompt for e in trainer.pool]
+        taken = trainer.next_episode
+        noisy = [trainer.perturb(trainer.pool) for _ in range(10)]
+        assert any(n.prompt != b for batch in noisy for n, b in zip(batch, before))
+        assert [e.prompt for e in trainer.pool] == before
+        assert all(n.prompt_vector is None for batch in noisy for n, b in zip(batch, before) if n.prompt != b)
+        for _ in range(3):
+            batch = trainer.draw_batch()
+            assert all(any(e is p for p in trainer.pool) for e in batch)
+            trainer.train_step(batch)
+        assert trainer.next_episode == taken and trainer.step == 3
+    finally:
+        trainer._worker().close()
