@@ -38,6 +38,9 @@ class AgentConfig:
     # width of a sentence-encoder vector of the prompt added to the first position's embedding
     # (agent.prompt_encoder; 384 for all-MiniLM-L6-v2); 0 = the prompt's tokens only
     prompt_vector_dim: int = 0
+    # width of the sentence encoder's per-token states added to each prompt piece's embedding
+    # (agent.prompt_states; 384 for all-MiniLM-L6-v2); 0 = none
+    prompt_state_dim: int = 0
     # special token ids (from AgentTokenizer); -1 = not yet bound to a tokenizer
     pad_id: int = 0
     bos_id: int = 2

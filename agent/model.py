@@ -68,6 +68,14 @@ class VoxAgentModel(nn.Module):
         self.feedback_proj = nn.Sequential(nn.LayerNorm(cfg.hidden_size), nn.Linear(cfg.hidden_size, cfg.hidden_size))
         # a frozen sentence encoder's view of the prompt, added at position 0 (agent.prompt_encoder)
         self.prompt_proj = nn.Linear(cfg.prompt_vector_dim, cfg.hidden_size) if cfg.prompt_vector_dim else None
+        # its per-token states, added to the prompt pieces' embeddings (agent.prompt_states); the
+        # output layer starts at zero so that a grown checkpoint first computes what it did before
+        self.prompt_state_proj = None
+        if cfg.prompt_state_dim:
+            self.prompt_state_proj = nn.Sequential(nn.LayerNorm(cfg.prompt_state_dim),
+                                                   nn.Linear(cfg.prompt_state_dim, cfg.hidden_size))
+            nn.init.zeros_(self.prompt_state_proj[1].weight)
+            nn.init.zeros_(self.prompt_state_proj[1].bias)
         self._fused: tuple[Any, list[dict[str, torch.Tensor]]] | None = None
         self._lm_head_t: tuple[tuple[int, int], torch.Tensor] | None = None  # (d, V) copy for decoding
 
@@ -77,11 +85,14 @@ class VoxAgentModel(nn.Module):
 
     # ---- shared pieces -------------------------------------------------------------------------
     def embed(self, input_ids: torch.Tensor, enc_vectors: torch.Tensor | None = None,
-              prompt_vectors: torch.Tensor | None = None, at_start: bool = True) -> torch.Tensor:
+              prompt_vectors: torch.Tensor | None = None, at_start: bool = True,
+              prompt_states: torch.Tensor | None = None) -> torch.Tensor:
         """Token embeddings, with every ``<ENC>`` position replaced by a projected encoding vector
         (vectors consumed in row-major order of the ``<ENC>`` positions), and, for a model with a
         sentence-encoder front end, the projected prompt vector added at position 0 of each row
-        (``at_start=False``: the ids continue a sequence, so there is no position 0 to add it to)."""
+        (``at_start=False``: the ids continue a sequence, so there is no position 0 to add it to)
+        and the projected per-token states ``prompt_states`` ((B,) T0, dim; rows of zeros add
+        nothing) added at positions 0..T0-1."""
         embeds = self.llama.model.embed_tokens(input_ids)
         enc_mask = input_ids == self.cfg.enc_id
         n_enc = int(enc_mask.sum())
@@ -100,6 +111,16 @@ class VoxAgentModel(nn.Module):
                 embeds = torch.cat([embeds[:1] + add[0], embeds[1:]])
             else:
                 embeds = torch.cat([embeds[:, :1] + add[:, None], embeds[:, 1:]], dim=1)
+        if self.prompt_state_proj is not None and at_start:
+            if prompt_states is None:
+                raise ValueError("this agent reads per-token sentence-encoder states: pass prompt_states")
+            states = prompt_states.to(embeds.dtype).to(embeds.device)
+            present = (states.abs().sum(-1, keepdim=True) > 0).to(embeds.dtype)
+            add = self.prompt_state_proj(states) * present
+            n = add.shape[-2]
+            if n > embeds.shape[-2]:
+                raise ValueError(f"prompt_states cover {n} positions but the ids have {embeds.shape[-2]}")
+            embeds = torch.cat([embeds[..., :n, :] + add, embeds[..., n:, :]], dim=-2)
         return embeds
 
     def phis(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
@@ -128,12 +149,13 @@ class VoxAgentModel(nn.Module):
         labels: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         prompt_vectors: torch.Tensor | None = None,
+        prompt_states: torch.Tensor | None = None,
     ) -> AgentOutput:
         """Teacher forcing over (B, L) ids; ``labels`` unshifted with -100 outside eta tokens."""
         if input_ids.dim() == 1:
             input_ids = input_ids.unsqueeze(0)
             labels = labels.unsqueeze(0) if labels is not None else None
-        embeds = self.embed(input_ids, enc_vectors, prompt_vectors)
+        embeds = self.embed(input_ids, enc_vectors, prompt_vectors, prompt_states=prompt_states)
         out = self.llama.model(inputs_embeds=embeds, attention_mask=attention_mask, use_cache=False)
         hidden = out.last_hidden_state
         logits = self.llama.lm_head(hidden)
@@ -227,21 +249,23 @@ class DecodeSession:
 
     @torch.inference_mode()
     def feed(self, ids: list[int], enc_vectors: torch.Tensor | None = None,
-             prompt_vector: torch.Tensor | None = None) -> torch.Tensor:
+             prompt_vector: torch.Tensor | None = None, prompt_states: torch.Tensor | None = None) -> torch.Tensor:
         """Append ``ids`` (``<ENC>`` positions take ``enc_vectors``; the first feed of a model with a
-        sentence-encoder front end takes ``prompt_vector``); return hidden states (T, d)."""
+        sentence-encoder front end takes ``prompt_vector`` and/or ``prompt_states``); return hidden
+        states (T, d)."""
         T = len(ids)
         if T == 0:
             raise ValueError("nothing to feed")
         if T > self.remaining:
             raise OverflowError(f"sequence would exceed {self.capacity} positions")
         cfg, p0 = self.cfg, self.length
-        first = p0 == 0 and self.model.prompt_proj is not None
+        first = p0 == 0 and (self.model.prompt_proj is not None or self.model.prompt_state_proj is not None)
         if T == 1 and enc_vectors is None and ids[0] != cfg.enc_id and not first:
             x = self.embed_weight[ids[0] : ids[0] + 1]  # one decoded token: a view, no index op
         else:
             id_tensor = torch.tensor(ids, dtype=torch.long, device=self.kv_cache.device)
-            x = self.model.embed(id_tensor, enc_vectors, prompt_vector if first else None, at_start=p0 == 0)
+            x = self.model.embed(id_tensor, enc_vectors, prompt_vector if first else None, at_start=p0 == 0,
+                                 prompt_states=prompt_states if first else None)
         p1 = p0 + T
         blocked = None
         if T > 1:

@@ -64,6 +64,18 @@ class SentenceEncoder:
         pooled = torch.nn.functional.normalize(pooled, dim=-1)
         return pooled.float().cpu().numpy()
 
+    @torch.inference_mode()
+    def token_states(self, texts: Sequence[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per text: character offsets (N, 2) of its encoder tokens and their last hidden states
+        (N, 384) float32 (special tokens have empty offsets; see ``agent.prompt_states``)."""
+        with self._lock:
+            batch = self.tokenizer(list(texts), padding=True, truncation=True, max_length=MAX_PROMPT_TOKENS,
+                                   return_tensors="pt", return_offsets_mapping=True)
+            offsets = batch.pop("offset_mapping").numpy()
+            hidden = self.model(**batch.to(self.device)).last_hidden_state.float().cpu().numpy()
+        lengths = batch["attention_mask"].sum(1).tolist()
+        return [(offsets[i, :n], hidden[i, :n]) for i, n in enumerate(lengths)]
+
 
 _shared: SentenceEncoder | None = None
 _shared_lock = threading.Lock()

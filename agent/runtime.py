@@ -42,7 +42,12 @@ from agent.functions import default_registry
 from agent.grounding import ground_result
 from agent.model import DecodeSession, VoxAgentModel
 from agent.phi_bank import PhiBank
-from agent.result_warnings import failed_step_warnings, instruction_warnings, thick_slice_warnings
+from agent.result_warnings import (
+    failed_step_warnings,
+    instruction_warnings,
+    low_confidence_warnings,
+    thick_slice_warnings,
+)
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
@@ -113,6 +118,9 @@ class _StepDraft:
     ended: bool  # closed by <STEP>/eos (False: token limit, wall time or context full)
     end_id: int | None = None  # the id that closed it (<STEP> or eos; <STEP> is what gets fed)
     blocked: str | None = None  # why constrained decoding could not continue the step
+    # the least probable token the step was written with: its probability (full softmax) and index
+    min_prob: float = 1.0
+    min_at: int = -1
 
 
 @dataclass(frozen=True)
@@ -242,7 +250,8 @@ class AgentRuntime:
                                       f"over the {capacity}-token limit")
         t0 = self._now()
         with self._lm():
-            hidden = session.feed(mu1, prompt_vector=self._prompt_vector(prompt))
+            hidden = session.feed(mu1, prompt_vector=self._prompt_vector(prompt),
+                                  prompt_states=self._prompt_states(prompt, scans))
             logits = self.model.next_token_logits(hidden[-1])
         timings["prefill"] = self._now() - t0
         transcript.ids += mu1
@@ -257,7 +266,7 @@ class AgentRuntime:
             t_decoded = self._now()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
-            trace = StepTrace(index=index, code=code, phi_count=0)
+            trace = StepTrace(index=index, code=code, phi_count=0, confidence=round(draft.min_prob, 4))
             result.trace.append(trace)
 
             if draft.blocked is not None:
@@ -289,6 +298,7 @@ class AgentRuntime:
 
             if outcome.stopped:
                 result.warnings += failed_step_warnings(result.trace)
+                result.warnings += low_confidence_warnings(result.trace)
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
                            answer_problem(" ".join(responses)))
                 if problem:
@@ -385,6 +395,14 @@ class AgentRuntime:
 
         return torch.from_numpy(shared_encoder().encode([prompt])[0])
 
+    def _prompt_states(self, prompt: str, scans: Sequence[ScanInfo]) -> torch.Tensor | None:
+        """The sentence encoder's per-token view of the prompt, for agents trained with it (else None)."""
+        if not self.model.cfg.prompt_state_dim:
+            return None
+        from agent.prompt_states import prompt_states
+
+        return torch.from_numpy(prompt_states(self.tokenizer, prompt, scans))
+
     def _decode_step(
         self, session: DecodeSession, logits: torch.Tensor, deadline: float, transcript: Transcript, max_tokens: int,
         constraint: StepConstraint | None = None,
@@ -396,6 +414,7 @@ class AgentRuntime:
         tokens: list[int] = []
         phis: list[torch.Tensor] = []
         mod_id = self.tokenizer.mod_id
+        low = (1.0, -1)
         for _ in range(max_tokens):
             if constraint is None:
                 next_id = int(torch.argmax(logits))
@@ -407,8 +426,11 @@ class AgentRuntime:
                         "no token continues the step as valid code" if tokens else "no token starts a valid step"))
                 next_id = chosen
                 transcript.constraint_s += time.perf_counter() - t0
+            prob = float(torch.softmax(logits.float(), -1)[next_id])
+            if prob < low[0]:
+                low = (prob, len(tokens))
             if next_id in self._stop_ids:
-                return _StepDraft(tokens, phis, ended=True, end_id=next_id)
+                return _StepDraft(tokens, phis, ended=True, end_id=next_id, min_prob=low[0], min_at=low[1])
             if session.remaining <= 2 or self._now() > deadline:
                 break
             tokens.append(next_id)
@@ -420,7 +442,7 @@ class AgentRuntime:
                 phis.append(phi)
                 transcript.phis.append(phi)
             logits = self.model.next_token_logits(hidden[-1])
-        return _StepDraft(tokens, phis, ended=False)
+        return _StepDraft(tokens, phis, ended=False, min_prob=low[0], min_at=low[1])
 
     def _limit_reason(self, session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
         if self._now() > deadline:

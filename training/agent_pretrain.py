@@ -101,6 +101,8 @@ class AgentPretrainConfig:
     # keep drawing fresh episodes from the worker once the pool is full (False: the worker is never
     # started after that, which frees its core; prompt_noise then supplies the variety)
     refresh_pool: bool = True
+    # the sentence encoder's per-token states added to the prompt pieces (agent.prompt_states)
+    prompt_states: bool = False
 
     def to_json(self, path: Path) -> None:
         path.write_text(json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n")
@@ -120,6 +122,8 @@ VARIANTS: dict[str, AgentPretrainConfig] = {
     "no_phi": AgentPretrainConfig(phi_lambda=0.0),  # ablation: CE only (the agent's phis go unsupervised)
     # the prompt also through a frozen pretrained sentence encoder (issue 20's comparison)
     "sentence": AgentPretrainConfig(sentence_encoder=True),
+    # ... and its contextual state of every prompt word, at that word's pieces
+    "sentence_tokens": AgentPretrainConfig(sentence_encoder=True, prompt_states=True),
     "smoke": AgentPretrainConfig(batch=2, corpus_episodes=4, min_pool=2, eval_every=3, eval_tasks=2, patience=2,
                                  warmup_steps=1, vocab_size=400, checkpoint_minutes=0.0),
 }
@@ -184,7 +188,8 @@ class AgentPretrainer:
             from agent.prompt_encoder import SENTENCE_DIM
 
             acfg = AgentConfig.from_preset(cfg.preset, self.tokenizer, phi_activation=cfg.phi_activation,
-                                           prompt_vector_dim=SENTENCE_DIM if cfg.sentence_encoder else 0)
+                                           prompt_vector_dim=SENTENCE_DIM if cfg.sentence_encoder else 0,
+                                           prompt_state_dim=SENTENCE_DIM if cfg.prompt_states else 0)
             torch.manual_seed(cfg.seed)
             self.model = VoxAgentModel(acfg)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay,
@@ -360,10 +365,11 @@ class AgentPretrainer:
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.model.train()
-        prompts = prompt_vectors(self.model, [e for e, _ in zip(episodes, seqs)] if len(seqs) == len(episodes)
-                                 else self._kept(episodes))
+        prompts = prompt_vectors(self.model, episodes if len(seqs) == len(episodes) else self._kept(episodes))
+        kept = episodes if len(seqs) == len(episodes) else self._kept(episodes)
+        states = prompt_state_batch(self.model, self.tokenizer, kept)
         # the LM head only where a code token is predicted (~half the positions): a third of the step's FLOPs
-        embeds = self.model.embed(batch.input_ids, batch.enc_vectors, prompts)
+        embeds = self.model.embed(batch.input_ids, batch.enc_vectors, prompts, prompt_states=states)
         hidden = self.model.llama.model(inputs_embeds=embeds, attention_mask=batch.attention_mask,
                                         use_cache=False).last_hidden_state
         gold = batch.labels[:, 1:]
@@ -551,6 +557,24 @@ def prompt_vectors(model: VoxAgentModel, episodes: Sequence[Episode]) -> torch.T
     return torch.from_numpy(np.stack([e.prompt_vector for e in episodes]))
 
 
+def prompt_state_batch(model: VoxAgentModel, tokenizer: AgentTokenizer, episodes: Sequence[Episode]
+                       ) -> torch.Tensor | None:
+    """(B, T0, 384) per-token sentence-encoder states of the episodes' initial states (zero-padded),
+    or None when the model reads none. Not cached: prompts change under prompt_noise, and 20,000
+    episodes of states would take gigabytes."""
+    if not model.cfg.prompt_state_dim:
+        return None
+    from agent.prompt_encoder import shared_encoder
+    from agent.prompt_states import prompt_states
+
+    encoded = shared_encoder().token_states([e.prompt.strip() for e in episodes])
+    rows = [prompt_states(tokenizer, e.prompt, e.scans, enc) for e, enc in zip(episodes, encoded)]
+    out = np.zeros((len(rows), max(len(r) for r in rows), rows[0].shape[1]), dtype=np.float32)
+    for i, r in enumerate(rows):
+        out[i, :len(r)] = r
+    return torch.from_numpy(out)
+
+
 EVAL_SEED_START = 10**9
 
 
@@ -578,10 +602,11 @@ def held_out_episodes(n: int, bank: PhiBank, net=None, seed: int = 0, source=Non
 
 @torch.no_grad()
 def decode_step(model: VoxAgentModel, tokenizer: AgentTokenizer, prefix: list[int], enc: torch.Tensor | None,
-                max_tokens: int = 256, prompt_vector: torch.Tensor | None = None) -> tuple[str, list[torch.Tensor]]:
+                max_tokens: int = 256, prompt_vector: torch.Tensor | None = None,
+                prompt_states: torch.Tensor | None = None) -> tuple[str, list[torch.Tensor]]:
     """Greedy code of one step after ``prefix`` (a fresh cache each time: evaluation, not serving)."""
     session = model.start_session(min(model.cfg.max_positions, len(prefix) + max_tokens + 2))
-    hidden = session.feed(prefix, enc if enc is not None and len(enc) else None, prompt_vector)
+    hidden = session.feed(prefix, enc if enc is not None and len(enc) else None, prompt_vector, prompt_states)
     logits = model.next_token_logits(hidden[-1])
     tokens: list[int] = []
     phis: list[torch.Tensor] = []
@@ -622,7 +647,8 @@ def evaluate_exact_match(model: VoxAgentModel, tokenizer: AgentTokenizer, bank: 
         seqs = [build_training_sequence(tokenizer, e.prompt, e.scans, e.steps, dim) for e in chunk]
         coll = collate_sequences(seqs, tokenizer.pad_id)
         out = model(coll.input_ids, enc_vectors=coll.enc_vectors, attention_mask=coll.attention_mask,
-                    prompt_vectors=prompt_vectors(model, chunk))
+                    prompt_vectors=prompt_vectors(model, chunk),
+                    prompt_states=prompt_state_batch(model, tokenizer, chunk))
         pred = out.logits[:, :-1].argmax(-1)
         for row, (e, seq) in enumerate(zip(chunk, seqs)):
             gold = seq.labels[1:]
@@ -666,6 +692,56 @@ def export(run_dir: str | Path, out_dir: str | Path, best: bool = True) -> Path:
     return out_dir
 
 
+def grow(src_run: str | Path, dst_run: str | Path, config: AgentPretrainConfig) -> Path:
+    """A new run that continues ``src_run`` with per-token prompt states added (``prompt_states``).
+
+    Why: the comparison that matters is at equal budget from the same weights. The new projection
+    starts at zero, so the grown agent first computes exactly what the source did; the source's
+    pool, held-out episodes, logs, counters and Adam moments carry over (the new parameters come
+    last in ``parameters()`` and start without moments). Besides ``prompt_states`` only the keys a
+    resume may change can differ from the source's config.
+    """
+    from agent.prompt_encoder import SENTENCE_DIM
+
+    src, dst = Path(src_run), Path(dst_run)
+    if dst.exists():
+        raise FileExistsError(f"{dst} exists: grow writes a new run directory")
+    on_src = AgentPretrainConfig.from_json(src / "config.json")
+    if on_src.prompt_states or not config.prompt_states:
+        raise ValueError("grow adds prompt_states: the source must have it off and the new config on")
+    changed = {f.name for f in dataclasses.fields(AgentPretrainConfig)
+               if getattr(config, f.name) != getattr(on_src, f.name)}
+    fixed = changed - RESUMABLE_KEYS - {"prompt_states"}
+    if fixed:
+        raise ValueError(f"the grown run may change only prompt_states and {sorted(RESUMABLE_KEYS)}, "
+                         f"not {sorted(fixed)}")
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns(AGENT_DIR, AGENT_DIR + ".tmp", "best", STATE_FILE))
+    config.to_json(dst / "config.json")
+    with (dst / "config_history.jsonl").open("a") as fh:
+        fh.write(json.dumps({"grown_from": str(src)} | {k: [getattr(on_src, k), getattr(config, k)]
+                                                         for k in sorted(changed)}) + "\n")
+    old, tokenizer = load_agent(src / AGENT_DIR)
+    model = VoxAgentModel(dataclasses.replace(old.cfg, prompt_state_dim=SENTENCE_DIM))
+    missing, unexpected = model.load_state_dict(old.state_dict(), strict=False)
+    new_names = [n for n, _ in model.named_parameters()][-len(missing):]
+    if unexpected or not missing or sorted(missing) != sorted(new_names) or \
+            not all(n.startswith("prompt_state_proj.") for n in missing):
+        raise RuntimeError(f"growing {src}: unexpected weight keys (missing {missing}, unexpected {unexpected})")
+    save_agent(model, tokenizer, dst / AGENT_DIR)
+    if (src / STATE_FILE).is_file():
+        state = torch.load(src / STATE_FILE, weights_only=False)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                      betas=(0.9, 0.98))
+        grown = optimizer.state_dict()
+        old_group = state["optimizer"]["param_groups"][0]
+        grown["param_groups"][0].update({k: v for k, v in old_group.items() if k != "params"})
+        grown["state"] = state["optimizer"]["state"]
+        state["optimizer"] = grown
+        torch.save(state, dst / STATE_FILE)
+    logger.info("grew %s into %s with per-token prompt states", src, dst)
+    return dst
+
+
 def pack(run_dir: str | Path, out_dir: str | Path) -> Path:
     """What a later session needs to resume the run, small enough for git: the agent's weights in
     fp16, its tokenizer and config, the vision snapshot, logs and step counters. Left out: the
@@ -700,6 +776,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--export", metavar="DIR", help="write the run's best agent + vision to DIR and exit")
     parser.add_argument("--evaluate", action="store_true", help="held-out exact match of the current agent, then exit")
     parser.add_argument("--pack", metavar="DIR", help="write what a resume needs, small enough for git, to DIR")
+    parser.add_argument("--grow-from", metavar="RUN",
+                        help="start --run as RUN continued with per-token prompt states (--config/--variant "
+                             "give the new run's settings), then train it")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.export:
@@ -713,6 +792,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = AgentPretrainConfig.from_json(Path(args.config))
     elif args.variant:
         config = VARIANTS[args.variant]
+    if args.grow_from:
+        if config is None:
+            parser.error("--grow-from needs --config or --variant for the new run")
+        grow(args.grow_from, args.run, config)
     trainer = AgentPretrainer(args.run, config, args.vision)
     if args.evaluate:
         print(json.dumps(trainer.evaluate(), indent=2))  # noqa: T201 - CLI output

@@ -18,16 +18,16 @@ class ScriptedModel(VoxAgentModel):
     """A stub policy: real network (hidden states, KV cache, phi head, feedback embeddings) but the
     next token always comes from a fixed script, one decision per call."""
 
-    def __init__(self, cfg, script: list[int]):
+    def __init__(self, cfg, script: list[int], margin: float = 30.0):
         super().__init__(cfg)
-        self.script, self.cursor = script, 0
+        self.script, self.cursor, self.margin = script, 0, margin
 
     def next_token_logits(self, hidden_last):
         super().next_token_logits(hidden_last)
         token = self.script[self.cursor] if self.cursor < len(self.script) else self.cfg.eos_id
         self.cursor += 1
         logits = torch.zeros(self.cfg.vocab_size)
-        logits[token] = 1.0
+        logits[token] = self.margin  # 30: the script's token at probability ~1
         return logits
 
 
@@ -227,3 +227,27 @@ def test_limits_can_be_given_per_run(tokenizer, random_model):
     result = runtime.run("p", SCANS, limits=RuntimeLimits(max_steps=1, max_step_tokens=5))
     assert result.status == "no_answer" and len(result.trace) == 1
     assert len(runtime.last_transcript.generated) <= 6 and runtime.limits.max_steps == 5
+
+
+def test_runtime_feeds_per_token_prompt_states(tokenizer, random_model):
+    """An agent built with prompt_state_dim reads MiniLM's per-token states of the prompt at run time:
+    with its projection zeroed, the same script emits other phis."""
+    from dataclasses import replace
+
+    from agent.prompt_encoder import SENTENCE_DIM
+
+    def phis(scale: float):
+        cfg = replace(random_model.cfg, prompt_state_dim=SENTENCE_DIM)
+        script = [i for code in (STEP_1, STEP_2) for i in tokenizer.encode(code) + [tokenizer.step_id]]
+        model = ScriptedModel(cfg, script).eval()
+        model.load_state_dict(random_model.state_dict(), strict=False)
+        torch.manual_seed(1)
+        with torch.no_grad():
+            model.prompt_state_proj[1].weight.normal_(0, 0.05 * scale)
+        executor = RecordingExecutor([StepOutcome(feedback=[Feedback(text="3 mL")]),
+                                      StepOutcome(stopped=True, responses=["done"])])
+        result = AgentRuntime(model, tokenizer, executor).run("How large is the lesion in mL?", SCANS)
+        assert result.error is None
+        return torch.stack([p for _, ps in executor.calls for p in ps])
+
+    assert not torch.allclose(phis(1.0), phis(0.0))

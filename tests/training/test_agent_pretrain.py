@@ -228,3 +228,48 @@ def test_prompt_noise_and_a_fixed_pool(tmp_path, vision_dir, smoke):
         assert trainer.next_episode == taken and trainer.step == 3
     finally:
         trainer._worker().close()
+
+
+def test_grow_adds_prompt_states_without_changing_the_agent(tmp_path, vision_dir, smoke):
+    """A grown run starts computing exactly what its source did, then learns to use the states;
+    decoding with the KV cache agrees with the training forward."""
+    from agent.prompt_encoder import SENTENCE_DIM
+    from agent.state import initial_state_ids
+    from training.agent_pretrain import grow, prompt_state_batch, prompt_vectors
+
+    src = tmp_path / "src"
+    base = smoke(sentence_encoder=True, lr=3e-3, warmup_steps=1)
+    trainer = AgentPretrainer(src, base, vision_dir)
+    trainer.fit(max_steps=2, progress=False)
+    with pytest.raises(ValueError, match="prompt_states"):
+        grow(src, tmp_path / "bad", base)
+    with pytest.raises(ValueError, match="vocab_size"):
+        grow(src, tmp_path / "bad", dataclasses.replace(base, prompt_states=True, vocab_size=500))
+    grown_dir = grow(src, tmp_path / "grown", dataclasses.replace(base, prompt_states=True, prompt_noise=0.5))
+    grown = AgentPretrainer(grown_dir, None, None)
+    assert grown.step == 2 and grown.model.cfg.prompt_state_dim == SENTENCE_DIM
+    assert len(grown.optimizer.state) == len(trainer.optimizer.state)  # Adam moments carried over
+    episodes = grown.pool[:2]
+    old, _ = load_agent(src / "agent")
+    ids = initial_state_ids(grown.tokenizer, episodes[0].prompt, episodes[0].scans)
+    states = prompt_state_batch(grown.model, grown.tokenizer, episodes[:1])
+    vec = prompt_vectors(grown.model, episodes[:1])
+    grown.model.eval()
+    with torch.no_grad():
+        before = old(torch.tensor([ids]), prompt_vectors=vec).logits
+        after = grown.model(torch.tensor([ids]), prompt_vectors=vec, prompt_states=states).logits
+    torch.testing.assert_close(before, after)
+    for _ in range(3):
+        grown.train_step(episodes)
+    assert float(grown.model.prompt_state_proj[1].weight.detach().abs().sum()) > 0
+    grown.model.eval()
+    session = grown.model.start_session(len(ids) + 2)
+    with torch.no_grad():
+        cached = session.feed(ids, prompt_vector=vec[0], prompt_states=states[0, :len(ids)])
+        full = grown.model(torch.tensor([ids]), prompt_vectors=vec, prompt_states=states)
+        plain = grown.model(torch.tensor([ids]), prompt_vectors=vec, prompt_states=torch.zeros_like(states))
+    torch.testing.assert_close(cached, full.hidden[0], atol=1e-4, rtol=1e-4)
+    assert not torch.allclose(full.hidden, plain.hidden)  # the states now change what the agent computes
+    with pytest.raises(ValueError, match="prompt_states"):
+        grown.model(torch.tensor([ids]), prompt_vectors=vec)
+    grown._worker().close()
