@@ -20,6 +20,8 @@ THICK_RATIO = 2.5
 THICK_MM = 3.0
 # phis of a well-trained agent sit at cosine ~0.99 to the bank's; below this the mask is a guess
 MIN_PHI_COSINE = 0.9
+# a step token the model gave less than even odds: another program was nearly as likely
+LOW_CONFIDENCE = 0.5
 _FUNC_BEFORE = re.compile(r"(\w+)\s*$")
 _TARGET_AFTER = re.compile(r'\s*,\s*"([^"]*)"')
 
@@ -88,3 +90,18 @@ def failed_step_warnings(trace: Sequence[object]) -> list[str]:
     """The steps that failed before the last one (the agent went on after each)."""
     return [f"step {t.index} failed and the agent went on: {t.error}"  # type: ignore[attr-defined]
             for t in list(trace)[:-1] if getattr(t, "error", None)]
+
+
+def low_confidence_warnings(trace: Sequence[object], threshold: float = LOW_CONFIDENCE) -> list[str]:
+    """Steps written with a token the model gave less than ``threshold`` probability.
+
+    Why: a wrong program usually runs and answers fluently; the decoder's own doubt is the one
+    signal available at run time that the request was read as something else (an unseen wording).
+    """
+    out = []
+    for t in trace:
+        conf = getattr(t, "confidence", None)
+        if conf is not None and conf < threshold:
+            out.append(f"step {t.index} was written with low confidence (a token at probability "  # type: ignore[attr-defined]
+                       f"{conf:.2f}): check that the program does what was asked")
+    return out

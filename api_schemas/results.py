@@ -46,6 +46,9 @@ class StepTrace(BaseModel):
     phis: list[list[float]] | None = Field(default=None, description=(
         "The model's phi vectors of this step, one per <MOD> marker in `code` (float32 values); "
         "`voxagent exec --phis RESULT.json` replays the steps with them."))
+    confidence: float | None = Field(default=None, ge=0.0, le=1.0, description=(
+        "The model's probability of the least probable token it wrote this step with (greedy "
+        "decoding; None for scripted programs). Below 0.5 the result carries a warning."))
 
 
 class ReportSentence(BaseModel):

@@ -66,3 +66,17 @@ def test_scripted_program_with_placeholder_is_no_answer(tmp_path):
     good = Sandbox({"t1": phantom("T1")}, client=None, output_dir=tmp_path)
     good.execute_step('r = 3\nrespond(f"Here is {r}.")\nstop()\n')
     assert good.result().status == "succeeded" and good.result().text == "Here is 3."
+
+
+def test_a_doubtful_step_is_flagged(tokenizer, random_model):
+    """A step written with a token the model gave under even odds carries a warning and its
+    probability in the trace; a confident run carries none."""
+    outcomes = [StepOutcome(stopped=True, responses=["The brain measures 1200 mL."])]
+    confident = run_with(tokenizer, random_model, list(outcomes))
+    assert confident.trace[0].confidence > 0.99
+    assert not any("low confidence" in w for w in confident.warnings)
+    model = scripted(tokenizer, random_model, ["x = 1\n"])
+    model.margin = 2.0  # e^2 against ~1000 others: probability ~0.007
+    doubtful = AgentRuntime(model, tokenizer, RecordingExecutor(list(outcomes))).run("What is the brain volume?", SCANS)
+    assert doubtful.status == "succeeded" and doubtful.trace[0].confidence < 0.01
+    assert any(w.startswith("step 0 was written with low confidence") for w in doubtful.warnings)
