@@ -230,6 +230,22 @@ def test_cli_end_to_end_on_one_request(tmp_path: Path) -> None:
         assert number["error"] == pytest.approx((number["got"] - number["truth"]) / number["truth"])
         assert row["number_correct"] == (abs(number["error"]) <= 0.10)
     assert "| volume | 1 |" in out.with_suffix(".md").read_text()
+    assert row["low_confidence"] == any("low confidence" in w for w in row["warnings"])
+
+
+def test_summary_counts_low_confidence_flags() -> None:
+    from training.prompt_eval.runner import summarize
+
+    def rec(correct: bool, wrong: bool, flagged: bool) -> dict:
+        return {"expected": {"kind": "volume"}, "correct": correct, "succeeded_wrong": wrong, "status": "succeeded",
+                "low_confidence": flagged, "program_correct": correct, "number_correct": correct,
+                "kind_correct": True, "target_correct": correct}
+
+    rows = [rec(True, False, False), rec(True, False, True), rec(False, True, True), rec(False, True, True),
+            rec(False, True, False), rec(True, False, False)]
+    overall = summarize(rows)["overall"]
+    assert overall["flagged_when_wrong"] == pytest.approx(2 / 3)
+    assert overall["flagged_when_correct"] == pytest.approx(1 / 3)
 
 
 # ---------------------------------------------------------------- truth masks (language apart from vision)

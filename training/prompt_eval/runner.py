@@ -117,6 +117,8 @@ class PromptEvaluator:
         return {**base, **_verdict(verdict), "status": result.status.value, "answer": result.text,
                 "metrics": [m.model_dump() for m in result.metrics], "outputs": [o.name for o in result.outputs],
                 "code": [t.code for t in result.trace], "step_errors": [t.error for t in result.trace],
+                "warnings": list(result.warnings),
+                "low_confidence": any("low confidence" in w for w in result.warnings),
                 "case": case.summary(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -140,7 +142,10 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "program_correct": _rate(rows, "program_correct"), "number_correct": _rate(rows, "number_correct"),
                 "kind_correct": _rate(rows, "kind_correct"), "target_correct": _rate(rows, "target_correct"),
                 "succeeded": sum(r.get("status") == "succeeded" for r in rows) / len(rows) if rows else None,
-                "succeeded_wrong": _rate(rows, "succeeded_wrong")}
+                "succeeded_wrong": _rate(rows, "succeeded_wrong"),
+                # how often the low-confidence warning flags a wrong answer, and a right one
+                "flagged_when_wrong": _rate([r for r in rows if r.get("succeeded_wrong")], "low_confidence"),
+                "flagged_when_correct": _rate([r for r in rows if r.get("correct")], "low_confidence")}
 
     kinds: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -172,6 +177,10 @@ def markdown(report: dict[str, Any]) -> str:
              "number, program correct otherwise.\n\n", head]
     lines += [row(k, r) for k, r in s["by_kind"].items()]
     lines.append(row("**all**", s["overall"]))
+    o = s["overall"]
+    lines.append(f"\nLow-confidence warning (a step token below probability 0.5) on "
+                 f"{_pct(o.get('flagged_when_wrong'))} of the succeeded-but-wrong answers and "
+                 f"{_pct(o.get('flagged_when_correct'))} of the correct ones.\n")
     return "".join(lines)
 
 
