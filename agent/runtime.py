@@ -118,9 +118,8 @@ class _StepDraft:
     ended: bool  # closed by <STEP>/eos (False: token limit, wall time or context full)
     end_id: int | None = None  # the id that closed it (<STEP> or eos; <STEP> is what gets fed)
     blocked: str | None = None  # why constrained decoding could not continue the step
-    # the least probable token the step was written with: its probability (full softmax) and index
+    # probability (full softmax) of the least probable token the step was written with
     min_prob: float = 1.0
-    min_at: int = -1
 
 
 @dataclass(frozen=True)
@@ -414,7 +413,7 @@ class AgentRuntime:
         tokens: list[int] = []
         phis: list[torch.Tensor] = []
         mod_id = self.tokenizer.mod_id
-        low = (1.0, -1)
+        min_prob = 1.0
         for _ in range(max_tokens):
             if constraint is None:
                 next_id = int(torch.argmax(logits))
@@ -426,11 +425,9 @@ class AgentRuntime:
                         "no token continues the step as valid code" if tokens else "no token starts a valid step"))
                 next_id = chosen
                 transcript.constraint_s += time.perf_counter() - t0
-            prob = float(torch.softmax(logits.float(), -1)[next_id])
-            if prob < low[0]:
-                low = (prob, len(tokens))
+            min_prob = min(min_prob, float(torch.softmax(logits.float(), -1)[next_id]))
             if next_id in self._stop_ids:
-                return _StepDraft(tokens, phis, ended=True, end_id=next_id, min_prob=low[0], min_at=low[1])
+                return _StepDraft(tokens, phis, ended=True, end_id=next_id, min_prob=min_prob)
             if session.remaining <= 2 or self._now() > deadline:
                 break
             tokens.append(next_id)
@@ -442,7 +439,7 @@ class AgentRuntime:
                 phis.append(phi)
                 transcript.phis.append(phi)
             logits = self.model.next_token_logits(hidden[-1])
-        return _StepDraft(tokens, phis, ended=False, min_prob=low[0], min_at=low[1])
+        return _StepDraft(tokens, phis, ended=False, min_prob=min_prob)
 
     def _limit_reason(self, session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
         if self._now() > deadline:

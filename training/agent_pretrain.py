@@ -327,23 +327,18 @@ class AgentPretrainer:
 
     # ---------------------------------------------------------------- one step
     def _sequences(self, episodes: Sequence[Episode]):
+        """Training sequences, their phi labels and the episodes kept (those within max_tokens), in order."""
         dim = self.model.cfg.hidden_size
-        seqs, labels = [], []
+        seqs, labels, kept = [], [], []
         for e in episodes:
             seq = build_training_sequence(self.tokenizer, e.prompt, e.scans, e.steps, dim)
             if len(seq) > self.config.max_tokens:
                 continue
             seqs.append(seq)
+            kept.append(e)
             ok = e.mod_labels is not None and len(e.mod_labels) == int(seq.mod_positions.numel())
             labels.append(e.mod_labels if ok else None)
-        return seqs, labels
-
-    def _kept(self, episodes: Sequence[Episode]) -> list[Episode]:
-        """The episodes `_sequences` keeps (those within max_tokens), in order."""
-        dim = self.model.cfg.hidden_size
-        limit = self.config.max_tokens
-        return [e for e in episodes
-                if len(build_training_sequence(self.tokenizer, e.prompt, e.scans, e.steps, dim)) <= limit]
+        return seqs, labels, kept
 
     def perturb(self, episodes: Sequence[Episode]) -> list[Episode]:
         """Override point: the episodes as this step trains on them (word noise on some prompts)."""
@@ -358,15 +353,14 @@ class AgentPretrainer:
 
     def train_step(self, episodes: Sequence[Episode]) -> StepStats:
         episodes = self.perturb(episodes)
-        seqs, labels = self._sequences(episodes)
+        seqs, labels, kept = self._sequences(episodes)
         if not seqs:
             raise ValueError("every episode of the batch was longer than max_tokens")
         batch = collate_sequences(seqs, self.tokenizer.pad_id)
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate(self.step)
         self.model.train()
-        prompts = prompt_vectors(self.model, episodes if len(seqs) == len(episodes) else self._kept(episodes))
-        kept = episodes if len(seqs) == len(episodes) else self._kept(episodes)
+        prompts = prompt_vectors(self.model, kept)
         states = prompt_state_batch(self.model, self.tokenizer, kept)
         # the LM head only where a code token is predicted (~half the positions): a third of the step's FLOPs
         embeds = self.model.embed(batch.input_ids, batch.enc_vectors, prompts, prompt_states=states)
