@@ -179,3 +179,20 @@ def test_voxagent_functions_lists_the_target_table(capsys):
     assert hippo["labels"] == [17] and hippo["side"] == "left"
     assert voxagent(["functions", "--targets"]) == 0
     assert "brain-stem" in capsys.readouterr().out
+
+
+def test_head_point_share_moves_patches_off_the_brain(root):
+    """With every centre drawn over the whole field of view, some small patches hold no brain at all;
+    with brain-voxel centres (the default) every patch holds some."""
+    import dataclasses
+
+    maps, priors = LabelMaps(root), Priors(root)
+    base = SynthSegGenerator(maps, priors)
+    spread = SynthSegGenerator(maps, priors, dataclasses.replace(base.settings, head_point_share=1.0))
+
+    def brain_share(gen: SynthSegGenerator, seed: int) -> float:
+        s = gen.sample(np.random.default_rng(seed), patch_mm=16, thick=False)
+        return float(target_mask(s.labels.numpy(), "brain").mean())
+
+    assert min(brain_share(base, k) for k in range(12)) > 0.0
+    assert min(brain_share(spread, k) for k in range(12)) == 0.0

@@ -72,6 +72,10 @@ class SynthSettings:
     contrast_odds: tuple[float, ...] = (0.3, 0.1, 0.1, 0.05, 0.05, 0.05, 0.35)  # CONTRASTS order
     center_pull: float = 0.5  # patch centres: this far from a random brain voxel towards the brain's centre
     center_jitter_mm: float = 0.0
+    # share of patch centres drawn anywhere in a whole scan's field of view (head, neck, air) instead of
+    # at a brain voxel: whole-head scans hold tissue far below the brain that brain-centred patches never
+    # show, and the network called it brain there
+    head_point_share: float = 0.0
     lesion_probability: float = 0.0  # share of samples with painted lesions (synthseg_lesions)
     max_lesions: int = 2
 
@@ -282,8 +286,13 @@ class SynthSegGenerator:
             shape = (patch_mm,) * 3
             # centred on a random intracranial voxel (so every structure is drawn as often as its size),
             # pulled towards the brain's centre by ``center_pull`` (1: always the centre), then jittered
-            point = self.maps.brain_points[idx][int(rng.integers(len(self.maps.brain_points[idx])))]
-            center = point + s.center_pull * ((lo + hi) / 2 - point) + rng.uniform(-1, 1, 3) * s.center_jitter_mm
+            if s.head_point_share > 0 and rng.random() < s.head_point_share:
+                view_lo = np.maximum(lo - WHOLE_MARGIN_MM - 40, 0)
+                view_hi = np.minimum(hi + WHOLE_MARGIN_MM + 40, np.array(source.shape) - 1)
+                center = rng.uniform(view_lo, view_hi)
+            else:
+                point = self.maps.brain_points[idx][int(rng.integers(len(self.maps.brain_points[idx])))]
+                center = point + s.center_pull * ((lo + hi) / 2 - point) + rng.uniform(-1, 1, 3) * s.center_jitter_mm
         if augment:
             grid = self._sample_grid(rng, source, shape, center)
             labels = F.grid_sample(source[None, None].float(), grid, mode="nearest", padding_mode="zeros",
