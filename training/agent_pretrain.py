@@ -576,14 +576,14 @@ def held_out_episodes(n: int, bank: PhiBank, net=None, seed: int = 0, source=Non
     """Executed episodes from held-out templates and evaluation seeds (never drawn in training)."""
     from training.errors import TaskDefect
     from training.tasks import FAMILIES, sample_task
-    from training.trainer import HELD_OUT_TEMPLATE_START
+    from training.trainer import HELD_OUT_TEMPLATES
 
     families = list(FAMILIES)
     out: list[Episode] = []
     i = 0
     while len(out) < n and i < 4 * n + 10:
         family = families[i % len(families)]
-        templates = list(range(HELD_OUT_TEMPLATE_START, len(FAMILIES[family].templates)))
+        templates = FAMILIES[family].template_indices(HELD_OUT_TEMPLATES)
         task_seed = EVAL_SEED_START + 1000 * seed + i
         i += 1
         try:

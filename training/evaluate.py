@@ -1,7 +1,7 @@
 """Held-out evaluation of a checkpoint: the real agent, sandbox and vision engine, end to end.
 
-Cases: task seeds >= `EVAL_SEED_START` (never used in training) and prompt templates with index
->= `HELD_OUT_TEMPLATE_START` (never used in training). Family i of N is family ``i mod 20`` in a
+Cases: task seeds >= `EVAL_SEED_START` (never used in training) and each family's held-out prompt templates
+(`Family.template_indices("held_out")`, never used in training). Family i of N is family ``i mod 20`` in a
 fixed order, so a small N still covers every family.
 
 Figures (all in [0, 1]):
@@ -240,9 +240,9 @@ def held_out_task(task_seed: int, family: str, labels: Any = None) -> tuple[Any,
     """(sample, case) of a held-out task: an evaluation seed, and prompt templates training never uses;
     ``labels`` (a `LabelCaseSource` of held-out subjects) puts the anatomy families on real anatomy."""
     from training.tasks import sample_task
-    from training.trainer import HELD_OUT_TEMPLATE_START
+    from training.trainer import HELD_OUT_TEMPLATES
 
-    return sample_task(task_seed, family, templates=list(range(HELD_OUT_TEMPLATE_START, 64)), labels=labels)
+    return sample_task(task_seed, family, templates=HELD_OUT_TEMPLATES, labels=labels)
 
 
 def generate_truth(case: Any, scan: str, target: str) -> Volume:

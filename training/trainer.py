@@ -4,8 +4,8 @@ loss = CE(eta tokens) + lambda * (soft Dice + bce_weight * voxel CE)(generated v
 phi-probe loss, lambda = 0.1 (bce_weight = phi_lambda = 0 is the paper's eq. 2), teacher forcing over
 whole trajectories with execution of the ground-truth code (`training.trajectory`). One optimizer
 (Adam) holds both networks. Tasks are drawn on the fly: step k of run seed s uses task seed
-`train_task_seed(s, k)` (always < 10**9; evaluation uses seeds >= 10**9) and templates below
-`HELD_OUT_TEMPLATE_START` (evaluation uses the rest).
+`train_task_seed(s, k)` (always < 10**9; evaluation uses seeds >= 10**9) and each family's training
+templates (`TRAIN_TEMPLATES`; evaluation uses its held-out ones).
 
 Run directory layout::
 
@@ -51,8 +51,10 @@ from vision.model import VisionNet, build_vision_net
 logger = logging.getLogger(__name__)
 
 EVAL_SEED_START = 10**9  # task seeds >= this are never used for training
-HELD_OUT_TEMPLATE_START = 9  # template indices >= this are evaluation-only (families have 11-12)
-TRAIN_TEMPLATES = list(range(HELD_OUT_TEMPLATE_START))
+# Each family's templates[HELD_OUT_TEMPLATE_START:] are evaluation-only; training draws the first nine and
+# the family's extras (training.tasks.templates_extra), evaluation draws the named "held_out" set.
+TRAIN_TEMPLATES = "train"
+HELD_OUT_TEMPLATES = "held_out"
 STATE_FILE = "train_state.pt"
 CONFIG_FILE = "train_config.json"
 

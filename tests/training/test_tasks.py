@@ -40,7 +40,7 @@ def test_at_least_18_families_with_10_templates_each():
 def test_every_placeholder_is_defined_and_every_lexicon_entry_is_used():
     used: set[str] = set()
     for fam in FAMILIES.values():
-        for template in fam.templates:
+        for template in fam.all_templates:
             _reachable(template, used)
     for alts in (BOUND_ALTS := {"scan_in": ["in {scan}", "on {scan}", "using {scan}", "from {scan}"],
                                 "which": ["{extent_word}", "{height_word}", "{width_word}", "{depth_word}"],

@@ -6,12 +6,14 @@ is seeded, so a seed names one (prompt, program, case) triple.
 from __future__ import annotations
 
 import zlib
+from collections.abc import Sequence
 
 import numpy as np
 
 from training.synth import Case, synthesize_case
 from training.synth.label_case import LabelCase, LabelCaseSource, LabelCaseSpec, default_source
 from training.tasks.families import (
+    HELD_OUT_TEMPLATE_START,
     Asymmetry,
     BoundingBox,
     Centroid,
@@ -48,11 +50,20 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
 )}
 
 
-def sample_task(seed: int, family: str | None = None, *, templates: list[int] | None = None,
+def _allowed(fam: Family, templates: Sequence[int] | str | None) -> list[int]:
+    """Template indices a draw may use: a named set (``"train"``, ``"held_out"``), a list, or all."""
+    if isinstance(templates, str):
+        return fam.template_indices(templates)
+    allowed = list(templates) if templates is not None else list(range(len(fam.all_templates)))
+    return [t for t in allowed if t < len(fam.all_templates)] or [0]
+
+
+def sample_task(seed: int, family: str | None = None, *, templates: Sequence[int] | str | None = None,
                 labels: LabelCaseSource | bool | None = None) -> tuple[TaskSample, Case | LabelCase]:
     """One task: family (random unless given), its case, prompt, program and ground truth.
 
-    `templates` restricts the template indices (e.g. hold some out for evaluation).
+    `templates` restricts the template indices: ``"train"`` or ``"held_out"`` (the family's own split,
+    ``Family.template_indices``) or a list of indices.
     `labels`: where real anatomy comes from. None (default) keeps every task on the MNI cases and the old
     19-target list (what the current trainer's phi bank knows); a `LabelCaseSource` (or True: the
     training subjects of ../shared/data/synthseg) puts the anatomy families on label cases that speak
@@ -68,13 +79,12 @@ def sample_task(seed: int, family: str | None = None, *, templates: list[int] | 
         case: Case | LabelCase = source.case(seed, draw.spec)
     else:
         case = synthesize_case(seed, draw.spec)
-    allowed = templates if templates is not None else list(range(len(fam.templates)))
-    allowed = [t for t in allowed if t < len(fam.templates)] or [0]
+    allowed = _allowed(fam, templates)
     ti = int(allowed[int(rng.integers(len(allowed)))])
     return fam.build(case, draw, rng, ti), case
 
 
-def sample_task_variants(seed: int, variants: int, *, templates: list[int] | None = None,
+def sample_task_variants(seed: int, variants: int, *, templates: Sequence[int] | str | None = None,
                          labels: LabelCaseSource | bool | None = None) -> list[tuple[TaskSample, Case | LabelCase]]:
     """``sample_task(seed)`` plus ``variants - 1`` more tasks of the same family on the same case.
 
@@ -89,8 +99,7 @@ def sample_task_variants(seed: int, variants: int, *, templates: list[int] | Non
     rng0.integers(len(FAMILIES))  # the family draw of sample_task
     source = default_source() if labels is True else (labels or None)
     draw = fam.draw_v2(rng0) if source is not None else fam.draw(rng0)  # the same draw: the same case spec
-    allowed = templates if templates is not None else list(range(len(fam.templates)))
-    allowed = [t for t in allowed if t < len(fam.templates)] or [0]
+    allowed = _allowed(fam, templates)
     for j in range(1, variants):
         rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, zlib.crc32(b"variant"), j])
         ti = int(allowed[int(rng.integers(len(allowed)))])
@@ -98,4 +107,5 @@ def sample_task_variants(seed: int, variants: int, *, templates: list[int] | Non
     return out
 
 
-__all__ = ["FAMILIES", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task", "sample_task_variants"]
+__all__ = ["FAMILIES", "HELD_OUT_TEMPLATE_START", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task",
+           "sample_task_variants"]

@@ -58,9 +58,27 @@ class Draw:
     params: dict[str, Any] = field(default_factory=dict)
 
 
+HELD_OUT_TEMPLATE_START = 9  # a family's templates[9:] are evaluation-only; templates_extra adds training ones
+
+
 class Family:
     name: str = ""
-    templates: tuple[str, ...] = ()
+    templates: tuple[str, ...] = ()  # 9 training templates, then the held-out ones
+
+    @property
+    def all_templates(self) -> tuple[str, ...]:
+        """``templates`` then the family's training-only extras: indices of ``templates`` keep their meaning."""
+        from training.tasks.templates_extra import EXTRA_TEMPLATES
+
+        return self.templates + EXTRA_TEMPLATES.get(self.name, ())
+
+    def template_indices(self, which: str) -> list[int]:
+        """``"train"``: the first nine and the extras; ``"held_out"``: the rest of ``templates``."""
+        if which == "train":
+            return list(range(HELD_OUT_TEMPLATE_START)) + list(range(len(self.templates), len(self.all_templates)))
+        if which == "held_out":
+            return list(range(HELD_OUT_TEMPLATE_START, len(self.templates)))
+        raise ValueError(f"template set must be 'train' or 'held_out', got {which!r}")
 
     def draw(self, rng: np.random.Generator) -> Draw:
         raise NotImplementedError
@@ -79,7 +97,7 @@ class Family:
     # helpers shared by the families
     def prompt(self, rng: np.random.Generator, template_index: int, bound: dict[str, Any]) -> str:
         bound = {k: (list(v) if isinstance(v, (list, tuple)) else [str(v)]) for k, v in bound.items()}
-        core = tidy(expand(self.templates[template_index], rng, LEXICON, bound))
+        core = tidy(expand(self.all_templates[template_index], rng, LEXICON, bound))
         # a frame (clinical context, filler, thanks) around it, then seeded typing noise
         return noisy(tidy(expand("{frame}", rng, FRAMES, {"core": [core]})), rng)
 
@@ -426,7 +444,7 @@ class Crop(MeasureFamily):
     def build(self, case, draw, rng, ti):
         scan, mod = only_scan(case)
         target = target_for(rng, case)
-        margin = int(pick(rng, (0, 0, 5, 10, 15, 20)))
+        margin = int(pick(rng, (0, 0, 3, 5, 8, 10, 12, 15, 20, 25, 30)))  # many values: the agent must copy it
         margin_alts = [a for a in LEXICON["margin_phrase"] if ("{margin}" in a) == (margin > 0)]
         p = Program(table_of(case))
         p.encode([scan])
