@@ -22,10 +22,10 @@ from tests.training.synthseg_phantom import write_phantom_root
 from tests.training.test_tasks_v2 import _independent_ml
 from training.oracle import OracleVisionClient
 from training.synth.label_case import LabelCase, LabelCaseSource
-from training.tasks import FAMILIES, STEP, sample_task
+from training.tasks import FAMILIES, HELD_OUT_TEMPLATE_START, STEP, sample_task
 from training.tasks.families_report import SIGN_NOTE
 from training.tasks.rename import rename_scans
-from training.trainer import HELD_OUT_TEMPLATE_START, TRAIN_TEMPLATES
+from training.trainer import TRAIN_TEMPLATES
 from vision.targets import TARGETS as VISION_TARGETS
 from vision.targets import canonical_target
 

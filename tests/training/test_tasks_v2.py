@@ -18,10 +18,10 @@ from agent.sandbox import Sandbox
 from tests.training.synthseg_phantom import write_phantom_root
 from training.oracle import OracleVisionClient
 from training.synth.label_case import LabelCase, LabelCaseSource, LabelCaseSpec
-from training.tasks import FAMILIES, sample_task
+from training.tasks import FAMILIES, HELD_OUT_TEMPLATE_START, sample_task
 from training.tasks.lexicon import MISSPELLINGS, noisy
 from training.tasks.rename import rename_scans
-from training.trainer import HELD_OUT_TEMPLATE_START, TRAIN_TEMPLATES
+from training.trainer import TRAIN_TEMPLATES
 from vision.targets import TARGETS as VISION_TARGETS
 from vision.targets import canonical_target
 
