@@ -32,6 +32,8 @@ VALIDATION_SUBJECTS = ("training_seg_17", "training_seg_18")  # never trained on
 CONTRASTS = ("T1", "T2", "FLAIR", "PD", "CT", "DWI", "random")
 BRAIN_MARGIN_MM = 6  # label maps are cropped to the head's bounding box plus this margin
 WHOLE_MARGIN_MM = 16  # a whole-volume sample keeps this much head around the intracranial box
+# augmentation moves each side of a whole-volume sample's box by -WHOLE_SHRINK_MM..+WHOLE_GROW_MM
+WHOLE_SHRINK_MM, WHOLE_GROW_MM = 20, 40
 MAX_WHOLE_VOXELS = 12_000_000  # whole-volume samples are shrunk to at most this many 1 mm voxels
 
 # Tissue kind of each of SynthSeg's 25 contrast-specific classes (priors/generation_classes_contrast_
@@ -276,8 +278,8 @@ class SynthSegGenerator:
             # augmentation each side moves by -20..+40 mm (cut-off vertex or chin, or much air around)
             lo, hi = np.maximum(lo - WHOLE_MARGIN_MM, 0), np.minimum(hi + WHOLE_MARGIN_MM, np.array(source.shape) - 1)
             if augment:
-                lo = lo - rng.uniform(-20, 40, 3)
-                hi = hi + rng.uniform(-20, 40, 3)
+                lo = lo - rng.uniform(-WHOLE_SHRINK_MM, WHOLE_GROW_MM, 3)
+                hi = hi + rng.uniform(-WHOLE_SHRINK_MM, WHOLE_GROW_MM, 3)
                 while np.prod(hi - lo + 1) > MAX_WHOLE_VOXELS:
                     lo, hi = lo + 4, hi - 4
             shape = tuple(int(n) for n in (hi - lo + 1))
@@ -287,8 +289,9 @@ class SynthSegGenerator:
             # centred on a random intracranial voxel (so every structure is drawn as often as its size),
             # pulled towards the brain's centre by ``center_pull`` (1: always the centre), then jittered
             if s.head_point_share > 0 and rng.random() < s.head_point_share:
-                view_lo = np.maximum(lo - WHOLE_MARGIN_MM - 40, 0)
-                view_hi = np.minimum(hi + WHOLE_MARGIN_MM + 40, np.array(source.shape) - 1)
+                # the largest box a whole-volume sample can have
+                view_lo = np.maximum(lo - WHOLE_MARGIN_MM - WHOLE_GROW_MM, 0)
+                view_hi = np.minimum(hi + WHOLE_MARGIN_MM + WHOLE_GROW_MM, np.array(source.shape) - 1)
                 center = rng.uniform(view_lo, view_hi)
             else:
                 point = self.maps.brain_points[idx][int(rng.integers(len(self.maps.brain_points[idx])))]
