@@ -55,6 +55,9 @@ MODALITY_OF_CONTRAST = {"T1": "T1", "T2": "T2", "FLAIR": "FLAIR", "PD": "PD", "C
 MODALITIES = tuple(dict.fromkeys(MODALITY_OF_CONTRAST.values()))
 BANK_TARGETS = tuple(TARGETS)  # every target has a row; lesion rows train once lesions are synthesized
 STATE_NAME = "trainer_state.safetensors"
+# a target is dead when its logit stayed below this (probability 0.01) on REVIVE_MIN_DRAWS draws
+DEAD_LOGIT = math.log(0.01 / 0.99)
+REVIVE_MIN_DRAWS = 15
 META_NAME = "trainer_state.json"
 LOG_NAME = "log.csv"
 TARGETS_LOG_NAME = "targets.csv"  # per step and target: hard Dice at 0.5 on the working grid
@@ -94,6 +97,10 @@ class PretrainConfig:
     present_target_share: float = 0.85  # share of a step's targets drawn among those in the patch
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    # every this many steps, targets whose output stayed below probability 0.01 everywhere on every
+    # draw that held them restart from the smallest living target containing them (0: never); see
+    # VisionPretrainer.revive_dead_targets
+    revive_every: int = 0
     checkpoint_minutes: float = 5.0
     log_every: int = 20
     threads: int = 2
@@ -118,6 +125,8 @@ class PretrainConfig:
             raise ValueError(f"mni_share must be in [0, 1], got {self.mni_share!r}")
         if self.targets_per_step < 1:
             raise ValueError("targets_per_step must be >= 1")
+        if self.revive_every < 0:
+            raise ValueError(f"revive_every must be >= 0 (0: never), got {self.revive_every!r}")
         if not self.patch_schedule or self.patch_schedule[0][0] != 0:
             raise ValueError("patch_schedule must start at step 0")
 
@@ -151,9 +160,8 @@ def trainer_class(name: str) -> type:
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
     "data_root", "whole_volume_share", "mni_share", "loss_grid", "target_sampling", "lr", "warmup_steps",
-    "patch_schedule", "targets_per_step",
-    "present_target_share", "dice_weight", "ce_weight", "checkpoint_minutes", "log_every", "threads", "synth",
-    "autocast_bf16"})
+    "patch_schedule", "targets_per_step", "present_target_share", "dice_weight", "ce_weight", "revive_every",
+    "checkpoint_minutes", "log_every", "threads", "synth", "autocast_bf16"})
 
 VARIANTS: dict[str, PretrainConfig] = {
     "default": PretrainConfig(),
@@ -287,6 +295,10 @@ class VisionPretrainer:
         self.fp32_retries = 0
         self.last_targets: list[tuple[str, float, int]] = []
         self.running_dice: dict[str, float] = {}
+        # since the last dead-target check: draws that held the target, highest logit on any of them
+        self.present_draws: dict[str, int] = {}
+        self.peak_logit: dict[str, float] = {}
+        self.revivals: dict[str, int] = {}
         if (self.run_dir / META_NAME).is_file():
             self.load()
 
@@ -335,6 +347,69 @@ class VisionPretrainer:
             old = self.running_dice.get(name)
             self.running_dice[name] = d if old is None else 0.95 * old + 0.05 * d
 
+    def note_peaks(self, chosen: Sequence[int], peaks: Sequence[float], truth_voxels: Sequence[int]) -> None:
+        """Remember, per target drawn on a sample that holds it, its highest logit since the last check."""
+        for i, peak, n in zip(chosen, peaks, truth_voxels):
+            if n > 0:
+                name = BANK_TARGETS[i]
+                self.present_draws[name] = self.present_draws.get(name, 0) + 1
+                self.peak_logit[name] = max(self.peak_logit.get(name, -math.inf), float(peak))
+
+    def dead_targets(self, min_draws: int = REVIVE_MIN_DRAWS) -> list[str]:
+        """Targets drawn at least ``min_draws`` times on samples that hold them since the last check
+        whose output never reached probability 0.01 anywhere.
+
+        Seen in vision_v2 at step 19,775: 16 of 60 targets (right hippocampus, both amygdalae, all
+        lesion targets, ...) gave probability 0.000 everywhere on every scan. Their phi had pushed the
+        generator's last blocks into SiLU's flat negative range, where the loss has no gradient, so
+        no amount of training brings them back.
+        """
+        return [n for n, k in self.present_draws.items()
+                if k >= min_draws and self.peak_logit[n] < DEAD_LOGIT]
+
+    def revival_source(self, name: str, dead: Sequence[str]) -> str | None:
+        """The living target a dead one restarts from: its other side, else the smallest living
+        target whose labels contain its labels (fewest labels first), else None."""
+        alive = [n for n in BANK_TARGETS if n not in dead and n != name]
+        side = TARGETS[name].side
+        if side:
+            other = name.replace(side, "right" if side == "left" else "left", 1)
+            if other in alive:
+                return other
+        labels = TARGETS[name].labels
+        containing = [n for n in alive if labels <= TARGETS[n].labels]
+        return min(containing, key=lambda n: (len(TARGETS[n].labels), n)) if containing else None
+
+    def revive_dead_targets(self) -> dict[str, str]:
+        """Restart each dead target's phi from its ``revival_source`` plus a little noise, with fresh
+        optimizer moments for that row. The output starts as the source's mask (alive, so the loss
+        has gradient again) and training shrinks it to the target. Returns {dead: source}."""
+        dead = self.dead_targets()
+        done: dict[str, str] = {}
+        with torch.no_grad():
+            rows = self.phi.targets
+            state = self.optimizer.state.get(rows, {})
+            for name in dead:
+                source = self.revival_source(name, dead)
+                if source is None:
+                    logger.warning("target %r is dead and has no living container to restart from", name)
+                    continue
+                i, j = BANK_TARGETS.index(name), BANK_TARGETS.index(source)
+                noise = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(self.step + i))
+                rows[i] = rows[j] + 0.05 * rows[j].abs().mean() * noise
+                for key in ("exp_avg", "exp_avg_sq"):
+                    if key in state:
+                        state[key][i] = 0.0
+                self.revivals[name] = self.revivals.get(name, 0) + 1
+                self.running_dice.pop(name, None)
+                done[name] = source
+        if done:
+            logger.warning("step %d: restarted %d dead targets from living ones: %s", self.step, len(done),
+                           ", ".join(f"{k} <- {v}" for k, v in sorted(done.items())))
+        self.present_draws.clear()
+        self.peak_logit.clear()
+        return done
+
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Soft Dice (per target, then averaged) + voxel cross-entropy, nnU-Net's default pair."""
         probs = torch.sigmoid(logits)
@@ -378,6 +453,8 @@ class VisionPretrainer:
         self.optimizer.step()
         self.update_running_dice()
         self.step += 1
+        if self.config.revive_every and self.step % self.config.revive_every == 0:
+            self.revive_dead_targets()
         self.samples += 1
         return parts
 
@@ -413,6 +490,7 @@ class VisionPretrainer:
             hard = torch.where(sizes > 0, 2 * both / sizes.clamp_min(1), torch.ones_like(sizes))
             self.last_targets = [(BANK_TARGETS[i], float(d), int(truth[j].sum())) for j, (i, d) in
                                  enumerate(zip(chosen, hard.tolist()))]
+            self.note_peaks(chosen, logits.amax(dims).tolist(), truth.sum(dims).tolist())
         return {"loss": float(loss.detach()), **parts}
 
     # -- checkpoints -------------------------------------------------------------------------
@@ -430,7 +508,8 @@ class VisionPretrainer:
             state[f"opt/{pid}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
         save_file(state, str(tmp / STATE_NAME))
         meta = dict(step=self.step, samples=self.samples, hours=self.hours, fp32_retries=self.fp32_retries,
-                    running_dice=self.running_dice,
+                    running_dice=self.running_dice, revivals=self.revivals,
+                    present_draws=self.present_draws, peak_logit=self.peak_logit,
                     rng=self.rng.bit_generator.state, saved_at=time.strftime("%Y-%m-%dT%H:%M:%S"))
         (tmp / META_NAME).write_text(json.dumps(meta, indent=2))
         for f in tmp.iterdir():  # per-file rename: a kill mid-save leaves the previous files whole
@@ -456,6 +535,9 @@ class VisionPretrainer:
         self.step, self.samples, self.hours = int(meta["step"]), int(meta["samples"]), float(meta["hours"])
         self.fp32_retries = int(meta.get("fp32_retries", 0))
         self.running_dice = {k: float(v) for k, v in meta.get("running_dice", {}).items()}
+        self.revivals = {k: int(v) for k, v in meta.get("revivals", {}).items()}
+        self.present_draws = {k: int(v) for k, v in meta.get("present_draws", {}).items()}
+        self.peak_logit = {k: float(v) for k, v in meta.get("peak_logit", {}).items()}
         self.rng.bit_generator.state = meta["rng"]
         logger.info("resumed %s at step %d (%.2f h trained)", self.run_dir, self.step, self.hours)
 

@@ -224,3 +224,47 @@ def test_difficulty_sampling_favours_targets_drawn_badly(tmp_path, data_root):
     assert VisionPretrainer(tmp_path / "u", smoke(data_root)).target_weights([easy, hard]) is None
     with pytest.raises(ValueError, match="target_sampling"):
         smoke(data_root, target_sampling="hardest")
+
+
+def test_dead_targets_restart_from_their_other_side_or_smallest_container(tmp_path, data_root):
+    """A target whose output never left ~0 on samples that hold it gets a living phi back."""
+    from training.vision_pretrain import BANK_TARGETS, DEAD_LOGIT, REVIVE_MIN_DRAWS
+
+    trainer = VisionPretrainer(tmp_path / "run", smoke(data_root, revive_every=2))
+    trainer.fit(max_steps=1, workers=0)  # optimizer moments exist for the phi rows
+    idx = {n: BANK_TARGETS.index(n) for n in ("right hippocampus", "left hippocampus", "amygdala",
+                                               "left amygdala", "right amygdala", "lesion", "brain")}
+    dead = ["right hippocampus", "amygdala", "left amygdala", "right amygdala", "lesion"]
+    trainer.present_draws.clear()
+    trainer.peak_logit.clear()
+    for name in dead:
+        trainer.note_peaks([idx[name]] * REVIVE_MIN_DRAWS, [DEAD_LOGIT - 3] * REVIVE_MIN_DRAWS,
+                           [50] * REVIVE_MIN_DRAWS)
+    trainer.note_peaks([idx["brain"]], [DEAD_LOGIT - 3], [0])  # absent from its sample: not evidence
+    trainer.note_peaks([idx["left hippocampus"]] * REVIVE_MIN_DRAWS, [2.0] * REVIVE_MIN_DRAWS,
+                       [50] * REVIVE_MIN_DRAWS)
+    assert sorted(trainer.dead_targets()) == sorted(dead)
+    before = trainer.phi.targets.detach().clone()
+    moments = trainer.optimizer.state[trainer.phi.targets]["exp_avg_sq"]
+    moments.fill_(1.0)  # as after a long run, where every row has had gradients
+    done = trainer.revive_dead_targets()
+    # mirror first; both amygdalae are dead, so they and their union restart from deep gray matter
+    assert done == {"right hippocampus": "left hippocampus", "amygdala": "deep gray matter",
+                    "left amygdala": "deep gray matter", "right amygdala": "deep gray matter",
+                    "lesion": "brain"}
+    rows = trainer.phi.targets.detach()
+    for name, source in done.items():
+        src = before[BANK_TARGETS.index(source)]
+        gap = (rows[idx[name]] - src).abs().max()
+        assert 0 < gap < 0.5 * src.abs().mean()  # near its source, nudged apart by noise
+        assert moments[idx[name]].abs().sum() == 0
+    assert torch_equal(rows[idx["left hippocampus"]], before[idx["left hippocampus"]])
+    assert trainer.dead_targets() == [] and trainer.revivals["lesion"] == 1
+    trainer.save()
+    assert VisionPretrainer(tmp_path / "run").revivals == trainer.revivals
+    with pytest.raises(ValueError, match="revive_every"):
+        smoke(data_root, revive_every=-1)
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
