@@ -369,8 +369,11 @@ class VisionPretrainer:
 
     def revival_source(self, name: str, dead: Sequence[str]) -> str | None:
         """The living target a dead one restarts from: its other side, else the smallest living
-        target whose labels contain its labels (fewest labels first), else None."""
-        alive = [n for n in BANK_TARGETS if n not in dead and n != name]
+        target whose labels contain its labels (fewest labels first), else None. Living: its output
+        passed probability 0.01 on a sample that held it since the last check (a target not yet
+        drawn often enough to be called dead is no source either)."""
+        alive = [n for n in BANK_TARGETS if n not in dead and n != name
+                 and self.peak_logit.get(n, -math.inf) >= DEAD_LOGIT]
         side = TARGETS[name].side
         if side:
             other = name.replace(side, "right" if side == "left" else "left", 1)

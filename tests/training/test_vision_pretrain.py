@@ -241,8 +241,12 @@ def test_dead_targets_restart_from_their_other_side_or_smallest_container(tmp_pa
         trainer.note_peaks([idx[name]] * REVIVE_MIN_DRAWS, [DEAD_LOGIT - 3] * REVIVE_MIN_DRAWS,
                            [50] * REVIVE_MIN_DRAWS)
     trainer.note_peaks([idx["brain"]], [DEAD_LOGIT - 3], [0])  # absent from its sample: not evidence
-    trainer.note_peaks([idx["left hippocampus"]] * REVIVE_MIN_DRAWS, [2.0] * REVIVE_MIN_DRAWS,
-                       [50] * REVIVE_MIN_DRAWS)
+    for name in ("left hippocampus", "deep gray matter", "brain"):
+        trainer.note_peaks([BANK_TARGETS.index(name)] * REVIVE_MIN_DRAWS, [2.0] * REVIVE_MIN_DRAWS,
+                           [50] * REVIVE_MIN_DRAWS)
+    # drawn too rarely to be called dead, and never seen alive: no source for its other side
+    trainer.note_peaks([BANK_TARGETS.index("left accumbens")], [DEAD_LOGIT - 3], [20])
+    assert trainer.revival_source("right accumbens", ["right accumbens"]) == "deep gray matter"
     assert sorted(trainer.dead_targets()) == sorted(dead)
     before = trainer.phi.targets.detach().clone()
     moments = trainer.optimizer.state[trainer.phi.targets]["exp_avg_sq"]
