@@ -2,8 +2,11 @@
 programs pass their final answer through.
 
 A run that stopped is not yet a run that answered. Seen in the wild: "Here is {r}." (an f-string
-whose placeholder was never filled because the text was not an f-string), "}." (token soup), and
-answers whose last step failed. Those are ``no_answer`` with the reason, never ``succeeded``.
+whose placeholder was never filled because the text was not an f-string), "}." (token soup),
+"Noc, the cerebellumb}." (a stray brace: no value the sandbox formats has braces, so any left in an
+answer is residue of a broken f-string), "... brainstem, brainstem, brainstem ..." (a decoder stuck
+in a loop), and answers whose last step failed. Those are ``no_answer`` with the reason, never
+``succeeded``.
 """
 from __future__ import annotations
 
@@ -11,10 +14,13 @@ import re
 
 PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.\[\]'\"]*(?:![rsa])?(?::[^{}]*)?\}")
 CONTENT = re.compile(r"[A-Za-z]{2,}|\d")
+# one word three times in a row, whatever punctuation lies between
+LOOP = re.compile(r"\b([A-Za-z_]{3,})\b(?:\W+\1\b){2,}", re.IGNORECASE)
 
 
 def answer_problem(text: str) -> str | None:
-    """Why ``text`` is not an answer (None if it is): unfilled placeholders or no words at all."""
+    """Why ``text`` is not an answer (None if it is): unfilled placeholders, no words at all, stray
+    braces or a word looping."""
     stripped = text.strip()
     if not stripped:
         return None  # no text: metrics or outputs may still answer; callers decide on emptiness
@@ -23,6 +29,13 @@ def answer_problem(text: str) -> str | None:
         return f"the answer has unfilled placeholders ({', '.join(dict.fromkeys(holes))})"
     if not CONTENT.search(stripped):
         return f"the answer {stripped[:40]!r} has no words or numbers"
+    brace = re.search(r"[{}]", stripped)
+    if brace:
+        at = brace.start()
+        return f"the answer has a stray brace (garbled text: {stripped[max(0, at - 30):at + 10]!r})"
+    loop = LOOP.search(stripped)
+    if loop:
+        return f"the answer repeats {loop.group(1)!r} (garbled text: {loop.group(0)[:60]!r})"
     return None
 
 

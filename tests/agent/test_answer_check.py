@@ -18,6 +18,11 @@ def test_answer_problem():
     assert "{v1}, {v2:.1f}" in answer_problem("Growth from {v1} to {v2:.1f} mL")
     assert "no words" in answer_problem("}.")
     assert answer_problem("42") is None
+    assert "stray brace" in answer_problem("Noc, the cerebellumb}.")
+    assert "repeats 'brainstem'" in answer_problem("I can measure the brainstem, brainstem, Brainstem and lesions.")
+    # twice is language, not a loop; values the sandbox formats carry no braces
+    assert answer_problem("CSF, CSF volume and the pallidum, pallidum ratio.") is None
+    assert answer_problem("The extents are left_right=78.0 mm, anterior_posterior=85.0 mm.") is None
 
 
 def run_with(tokenizer, random_model, outcomes):
