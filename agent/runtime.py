@@ -40,6 +40,7 @@ from agent.answer_check import answer_problem
 from agent.constrained import Signature, StepConstraint, signatures, target_strings, token_texts
 from agent.functions import default_registry
 from agent.grounding import ground_result
+from agent.intent_check import IntentIndex, intent_warnings
 from agent.model import DecodeSession, VoxAgentModel
 from agent.phi_bank import PhiBank
 from agent.result_warnings import (
@@ -152,6 +153,7 @@ class AgentRuntime:
         constrained: bool = True,
         phi_bank: PhiBank | None = None,
         constraint_topk: int = 8,
+        intent_index: IntentIndex | None = None,
     ) -> None:
         """``decode_threads``: torch intra-op threads while the LM runs (restored around sandbox calls).
 
@@ -168,6 +170,8 @@ class AgentRuntime:
         ``registry``, ``limits`` and phi bank), else from the scans, the default library and
         ``phi_bank`` (the checkpoint's, see ``from_checkpoint``; the default bank without one).
         ``constraint_topk``: candidates tried before scanning the whole vocabulary.
+        ``intent_index``: nearest training requests (``agent.intent_check``; the checkpoint's, see
+        ``from_checkpoint``): a result whose program does not fit them gets a low-confidence warning.
         """
         if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
             raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
@@ -184,6 +188,7 @@ class AgentRuntime:
         self.constrained = constrained
         self.phi_bank = phi_bank
         self.constraint_topk = max(1, int(constraint_topk))
+        self.intent_index = intent_index
         self._token_texts = token_texts(tokenizer)
         self._signatures: tuple[object, dict[str, Signature]] | None = None  # (registry, its signatures)
 
@@ -196,6 +201,8 @@ class AgentRuntime:
         kwargs.setdefault("model_name", Path(directory).name)
         if "phi_bank" not in kwargs:
             kwargs["phi_bank"] = PhiBank.for_model_dir(directory)
+        if "intent_index" not in kwargs:
+            kwargs["intent_index"] = IntentIndex.load(directory)
         return cls(model, tokenizer, **kwargs)
 
     # ---- public --------------------------------------------------------------------------------
@@ -249,7 +256,8 @@ class AgentRuntime:
                                       f"over the {capacity}-token limit")
         t0 = self._now()
         with self._lm():
-            hidden = session.feed(mu1, prompt_vector=self._prompt_vector(prompt),
+            prompt_vector = self._prompt_vector(prompt)
+            hidden = session.feed(mu1, prompt_vector=prompt_vector,
                                   prompt_states=self._prompt_states(prompt, scans))
             logits = self.model.next_token_logits(hidden[-1])
         timings["prefill"] = self._now() - t0
@@ -298,6 +306,7 @@ class AgentRuntime:
             if outcome.stopped:
                 result.warnings += failed_step_warnings(result.trace)
                 result.warnings += low_confidence_warnings(result.trace)
+                result.warnings += self._intent_warnings(prompt, prompt_vector, result.trace, executor)
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
                            answer_problem(" ".join(responses)))
                 if problem:
@@ -393,6 +402,23 @@ class AgentRuntime:
         from agent.prompt_encoder import shared_encoder
 
         return torch.from_numpy(shared_encoder().encode([prompt])[0])
+
+    def _intent_warnings(self, prompt: str, vector: torch.Tensor | None, trace: Sequence[StepTrace],
+                         executor: StepExecutor) -> list[str]:
+        """``agent.intent_check``'s second opinion on the program that ran (none without an index)."""
+        if self.intent_index is None:
+            return []
+        if vector is None:  # an agent that does not read the sentence encoder: embed the prompt here
+            from agent.prompt_encoder import SentenceEncoderUnavailable, shared_encoder
+
+            try:
+                vector = torch.from_numpy(shared_encoder().encode([prompt])[0])
+            except SentenceEncoderUnavailable as exc:
+                logger.info("intent check skipped: %s", exc)
+                return []
+        registry = getattr(executor, "registry", None)
+        library = registry if isinstance(registry, Mapping) else default_registry()
+        return intent_warnings(self.intent_index, vector.numpy(), [t.code for t in trace], library)
 
     def _prompt_states(self, prompt: str, scans: Sequence[ScanInfo]) -> torch.Tensor | None:
         """The sentence encoder's per-token view of the prompt, for agents trained with it (else None)."""

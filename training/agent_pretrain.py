@@ -683,7 +683,30 @@ def export(run_dir: str | Path, out_dir: str | Path, best: bool = True) -> Path:
     save_agent(model, tokenizer, out_dir)
     for f in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors"):
         shutil.copy2(run_dir / VISION_SNAPSHOT / f, out_dir / f)
+    write_intent_index(run_dir, out_dir)
     return out_dir
+
+
+def write_intent_index(run_dir: str | Path, out_dir: str | Path) -> Path | None:
+    """``agent.intent_check``'s index of the run's training requests (its episode pool: training
+    templates only), beside the exported agent; None (logged) without a pool or a sentence encoder."""
+    from agent.functions import default_registry
+    from agent.intent_check import INDEX_NAME, IntentIndex
+    from agent.prompt_encoder import SentenceEncoderUnavailable, shared_encoder
+
+    path = Path(run_dir) / POOL_FILE
+    if not path.is_file():
+        logger.warning("no episode pool in %s: exported without an intent index", run_dir)
+        return None
+    try:
+        encoder = shared_encoder()
+    except SentenceEncoderUnavailable as exc:
+        logger.warning("exported without an intent index: %s", exc)
+        return None
+    pool = torch.load(path, weights_only=False)["pool"]
+    index = IntentIndex.build([(e.family, e.prompt, [s.code for s in e.steps]) for e in pool], encoder.encode,
+                              default_registry())
+    return index.save(Path(out_dir) / INDEX_NAME)
 
 
 def grow(src_run: str | Path, dst_run: str | Path, config: AgentPretrainConfig) -> Path:

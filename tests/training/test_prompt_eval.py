@@ -239,13 +239,17 @@ def test_summary_counts_low_confidence_flags() -> None:
     def rec(correct: bool, wrong: bool, flagged: bool) -> dict:
         return {"expected": {"kind": "volume"}, "correct": correct, "succeeded_wrong": wrong, "status": "succeeded",
                 "low_confidence": flagged, "program_correct": correct, "number_correct": correct,
-                "kind_correct": True, "target_correct": correct}
+                "kind_correct": True, "target_correct": correct, "doubt_token": flagged and correct,
+                "doubt_intent": flagged and not correct}
 
     rows = [rec(True, False, False), rec(True, False, True), rec(False, True, True), rec(False, True, True),
             rec(False, True, False), rec(True, False, False)]
     overall = summarize(rows)["overall"]
     assert overall["flagged_when_wrong"] == pytest.approx(2 / 3)
     assert overall["flagged_when_correct"] == pytest.approx(1 / 3)
+    # each signal on its own: here the token odds only ever flag right answers, the intent check wrong ones
+    assert overall["doubt_token_when_wrong"] == 0 and overall["doubt_token_when_correct"] == pytest.approx(1 / 3)
+    assert overall["doubt_intent_when_wrong"] == pytest.approx(2 / 3) and overall["doubt_intent_when_correct"] == 0
 
 
 # ---------------------------------------------------------------- truth masks (language apart from vision)

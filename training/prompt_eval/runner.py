@@ -119,6 +119,9 @@ class PromptEvaluator:
                 "code": [t.code for t in result.trace], "step_errors": [t.error for t in result.trace],
                 "warnings": list(result.warnings),
                 "low_confidence": any("low confidence" in w for w in result.warnings),
+                # which signal raised it: the decoder's own token odds, or agent.intent_check
+                "doubt_token": any("written with low confidence" in w for w in result.warnings),
+                "doubt_intent": any("the request reads like" in w for w in result.warnings),
                 "case": case.summary(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -145,7 +148,10 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "succeeded_wrong": _rate(rows, "succeeded_wrong"),
                 # how often the low-confidence warning flags a wrong answer, and a right one
                 "flagged_when_wrong": _rate([r for r in rows if r.get("succeeded_wrong")], "low_confidence"),
-                "flagged_when_correct": _rate([r for r in rows if r.get("correct")], "low_confidence")}
+                "flagged_when_correct": _rate([r for r in rows if r.get("correct")], "low_confidence"),
+                **{f"{key}_when_{when}": _rate([r for r in rows if r.get(field)], key)
+                   for key in ("doubt_token", "doubt_intent")
+                   for when, field in (("wrong", "succeeded_wrong"), ("correct", "correct"))}}
 
     kinds: dict[str, list[dict[str, Any]]] = {}
     for r in records:
@@ -178,9 +184,12 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [row(k, r) for k, r in s["by_kind"].items()]
     lines.append(row("**all**", s["overall"]))
     o = s["overall"]
-    lines.append(f"\nLow-confidence warning (a step token below probability 0.5) on "
-                 f"{_pct(o.get('flagged_when_wrong'))} of the succeeded-but-wrong answers and "
-                 f"{_pct(o.get('flagged_when_correct'))} of the correct ones.\n")
+    lines.append(f"\nLow-confidence warning on {_pct(o.get('flagged_when_wrong'))} of the succeeded-but-wrong "
+                 f"answers and {_pct(o.get('flagged_when_correct'))} of the correct ones; from a step token "
+                 f"below probability 0.5: {_pct(o.get('doubt_token_when_wrong'))} / "
+                 f"{_pct(o.get('doubt_token_when_correct'))}; from the nearest training requests "
+                 f"(agent.intent_check): {_pct(o.get('doubt_intent_when_wrong'))} / "
+                 f"{_pct(o.get('doubt_intent_when_correct'))}.\n")
     return "".join(lines)
 
 
