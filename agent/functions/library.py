@@ -16,7 +16,7 @@ import numpy as np
 import voxel_ops as vo
 from agent.functions.context import CallContext, StopSignal
 from agent.functions.registry import ArgType, LibraryFunction, Param, Registry
-from agent.functions.types import Encoding, ImageValue, Mask, Quantity, Record, Scan
+from agent.functions.types import Encoding, ImageValue, Mask, Quantity, Record, Scan, asymmetry_meaning
 from agent.phi_bank import normalize_target
 from agent.sandbox.errors import SandboxRuntimeError
 from agent.sandbox.formatting import describe, format_value
@@ -264,7 +264,8 @@ def percent_change(ctx: CallContext, before: Quantity | int | float, after: Quan
 
 def asymmetry(ctx: CallContext, left: Quantity | int | float, right: Quantity | int | float) -> Quantity:
     vl, vr, _ = _same_unit("asymmetry", left, right)
-    return Quantity(float(vo.asymmetry_index(vl, vr)), None, f"asymmetry of {_label(left)} and {_label(right)}")
+    index = float(vo.asymmetry_index(vl, vr))
+    return Quantity(index, None, f"asymmetry of {_label(left)} and {_label(right)}", asymmetry_meaning(index))
 
 
 def count_components(ctx: CallContext, mask: Mask) -> Quantity:

@@ -41,14 +41,27 @@ class Quantity:
     value: float | int
     unit: str | None
     name: str
+    # what the number's sign or size means, in words shown after it ("left larger"); no digits, so
+    # the numbers of an answer stay the measured values
+    meaning: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "name", short_name(self.name))
 
     @property
     def text(self) -> str:
-        number = number_text(self.value, self.unit)
-        return f"{number} {self.unit}" if self.unit else number
+        return self.render(number_text(self.value, self.unit))
+
+    def render(self, number: str) -> str:
+        """``number`` (this value already formatted) with the unit and the meaning."""
+        out = f"{number} {self.unit}" if self.unit else number
+        return f"{out} ({self.meaning})" if self.meaning else out
+
+
+def asymmetry_meaning(index: float) -> str:
+    """The sign of an asymmetry index 2(L - R)/(L + R) in words, judged at the precision it is shown."""
+    shown = float(number_text(float(index)))
+    return "left larger" if shown > 0 else "right larger" if shown < 0 else "no asymmetry"
 
 
 @dataclass(frozen=True, eq=False)

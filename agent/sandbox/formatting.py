@@ -24,8 +24,7 @@ def format_value(value: Any, spec: str = "") -> str:
     if isinstance(value, Quantity):
         if not spec:
             return value.text
-        number = format(value.value, spec)
-        return f"{number} {value.unit}" if value.unit else number
+        return value.render(format(value.value, spec))
     if isinstance(value, bool) or value is None:
         return format(str(value), spec) if spec else str(value)
     if isinstance(value, (int, float)):

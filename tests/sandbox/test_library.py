@@ -125,6 +125,11 @@ def test_derived_quantities(box, t1):
     assert env["ch"]["absolute"].value == pytest.approx(vb - vl) and env["ch"]["percent"].unit == "%"
     assert env["pc"].value == pytest.approx(100 * (vb - vl) / vl)
     assert env["asy"].value == pytest.approx(2 * (vl - vb) / (vl + vb))
+    # an index says what its sign means, in every way it is shown
+    assert env["asy"].value < 0 and env["asy"].text.endswith(" (right larger)")
+    ok(box, 'msg = f"{asy:.2f} and {asymmetry(vb, vl)}"\nflat = asymmetry(vl, vl)')
+    assert box.env["msg"].endswith(" (right larger) and " + f"{-env['asy'].value:.3f} (left larger)")
+    assert box.env["flat"].text == "0.000 (no asymmetry)"
     assert env["n"].value == 0.75
     ok(box, "h = height(lesion)")
     assert "units differ (mL vs mm)" in box.execute_step("ratio(vl, h)").error

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 import voxel_ops as vo
-from agent.functions.types import number_text
+from agent.functions.types import Quantity, asymmetry_meaning, number_text
 from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
 from training.synth.label_case import LabelCase, LabelCaseSpec
 from training.tasks.grammar import expand, tidy
@@ -50,6 +50,11 @@ def q(value: float, unit: str | None) -> str:
     """A quantity as `read`/f-strings show it (agent.functions.types.Quantity.text)."""
     number = number_text(float(value), unit)
     return f"{number} {unit}" if unit else number
+
+
+def q_asymmetry(index: float) -> str:
+    """An asymmetry index as library ``asymmetry`` shows it: the number, then what its sign means."""
+    return Quantity(float(index), None, "asymmetry", asymmetry_meaning(float(index))).text
 
 
 @dataclass
@@ -585,7 +590,7 @@ class Asymmetry(MeasureFamily):
         ml_r = vo.volume_ml(truth_mask(case, right, scan))
         value = float(vo.asymmetry_index(ml_l, ml_r))
         bound = {"structure": words, "scan": SCAN_PHRASES[mod], "scan_in": ["", "in {scan}", "on {scan}"]}
-        return self.sample(p, self.prompt(rng, ti, bound), f"The {kind} asymmetry index is {q(value, None)}.",
+        return self.sample(p, self.prompt(rng, ti, bound), f"The {kind} asymmetry index is {q_asymmetry(value)}.",
                            {"structure": kind, "value": value, "left_ml": ml_l, "right_ml": ml_r}, ti, case)
 
 

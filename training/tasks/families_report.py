@@ -34,6 +34,7 @@ from training.tasks.families import (
     only_scan,
     present,
     q,
+    q_asymmetry,
     tissue_spec,
 )
 from training.tasks.program import Program
@@ -162,7 +163,9 @@ class Report(Family):
             second.append(SIGN_NOTE)
         expected: dict[str, Any] = {"v2": v2, "lesion_count": n, "targets": targets,
                                     "values": {var: value for var, (value, _) in truth.items()}}
-        filled = {var: q(value, unit) for var, (value, unit) in truth.items()} | {"n": str(n)}
+        asymmetries = {var for var, _, _ in (*layout.first.asymmetries, *layout.second.asymmetries)}
+        filled = {var: q_asymmetry(value) if var in asymmetries else q(value, unit)
+                  for var, (value, unit) in truth.items()} | {"n": str(n)}
         tail = "Lesions: {n} found"
         if n:
             p.line(f"lv = volume({lesion})")
