@@ -15,7 +15,7 @@ only emit a token whose text keeps the step a *prefix of a program of the sandbo
   required parameter, no surplus argument);
 - each volume argument of ``encode``/``generate`` is a defined name directly followed by
   ``<MOD>``, and ``<MOD>`` appears nowhere else (not even as text inside a string, which the
-  sandbox would strip as a marker);
+  sandbox would strip as a marker); ``encode`` takes each scan at most once;
 - the target of ``generate`` is a string literal the loaded model supports;
 - expressions use only what the validator allows (literals, f-strings with allow-listed format
   specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 # Which parameters take a volume (followed by <MOD>) or a target string; the validator's
 # `_collect_markers` and library `generate` define these roles.
 VOLUME_PARAMS: dict[str, frozenset[str]] = {"encode": frozenset({"scans"}), "generate": frozenset({"scan"})}
+# Calls that take each volume at most once: encoding one scan twice is never what a request means
+# (seen: ``encode(t1_2020<MOD>, t1_2020<MOD>)`` for a change between 2020 and 2024, which then
+# measured the first scan twice).
+DISTINCT_VOLUMES = frozenset({"encode"})
 TARGET_PARAMS: dict[str, frozenset[str]] = {"generate": frozenset({"target"})}
 
 # A new variable name may not run on: a model that keeps extending one wastes its whole token budget.
@@ -475,6 +479,8 @@ class StepConstraint:
                 return False
             role = sig.role(param)
             if role == "vol":
+                if top[1] in DISTINCT_VOLUMES and top[6]:
+                    return any(v.startswith(word) for v in s.vars if v not in top[6])
                 return _prefix_in(s.vars, word)
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
@@ -536,7 +542,7 @@ class StepConstraint:
         if st == "start":
             if kind == "N":
                 if val in self.functions:
-                    s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None))
+                    s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None, frozenset()))
                     return True
                 if self._new_name_ok(val):
                     s.stack = (("STMT", "assign", ()), ("TGT", "after", (val,)))
@@ -585,7 +591,8 @@ class StepConstraint:
                 if val in _CONSTANTS:
                     return self._replace(s, ("X", "dns", phase))
                 if val in self.functions:
-                    s.stack = s.stack[:-1] + (("X", "done", phase), ("CALL", val, "open", 0, frozenset(), None))
+                    call = ("CALL", val, "open", 0, frozenset(), None, frozenset())
+                    s.stack = s.stack[:-1] + (("X", "done", phase), call)
                     return True
                 return val in s.varset and self._replace(s, ("X", "done", phase))
             if kind == "NUM":
@@ -636,17 +643,18 @@ class StepConstraint:
         return None
 
     def _p_CALL(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
-        _, name, st, npos, kws, word = top
+        _, name, st, npos, kws, word, vols = top
         sig = self.functions[name]
+        taken = vols if name in DISTINCT_VOLUMES else frozenset()  # volumes this call may not take again
         if st == "open":
             if kind == "O" and val == "(":
                 s.calls += 1
                 return (s.calls <= self.limits.max_calls_per_step and self._open(s)
-                        and self._replace(s, ("CALL", name, "arg", 0, kws, None)))
+                        and self._replace(s, ("CALL", name, "arg", 0, kws, None, vols)))
             return False
         if st == "after":
             if kind == "O" and val == ",":
-                return self._replace(s, ("CALL", name, "arg", npos, kws, None))
+                return self._replace(s, ("CALL", name, "arg", npos, kws, None, vols))
             return kind == "O" and val == ")" and self._close(s, sig, npos, kws)
         if st == "arg":
             if kind == "O" and val == ")":
@@ -654,14 +662,14 @@ class StepConstraint:
             if kind == "N":  # a keyword or an operand: the next token says which; one of them must fit
                 param = None if kws else sig.positional(npos)
                 role = None if param is None else sig.role(param)
-                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and val in s.varset) or (
+                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and val in s.varset - taken) or (
                     role == "expr" and (val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"))
-                return fits and self._replace(s, ("CALL", name, "kw?", npos, kws, val))
+                return fits and self._replace(s, ("CALL", name, "kw?", npos, kws, val, vols))
             param = None if kws else sig.positional(npos)
             if param is None:
                 return False
             role = sig.role(param)
-            after = ("CALL", name, "after", npos + 1, kws, None)
+            after = ("CALL", name, "after", npos + 1, kws, None, vols)
             if role == "vol":
                 return False  # a volume argument is a name
             s.stack = s.stack[:-1] + (after, ("TARG", None) if role == "target" else _X0)
@@ -672,17 +680,17 @@ class StepConstraint:
                 return False
             role = sig.role(word)
             arg: Frame = ("VOL", "name") if role == "vol" else ("TARG", None) if role == "target" else _X0
-            s.stack = s.stack[:-1] + (("CALL", name, "after", npos, kws | {word}, None), arg)
+            s.stack = s.stack[:-1] + (("CALL", name, "after", npos, kws | {word}, None, vols), arg)
             return True
         param = None if kws else sig.positional(npos)
         if param is None:
             return False
         role = sig.role(param)
-        after = ("CALL", name, "after", npos + 1, kws, None)
+        after = ("CALL", name, "after", npos + 1, kws, None, vols)
         if role == "vol":
-            if word not in s.varset:
+            if word not in s.varset - taken:
                 return False
-            s.stack = s.stack[:-1] + (after, ("VOL", "mod"))
+            s.stack = s.stack[:-1] + (after[:-1] + (vols | {word},), ("VOL", "mod"))
             return None
         if role == "target":
             return False  # a target is a string literal

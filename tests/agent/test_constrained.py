@@ -139,6 +139,21 @@ def test_refused(code):
     assert not accepted(code)
 
 
+def test_encode_takes_each_scan_once():
+    """Encoding one scan twice is never meant (it measured the first of two sessions twice)."""
+    names = frozenset({"t1_2020", "t1_2024", "t1"})
+    assert accepted("e = encode(t1_2020<MOD>, t1_2024<MOD>)\nread(e)", names)
+    assert not accepted("e = encode(t1_2020<MOD>, t1_2020<MOD>)", names)
+    c = constraint(names)
+    assert c.try_feed("e = encode(t1_2020<MOD>, t1_202")  # t1_2024 is still open
+    assert not c.try_feed("0") and c.try_feed("4<MOD>)")  # a refused piece leaves the state alone
+    c = constraint(names)
+    assert c.try_feed("e = encode(t1<MOD>, t1")  # a longer name with the used one as its prefix
+    assert c.try_feed("_2020<MOD>)") and c.complete()
+    # other calls may take one volume twice, and each encode call starts afresh
+    assert accepted('e = encode(t1<MOD>)\nf = encode(t1<MOD>)\nm = generate(e, t1<MOD>, "brain")', names)
+
+
 def test_the_step_token_is_allowed_only_where_the_step_is_complete():
     c = constraint()
     assert not c.complete()  # an empty step is not a step
