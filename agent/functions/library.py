@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 import voxel_ops as vo
+from agent.functions.capabilities import capability_text
 from agent.functions.context import CallContext, StopSignal
 from agent.functions.registry import ArgType, LibraryFunction, Param, Registry
 from agent.functions.types import Encoding, ImageValue, Mask, Quantity, Record, Scan, asymmetry_meaning
@@ -123,6 +124,10 @@ def read(ctx: CallContext, x: Any) -> None:
         text = text[: ctx.limits.max_str_len] + " ..."
     ctx.outcome.feedback.append(Feedback(text=text))
     return None
+
+
+def capabilities(ctx: CallContext) -> str:
+    return capability_text(ctx.phi_bank)
 
 
 def respond(ctx: CallContext, text: str | Quantity | int | float) -> None:
@@ -384,6 +389,8 @@ def build_registry() -> Registry:
         _fn("output", [Param("volume", IMAGE), Param("name", TEXT)], "None",
             "Mark a mask or image as a named result volume (saved as NIfTI).", output),
         _fn("stop", [], "None", "End the analysis; nothing after it runs.", stop),
+        _fn("capabilities", [], "text",
+            "What this system can analyze, as an answer to a request it cannot serve.", capabilities),
         _fn("volume", [m], "quantity [mL]", "Volume of a mask in millilitres.", volume),
         _fn("extents", [m], "record [mm]",
             "Extents of a mask along left_right, anterior_posterior and superior_inferior, in mm.", extents),

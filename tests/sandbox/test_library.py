@@ -36,7 +36,7 @@ def voxels_ml(mask: np.ndarray) -> float:
 
 def test_every_function_is_listed_with_signature_and_description():
     registry = default_registry()
-    expected = {"encode", "generate", "read", "respond", "output", "stop", "volume", "extents", "height", "width",
+    expected = {"encode", "generate", "read", "respond", "output", "stop", "capabilities", "volume", "extents", "height", "width",
                 "depth", "bbox", "centroid", "mean_intensity", "intensity_stats", "snr", "ratio", "difference",
                 "change", "percent_change", "asymmetry", "count_components", "largest_component", "extreme_component",
                 "brightest_component", "hemisphere",
@@ -113,6 +113,19 @@ def test_masks_from_another_grid_are_resampled(make_sandbox, t1):
     box = make_sandbox(scans={"t1": t1, "flair": flair})
     ok(box, "lesion = threshold(t1, 150)\nr = mean_intensity(flair, erode(lesion, 2))")
     assert box.env["r"].value == pytest.approx(200.0)
+
+
+def test_capabilities_follow_the_loaded_targets(make_sandbox, t1):
+    """The refusal text claims only what the phi bank can draw."""
+    from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2, V2_TARGETS
+    from agent.phi_bank import PhiBank
+
+    rich = PhiBank({"T1": np.ones(32)}, {t: np.ones(32) for t in (*V2_TARGETS, "brain", "lesion")})
+    poor = PhiBank({"T1": np.ones(32)}, {t: np.ones(32) for t in ("brain", "lesion", "hippocampus")})
+    for bank, text in ((rich, CAPABILITIES_V2), (poor, CAPABILITIES)):
+        box = make_sandbox(phi_bank=bank)
+        ok(box, "respond(capabilities())\nstop()")
+        assert box.result().status == "succeeded" and box.result().text == text
 
 
 def test_derived_quantities(box, t1):

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 import voxel_ops as vo
+from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
 from agent.functions.types import Quantity, asymmetry_meaning, number_text
 from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
 from training.synth.label_case import LabelCase, LabelCaseSpec
@@ -34,16 +35,8 @@ from training.tasks.targets import (
     volume_phrase,
 )
 
-REFUSAL = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
-           "brain, gray matter, white matter, CSF, the left and right hemispheres and lesions (with their "
-           "enhancing part and edema), and describe lesion signal, side, region, contrast enhancement, "
-           "diffusion restriction and change between sessions.")
-REFUSAL_V2 = ("I can't help with that request. I analyze brain MRI and CT scans: I can segment and measure the "
-              "brain, the intracranial volume, gray and white matter, the cerebral cortex, CSF, the ventricles, the "
-              "hemispheres, the deep structures (hippocampus, thalamus, caudate, putamen, pallidum, amygdala, "
-              "accumbens, ventral DC), the cerebellum and the brainstem, and lesions (with their enhancing part "
-              "and edema), and describe lesion signal, side, region, contrast enhancement, diffusion restriction "
-              "and change between sessions.")
+# the refusal the out-of-scope family answers with (agent.functions.capabilities: library `capabilities`)
+REFUSAL, REFUSAL_V2 = CAPABILITIES, CAPABILITIES_V2
 
 
 def q(value: float, unit: str | None) -> str:

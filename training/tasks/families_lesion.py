@@ -419,9 +419,13 @@ class OutOfScope(Family):
         return Draw(draw.spec, {"v2": True})
 
     def build(self, case, draw, rng, ti):
-        refusal = REFUSAL_V2 if draw.params.get("v2") else REFUSAL
         p = Program()
-        p.respond(refusal)
+        if draw.params.get("v2"):  # the library's text for a model with every vision target
+            refusal = REFUSAL_V2
+            p.line("respond(capabilities())")
+        else:  # the MNI-era programs, which the v1 agents were trained on, stay as they were
+            refusal = REFUSAL
+            p.respond(refusal)
         return self.sample(p, self.prompt(rng, ti, {}), refusal, {"refused": True}, ti, case)
 
 
