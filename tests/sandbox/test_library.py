@@ -36,7 +36,8 @@ def voxels_ml(mask: np.ndarray) -> float:
 
 def test_every_function_is_listed_with_signature_and_description():
     registry = default_registry()
-    expected = {"encode", "generate", "read", "respond", "output", "stop", "capabilities", "volume", "extents", "height", "width",
+    expected = {"encode", "generate", "read", "respond", "output", "stop", "capabilities", "volume", "extents",
+                "height", "width",
                 "depth", "bbox", "centroid", "mean_intensity", "intensity_stats", "snr", "ratio", "difference",
                 "change", "percent_change", "asymmetry", "count_components", "largest_component", "extreme_component",
                 "brightest_component", "hemisphere",
