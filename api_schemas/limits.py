@@ -29,8 +29,8 @@ TASK_TIME_LIMIT_S = 900  # a worker task, hard (Celery kills it); outlasts the l
 # Every function of the sandbox's library (agent/functions/library.py). A scan becomes a variable of
 # the program, so it may not shadow one; a test asserts this set equals the library's names.
 LIBRARY_FUNCTIONS = frozenset({
-    "asymmetry", "bbox", "brightest_component", "centroid", "change", "count_components", "crop", "depth",
-    "difference", "dilate", "encode", "erode", "extents", "extreme_component", "fill_holes", "generate",
+    "asymmetry", "bbox", "brightest_component", "capabilities", "centroid", "change", "count_components", "crop",
+    "depth", "difference", "dilate", "encode", "erode", "extents", "extreme_component", "fill_holes", "generate",
     "height", "hemisphere", "intensity_stats", "intersection", "keep", "largest_component", "mean_intensity",
     "output", "percent_change", "ratio", "read", "remove", "respond", "signal", "snr", "stop", "subtract",
     "threshold", "union", "volume", "width",
