@@ -200,6 +200,11 @@ class _State:
         return other
 
 
+def _taken_volumes(call: Frame) -> frozenset[str]:
+    """The volumes a CALL frame may not take again (those it took, for ``DISTINCT_VOLUMES``)."""
+    return call[6] if call[1] in DISTINCT_VOLUMES else frozenset()
+
+
 def _prefix_in(words: tuple[str, ...], prefix: str) -> bool:
     """Some word of the sorted tuple starts with ``prefix``."""
     i = bisect.bisect_left(words, prefix)
@@ -479,8 +484,9 @@ class StepConstraint:
                 return False
             role = sig.role(param)
             if role == "vol":
-                if top[1] in DISTINCT_VOLUMES and top[6]:
-                    return any(v.startswith(word) for v in s.vars if v not in top[6])
+                taken = _taken_volumes(top)
+                if taken:
+                    return any(v.startswith(word) for v in s.vars if v not in taken)
                 return _prefix_in(s.vars, word)
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
@@ -645,7 +651,7 @@ class StepConstraint:
     def _p_CALL(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
         _, name, st, npos, kws, word, vols = top
         sig = self.functions[name]
-        taken = vols if name in DISTINCT_VOLUMES else frozenset()  # volumes this call may not take again
+        taken = _taken_volumes(top)
         if st == "open":
             if kind == "O" and val == "(":
                 s.calls += 1

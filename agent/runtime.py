@@ -348,15 +348,19 @@ class AgentRuntime:
         """
         env = getattr(executor, "env", None)
         names = frozenset(env) if isinstance(env, Mapping) else frozenset(s.name for s in scans) | assigned
-        registry = getattr(executor, "registry", None)
-        if not isinstance(registry, Mapping):
-            registry = default_registry()
+        registry = self._registry(executor)
         if self._signatures is None or self._signatures[0] is not registry:
             self._signatures = (registry, signatures(registry))
         bank = self._bank(executor)
         limits = getattr(executor, "limits", None)
         return _StepRules(names, self._signatures[1], target_strings(bank),
                           limits if isinstance(limits, SandboxLimits) else SandboxLimits())
+
+    @staticmethod
+    def _registry(executor: StepExecutor) -> Mapping[str, Any]:
+        """The library the executor runs steps with (the default library otherwise)."""
+        registry = getattr(executor, "registry", None)
+        return registry if isinstance(registry, Mapping) else default_registry()
 
     def _bank(self, executor: StepExecutor) -> PhiBank:
         """The phi bank the executor's ``generate`` checks targets against (the runtime's otherwise)."""
@@ -399,6 +403,11 @@ class AgentRuntime:
         """The sentence encoder's view of the prompt, for agents trained with one (else None)."""
         if not self.model.cfg.prompt_vector_dim:
             return None
+        return self._embed_prompt(prompt)
+
+    @staticmethod
+    def _embed_prompt(prompt: str) -> torch.Tensor:
+        """The frozen sentence encoder's vector of the prompt (``agent.prompt_encoder``)."""
         from agent.prompt_encoder import shared_encoder
 
         return torch.from_numpy(shared_encoder().encode([prompt])[0])
@@ -409,16 +418,14 @@ class AgentRuntime:
         if self.intent_index is None:
             return []
         if vector is None:  # an agent that does not read the sentence encoder: embed the prompt here
-            from agent.prompt_encoder import SentenceEncoderUnavailable, shared_encoder
+            from agent.prompt_encoder import SentenceEncoderUnavailable
 
             try:
-                vector = torch.from_numpy(shared_encoder().encode([prompt])[0])
+                vector = self._embed_prompt(prompt)
             except SentenceEncoderUnavailable as exc:
                 logger.info("intent check skipped: %s", exc)
                 return []
-        registry = getattr(executor, "registry", None)
-        library = registry if isinstance(registry, Mapping) else default_registry()
-        return intent_warnings(self.intent_index, vector.numpy(), [t.code for t in trace], library)
+        return intent_warnings(self.intent_index, vector.numpy(), [t.code for t in trace], self._registry(executor))
 
     def _prompt_states(self, prompt: str, scans: Sequence[ScanInfo]) -> torch.Tensor | None:
         """The sentence encoder's per-token view of the prompt, for agents trained with it (else None)."""

@@ -13,8 +13,7 @@ from typing import Any
 import numpy as np
 
 import voxel_ops as vo
-from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
-from agent.functions.types import Quantity, asymmetry_meaning, number_text
+from agent.functions.types import Quantity, asymmetry_meaning
 from training.synth import Case, CaseSpec, LesionSpec, ScanSpec
 from training.synth.label_case import LabelCase, LabelCaseSpec
 from training.tasks.grammar import expand, tidy
@@ -35,14 +34,10 @@ from training.tasks.targets import (
     volume_phrase,
 )
 
-# the refusal the out-of-scope family answers with (agent.functions.capabilities: library `capabilities`)
-REFUSAL, REFUSAL_V2 = CAPABILITIES, CAPABILITIES_V2
-
 
 def q(value: float, unit: str | None) -> str:
     """A quantity as `read`/f-strings show it (agent.functions.types.Quantity.text)."""
-    number = number_text(float(value), unit)
-    return f"{number} {unit}" if unit else number
+    return Quantity(float(value), unit, "value").text
 
 
 def q_asymmetry(index: float) -> str:

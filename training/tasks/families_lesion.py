@@ -9,9 +9,10 @@ from __future__ import annotations
 import numpy as np
 
 import voxel_ops as vo
+from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
 from training.synth import CaseSpec, LesionSpec, ScanSpec
 from training.synth.lesions import HYPER, HYPO
-from training.tasks.families import REFUSAL, REFUSAL_V2, Draw, Family, pick, q
+from training.tasks.families import Draw, Family, pick, q
 from training.tasks.program import Program
 from training.tasks.targets import SCAN_PHRASES, SEQUENCE_NAMES, truth_mask
 
@@ -421,10 +422,10 @@ class OutOfScope(Family):
     def build(self, case, draw, rng, ti):
         p = Program()
         if draw.params.get("v2"):  # the library's text for a model with every vision target
-            refusal = REFUSAL_V2
+            refusal = CAPABILITIES_V2
             p.line("respond(capabilities())")
         else:  # the MNI-era programs, which the v1 agents were trained on, stay as they were
-            refusal = REFUSAL
+            refusal = CAPABILITIES
             p.respond(refusal)
         return self.sample(p, self.prompt(rng, ti, {}), refusal, {"refused": True}, ti, case)
 
