@@ -97,6 +97,10 @@ class PretrainConfig:
     present_target_share: float = 0.85  # share of a step's targets drawn among those in the patch
     dice_weight: float = 1.0
     ce_weight: float = 1.0
+    # False: a target with no voxels in the sample is scored by cross-entropy only. Its soft Dice,
+    # 1 / (sum p + 1), pulls hardest on the last few false-positive voxels, which drives small
+    # structures (drawn absent whenever a patch misses them) to an output of 0 everywhere
+    dice_on_absent: bool = True
     # every this many steps, targets whose output stayed below probability 0.01 everywhere on every
     # draw that held them restart from the smallest living target containing them (0: never); see
     # VisionPretrainer.revive_dead_targets
@@ -160,8 +164,8 @@ def trainer_class(name: str) -> type:
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
     "data_root", "whole_volume_share", "mni_share", "loss_grid", "target_sampling", "lr", "warmup_steps",
-    "patch_schedule", "targets_per_step", "present_target_share", "dice_weight", "ce_weight", "revive_every",
-    "checkpoint_minutes", "log_every", "threads", "synth", "autocast_bf16"})
+    "patch_schedule", "targets_per_step", "present_target_share", "dice_weight", "ce_weight", "dice_on_absent",
+    "revive_every", "checkpoint_minutes", "log_every", "threads", "synth", "autocast_bf16"})
 
 VARIANTS: dict[str, PretrainConfig] = {
     "default": PretrainConfig(),
@@ -414,12 +418,16 @@ class VisionPretrainer:
         return done
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        """Soft Dice (per target, then averaged) + voxel cross-entropy, nnU-Net's default pair."""
+        """Soft Dice (per target, then averaged; present targets only unless ``dice_on_absent``) + voxel
+        cross-entropy, nnU-Net's default pair."""
         probs = torch.sigmoid(logits)
         dims = tuple(range(1, logits.ndim))
         inter = (probs * masks).sum(dims)
         denom = probs.sum(dims) + masks.sum(dims)
         dice = (2 * inter + 1.0) / (denom + 1.0)
+        if not self.config.dice_on_absent:
+            present = masks.sum(dims) > 0
+            dice = dice[present] if bool(present.any()) else dice.new_ones(1)
         ce = F.binary_cross_entropy_with_logits(logits, masks)
         total = self.config.dice_weight * (1 - dice.mean()) + self.config.ce_weight * ce
         return total, {"dice": float(dice.mean().detach()), "ce": float(ce.detach())}

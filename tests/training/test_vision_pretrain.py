@@ -272,3 +272,27 @@ def test_dead_targets_restart_from_their_other_side_or_smallest_container(tmp_pa
 
 def torch_equal(a, b) -> bool:
     return bool((a == b).all())
+
+
+def test_absent_targets_can_be_left_out_of_the_dice_term(tmp_path, data_root):
+    """With ``dice_on_absent`` off, an empty target's false positives cost cross-entropy only."""
+    import torch
+    import torch.nn.functional as F
+
+    logits = torch.full((2, 1, 4, 4, 4), -3.0)
+    logits[1, 0, 0, 0, 0] = 2.0  # one confident false positive on the absent target
+    masks = torch.zeros_like(logits)
+    masks[0, 0, :2] = 1.0
+    logits[0, 0, :2] = 3.0
+    with_absent = VisionPretrainer(tmp_path / "a", smoke(data_root))
+    without = VisionPretrainer(tmp_path / "b", smoke(data_root, dice_on_absent=False))
+    loss_a, parts_a = with_absent.loss(logits, masks)
+    loss_b, parts_b = without.loss(logits, masks)
+    ce = F.binary_cross_entropy_with_logits(logits, masks)
+    p = torch.sigmoid(logits[0])
+    present_dice = (2 * (p * masks[0]).sum() + 1) / (p.sum() + masks[0].sum() + 1)
+    assert loss_b.item() == pytest.approx((1 - present_dice + ce).item(), rel=1e-5)
+    assert parts_b["dice"] == pytest.approx(present_dice.item(), rel=1e-5)
+    assert loss_a.item() > loss_b.item() + 0.2  # the absent target's Dice ~ 1 / (1.9 + 1) costs the rest
+    empty, _ = without.loss(logits[1:], masks[1:])  # no present target at all: CE alone
+    assert empty.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits[1:], masks[1:]).item())
