@@ -200,6 +200,40 @@ class _State:
         return other
 
 
+_NUMBER_WORDS = {w: i for i, w in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {"thirty": 30, "forty": 40, "fifty": 50}
+_REQUEST_NUMBER = re.compile(r"(?<![\w.])(\d+(?:\.\d+)?)(?:\s*(cm|centimet(?:er|re)s?)\b)?|\b([a-z]+)\b", re.I)
+
+
+def request_numbers(prompt: str) -> frozenset[str]:
+    """The number literals a step may write for this request: the numbers it states (digits or the
+    words zero to fifty; centimetres also as millimetres, the library's unit), each also with ``.0``
+    when whole, and 0.
+
+    Why: the only numbers programs take are quantities the user gives (a crop margin, a dilation in
+    mm, a threshold). A free decoder copies them badly: seen on held-out requests, "leaving 10 mm
+    around it" written as ``crop(t1, ventricles, 15)`` and "8 mm" as ``1``. Grounded, a number the
+    request does not state cannot be emitted.
+    """
+    values: set[float] = {0.0}
+    for m in _REQUEST_NUMBER.finditer(prompt):
+        if m.group(1):
+            v = float(m.group(1))
+            values.add(v)
+            if m.group(2):
+                values.add(v * 10)
+        elif m.group(3) and m.group(3).lower() in _NUMBER_WORDS:
+            values.add(float(_NUMBER_WORDS[m.group(3).lower()]))
+    out: set[str] = set()
+    for v in values:
+        if v.is_integer():
+            out |= {str(int(v)), f"{int(v)}.0"}
+        else:
+            out.add(repr(v))
+    return frozenset(out)
+
+
 def _taken_volumes(call: Frame) -> frozenset[str]:
     """The volumes a CALL frame may not take again (those it took, for ``DISTINCT_VOLUMES``)."""
     return call[6] if call[1] in DISTINCT_VOLUMES else frozenset()
@@ -223,8 +257,12 @@ class StepConstraint:
     """
 
     def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
-                 targets: Iterable[str], *, limits: SandboxLimits | None = None) -> None:
+                 targets: Iterable[str], *, limits: SandboxLimits | None = None,
+                 numbers: Iterable[str] | None = None) -> None:
         self.limits = limits or SandboxLimits()
+        # None: any number literal; else the only ones an expression may use (`request_numbers`)
+        self.numbers = None if numbers is None else frozenset(numbers)
+        self._number_words = None if numbers is None else tuple(sorted(self.numbers))
         self.targets = frozenset(t.lower() for t in targets)
         self._target_words = tuple(sorted(self.targets))
         sigs = signatures(functions)
@@ -382,12 +420,19 @@ class StepConstraint:
         """Digits of a number literal; None when ``ch`` ends the number (then ``ch`` is code)."""
         _, text, int_only = top
         low = text.lower()
+        grounded = self._number_words is not None and not int_only
         if ch and ch in _DIGITS:
             if text == "0":
                 return False  # leading zeros are a syntax error in Python 3
+            if grounded and not _prefix_in(self._number_words, text + ch):
+                return False
             return self._replace(s, ("NUM", text + ch, int_only))
         if ch == "." and not int_only and text and "." not in text and "e" not in low:
+            if grounded and not _prefix_in(self._number_words, text + ch):
+                return False
             return self._replace(s, ("NUM", text + ch, int_only))
+        if grounded and ch in ("e", "E", "+", "-") and text and (ch in "eE" or text[-1] in "eE"):
+            return False  # exponents never appear in a request's numbers
         if ch in ("e", "E") and not int_only and text and "e" not in low:
             return self._replace(s, ("NUM", text + ch, int_only))
         if ch in ("+", "-") and text and text[-1] in "eE":
@@ -397,6 +442,8 @@ class StepConstraint:
         if not text or text[-1] in "eE+-":
             return False
         if "." not in text and "e" not in low and int(text).bit_length() > self.limits.max_int_bits:
+            return False
+        if grounded and text not in self.numbers:
             return False
         s.stack = s.stack[:-1]
         return None

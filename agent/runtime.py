@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from agent.answer_check import answer_problem
-from agent.constrained import Signature, StepConstraint, signatures, target_strings, token_texts
+from agent.constrained import Signature, StepConstraint, request_numbers, signatures, target_strings, token_texts
 from agent.functions import default_registry
 from agent.grounding import ground_result
 from agent.intent_check import IntentIndex, intent_warnings
@@ -131,9 +131,10 @@ class _StepRules:
     functions: dict[str, Signature]
     targets: tuple[str, ...]
     limits: SandboxLimits
+    numbers: frozenset[str] | None = None  # number literals the request states (None: any)
 
     def constraint(self) -> StepConstraint:
-        return StepConstraint(self.names, self.functions, self.targets, limits=self.limits)
+        return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers)
 
 
 class AgentRuntime:
@@ -264,10 +265,11 @@ class AgentRuntime:
         transcript.ids += mu1
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
         assigned: set[str] = set()  # names assigned by steps that ran without error (executors without env)
+        numbers = request_numbers(prompt)
 
         for index in range(lim.max_steps):
             t_step = self._now()
-            constraint = self._step_rules(executor, scans, assigned).constraint() if self.constrained else None
+            constraint = self._step_rules(executor, scans, assigned, numbers).constraint() if self.constrained else None
             with self._lm():
                 draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
             t_decoded = self._now()
@@ -339,12 +341,14 @@ class AgentRuntime:
 
         return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=reason)
 
-    def _step_rules(self, executor: StepExecutor, scans: Sequence[ScanInfo], assigned: set[str]) -> _StepRules:
+    def _step_rules(self, executor: StepExecutor, scans: Sequence[ScanInfo], assigned: set[str],
+                    numbers: frozenset[str] | None = None) -> _StepRules:
         """Names, functions, targets and limits of the next step, read from the executor when it has them.
 
         A `Sandbox`'s ``env`` is the truth about what is defined (a step that failed half-way defined
         only what ran); other executors get the scans plus the names assigned by steps without error.
-        Targets come from the phi bank that the executor's ``generate`` checks against.
+        Targets come from the phi bank that the executor's ``generate`` checks against; number literals
+        from the request (``request_numbers``).
         """
         env = getattr(executor, "env", None)
         names = frozenset(env) if isinstance(env, Mapping) else frozenset(s.name for s in scans) | assigned
@@ -354,7 +358,7 @@ class AgentRuntime:
         bank = self._bank(executor)
         limits = getattr(executor, "limits", None)
         return _StepRules(names, self._signatures[1], target_strings(bank),
-                          limits if isinstance(limits, SandboxLimits) else SandboxLimits())
+                          limits if isinstance(limits, SandboxLimits) else SandboxLimits(), numbers)
 
     @staticmethod
     def _registry(executor: StepExecutor) -> Mapping[str, Any]:

@@ -8,7 +8,7 @@ import string
 
 import pytest
 
-from agent.constrained import InvalidContinuation, StepConstraint, target_strings, token_texts
+from agent.constrained import InvalidContinuation, StepConstraint, request_numbers, target_strings, token_texts
 from agent.functions import default_registry
 from agent.model import VoxAgentModel
 from agent.phi_bank import PhiBank
@@ -92,8 +92,8 @@ def test_every_ground_truth_step_of_the_task_families_is_accepted_char_by_char()
         task, case = sample_task(seed)
         families.add(task.family)
         names = set(case.scans)
-        for step in task.steps:
-            c = StepConstraint(names, REGISTRY, targets)
+        for step in task.steps:  # number literals grounded in the request, as the runtime grounds them
+            c = StepConstraint(names, REGISTRY, targets, numbers=request_numbers(task.prompt))
             refused = feed_chars(c, step)
             assert refused is None, f"{task.family} seed {seed}: refused at {step[:refused + 1]!r}"
             assert c.complete(), f"{task.family} seed {seed}: not complete after {step!r}"
@@ -254,3 +254,34 @@ def test_no_valid_continuation_ends_the_run_with_a_clear_no_answer(tokenizer, ra
     result = runtime.run("How large is the lesion?", SCANS)
     assert result.status == "no_answer" and executor.calls == []
     assert "valid code" in result.text and "not executed" in (result.trace[0].error or "")
+
+
+# ---- numbers come from the request ----------------------------------------------------------------
+
+def test_request_numbers_reads_digits_words_and_centimetres():
+    assert request_numbers("crop leaving 10 mm around it") == {"0", "0.0", "10", "10.0"}
+    assert request_numbers("dilate the mask by two millimetres") == {"0", "0.0", "2", "2.0"}
+    assert request_numbers("a margin of 1.5 cm please") >= {"1.5", "15", "15.0"}
+    # digits inside names (scan t1_2020) and dates are not quantities the user gave
+    assert request_numbers("compare t1_2020 with t1_2024") == {"0", "0.0"}
+
+
+@pytest.mark.parametrize("code, ok", [
+    ("c = crop(t1, m, 10)", True), ("c = crop(t1, m, 10.0)", True), ("c = crop(t1, m, margin_mm=0)", True),
+    ("c = crop(t1, m, 15)", False), ("c = crop(t1, m, 1)", False), ("c = crop(t1, m, 100)", False),
+    ("c = crop(t1, m, 1e1)", False), ("c = crop(t1, m, 10.5)", False),
+    ('respond("15 mm")', True),  # text is not a number literal
+    ("y = [v, m][1]", True),  # constant subscripts are positions, not quantities
+])
+def test_number_literals_must_be_stated_in_the_request(code, ok):
+    c = StepConstraint(NAMES, REGISTRY, TARGETS, numbers=request_numbers("trim t1 leaving 10 mm around it"))
+    assert (c.try_feed(code) and c.complete()) is ok
+    assert accepted(code)  # ungrounded (numbers=None), every one of them is a valid step
+
+
+def test_a_grounded_number_is_refused_as_soon_as_no_stated_number_continues_it():
+    c = StepConstraint(NAMES, REGISTRY, TARGETS, numbers=request_numbers("with 8 mm of padding"))
+    c.feed("c = crop(t1, m, ")
+    assert not c.allows("1") and c.allows("8") and c.allows("0")
+    c.feed("8")
+    assert not c.allows("5") and c.allows(")")
