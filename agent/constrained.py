@@ -15,8 +15,11 @@ only emit a token whose text keeps the step a *prefix of a program of the sandbo
   required parameter, no surplus argument);
 - each volume argument of ``encode``/``generate`` is a defined name directly followed by
   ``<MOD>``, and ``<MOD>`` appears nowhere else (not even as text inside a string, which the
-  sandbox would strip as a marker); ``encode`` takes each scan at most once;
+  sandbox would strip as a marker); ``encode`` takes each scan at most once; given ``volumes``,
+  that name is an image (a scan of the request), never an encoding or a mask (seen:
+  ``generate(e, scan =e <MOD>, ...)``, after which the step ran on to its token limit);
 - the target of ``generate`` is a string literal the loaded model supports;
+- given ``numbers`` (``request_numbers``), a number literal is one the request states;
 - expressions use only what the validator allows (literals, f-strings with allow-listed format
   specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
   subscripts).
@@ -258,8 +261,10 @@ class StepConstraint:
 
     def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
                  targets: Iterable[str], *, limits: SandboxLimits | None = None,
-                 numbers: Iterable[str] | None = None) -> None:
+                 numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None) -> None:
         self.limits = limits or SandboxLimits()
+        # None: any defined name may be a volume argument; else only these (the scans: `volumes`)
+        self.volume_names = None if volumes is None else frozenset(volumes)
         # None: any number literal; else the only ones an expression may use (`request_numbers`)
         self.numbers = None if numbers is None else frozenset(numbers)
         self._number_words = None if numbers is None else tuple(sorted(self.numbers))
@@ -532,16 +537,14 @@ class StepConstraint:
             role = sig.role(param)
             if role == "vol":
                 taken = _taken_volumes(top)
-                if taken:
-                    return any(v.startswith(word) for v in s.vars if v not in taken)
-                return _prefix_in(s.vars, word)
+                return any(v.startswith(word) for v in self._volume_vars(s) if v not in taken)
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
             return st == "start" and (_prefix_in(self._func_words, word) or self._new_prefix_ok(word))
         if tag == "TGT":
             return st == "need" and self._new_prefix_ok(word)
         if tag == "VOL":
-            return st == "name" and _prefix_in(s.vars, word)
+            return st == "name" and any(v.startswith(word) for v in self._volume_vars(s))
         if (tag == "RHS" and st == "comma") or (tag == "LIST" and st in ("first", "comma")) or (
                 tag == "PAREN" and st == "comma"):
             return _prefix_in(s.load, word) or "not".startswith(word)
@@ -573,6 +576,13 @@ class StepConstraint:
         s.varset = self.names | s.step_names
         s.vars = tuple(sorted(s.varset))
         s.load = tuple(sorted(s.varset | set(self.functions) | _CONSTANTS))
+
+    def _volume_vars(self, s: _State) -> tuple[str, ...]:
+        """Defined names that may stand where a volume goes (before ``<MOD>``)."""
+        return s.vars if self.volume_names is None else tuple(v for v in s.vars if v in self.volume_names)
+
+    def _volume_ok(self, s: _State, name: str, taken: frozenset[str] = frozenset()) -> bool:
+        return name in s.varset and name not in taken and (self.volume_names is None or name in self.volume_names)
 
     def _open(self, s: _State) -> bool:
         s.depth += 1
@@ -715,7 +725,7 @@ class StepConstraint:
             if kind == "N":  # a keyword or an operand: the next token says which; one of them must fit
                 param = None if kws else sig.positional(npos)
                 role = None if param is None else sig.role(param)
-                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and val in s.varset - taken) or (
+                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and self._volume_ok(s, val, taken)) or (
                     role == "expr" and (val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"))
                 return fits and self._replace(s, ("CALL", name, "kw?", npos, kws, val, vols))
             param = None if kws else sig.positional(npos)
@@ -741,7 +751,7 @@ class StepConstraint:
         role = sig.role(param)
         after = ("CALL", name, "after", npos + 1, kws, None, vols)
         if role == "vol":
-            if word not in s.varset - taken:
+            if not self._volume_ok(s, word, taken):
                 return False
             s.stack = s.stack[:-1] + (after[:-1] + (vols | {word},), ("VOL", "mod"))
             return None
@@ -761,7 +771,7 @@ class StepConstraint:
 
     def _p_VOL(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
         if top[1] == "name":
-            return kind == "N" and val in s.varset and self._replace(s, ("VOL", "mod"))
+            return kind == "N" and self._volume_ok(s, val) and self._replace(s, ("VOL", "mod"))
         if kind == "MOD":
             s.stack = s.stack[:-1]
             return True

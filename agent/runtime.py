@@ -39,6 +39,7 @@ import torch
 from agent.answer_check import answer_problem
 from agent.constrained import Signature, StepConstraint, request_numbers, signatures, target_strings, token_texts
 from agent.functions import default_registry
+from agent.functions.types import ImageValue, Mask
 from agent.grounding import ground_result
 from agent.intent_check import IntentIndex, intent_warnings
 from agent.model import DecodeSession, VoxAgentModel
@@ -132,9 +133,11 @@ class _StepRules:
     targets: tuple[str, ...]
     limits: SandboxLimits
     numbers: frozenset[str] | None = None  # number literals the request states (None: any)
+    volumes: frozenset[str] | None = None  # names that may go before <MOD> (None: any defined name)
 
     def constraint(self) -> StepConstraint:
-        return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers)
+        return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers,
+                              volumes=self.volumes)
 
 
 class AgentRuntime:
@@ -348,17 +351,21 @@ class AgentRuntime:
         A `Sandbox`'s ``env`` is the truth about what is defined (a step that failed half-way defined
         only what ran); other executors get the scans plus the names assigned by steps without error.
         Targets come from the phi bank that the executor's ``generate`` checks against; number literals
-        from the request (``request_numbers``).
+        from the request (``request_numbers``). Volume arguments are images: the scans, and in an
+        ``env`` any image value that is not a mask.
         """
         env = getattr(executor, "env", None)
         names = frozenset(env) if isinstance(env, Mapping) else frozenset(s.name for s in scans) | assigned
+        volumes = frozenset(s.name for s in scans)
+        if isinstance(env, Mapping):
+            volumes |= {k for k, v in env.items() if isinstance(v, ImageValue) and not isinstance(v, Mask)}
         registry = self._registry(executor)
         if self._signatures is None or self._signatures[0] is not registry:
             self._signatures = (registry, signatures(registry))
         bank = self._bank(executor)
         limits = getattr(executor, "limits", None)
         return _StepRules(names, self._signatures[1], target_strings(bank),
-                          limits if isinstance(limits, SandboxLimits) else SandboxLimits(), numbers)
+                          limits if isinstance(limits, SandboxLimits) else SandboxLimits(), numbers, volumes)
 
     @staticmethod
     def _registry(executor: StepExecutor) -> Mapping[str, Any]:

@@ -26,7 +26,7 @@ def test_answer_problem():
 
 
 def run_with(tokenizer, random_model, outcomes):
-    steps = ["x = 1\n"] * len(outcomes)
+    steps = ["x = 0\n"] * len(outcomes)
     model = scripted(tokenizer, random_model, steps)
     runtime = AgentRuntime(model, tokenizer, RecordingExecutor(outcomes), limits=RuntimeLimits(max_steps=4))
     return runtime.run("What is the brain volume?", SCANS)
@@ -80,7 +80,7 @@ def test_a_doubtful_step_is_flagged(tokenizer, random_model):
     confident = run_with(tokenizer, random_model, list(outcomes))
     assert confident.trace[0].confidence > 0.99
     assert not any("low confidence" in w for w in confident.warnings)
-    model = scripted(tokenizer, random_model, ["x = 1\n"])
+    model = scripted(tokenizer, random_model, ["x = 0\n"])
     model.margin = 2.0  # e^2 against ~1000 others: probability ~0.007
     doubtful = AgentRuntime(model, tokenizer, RecordingExecutor(list(outcomes))).run("What is the brain volume?", SCANS)
     assert doubtful.status == "succeeded" and doubtful.trace[0].confidence < 0.01

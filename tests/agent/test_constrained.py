@@ -285,3 +285,37 @@ def test_a_grounded_number_is_refused_as_soon_as_no_stated_number_continues_it()
     assert not c.allows("1") and c.allows("8") and c.allows("0")
     c.feed("8")
     assert not c.allows("5") and c.allows(")")
+
+
+@pytest.mark.parametrize("code, ok", [
+    ('m = generate(e, t1<MOD>, "brain")', True), ('m = generate(e, scan=flair<MOD>, target="brain")', True),
+    ('m = generate(e, e<MOD>, "brain")', False), ('m = generate(e, scan=e<MOD>, target="brain")', False),
+    ('m = generate(e, lesion<MOD>, "brain")', False), ("e2 = encode(t1<MOD>, v<MOD>)", False),
+])
+def test_volume_arguments_can_be_limited_to_images(code, ok):
+    """Seen on a dev request: ``generate(e, scan =e <MOD>, ...)``, an encoding where the scan goes."""
+    c = StepConstraint(NAMES, REGISTRY, TARGETS, volumes={"t1", "flair"})
+    assert (c.try_feed(code) and c.complete()) is ok
+    assert accepted(code)  # without ``volumes`` any defined name may stand there
+
+
+def test_the_runtime_takes_volumes_from_the_scans_and_the_images_of_the_env(tmp_path):
+    from agent.sandbox.sandbox import Sandbox
+    from tests.sandbox.conftest import phantom
+
+    sandbox = Sandbox({"t1": phantom("T1")}, client=None, output_dir=tmp_path)
+    sandbox.execute_step('r = 3\n')
+    rules = AgentRuntime._step_rules(_bare_runtime(), sandbox,
+                                     SCANS, set(), request_numbers("margin 3 mm"))
+    assert rules.volumes is not None and "t1" in rules.volumes and "r" not in rules.volumes
+    assert rules.numbers == request_numbers("margin 3 mm")
+    c = rules.constraint()
+    assert not c.allows("c = crop(t1, r, 4") and c.allows("c = crop(t1, r, 3")
+
+
+def _bare_runtime() -> AgentRuntime:
+    """An AgentRuntime with only what `_step_rules` reads (no model needed)."""
+    rt = object.__new__(AgentRuntime)
+    rt._signatures = None
+    rt.phi_bank = None
+    return rt

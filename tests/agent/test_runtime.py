@@ -78,7 +78,7 @@ def test_wall_time_limit_is_enforced(tokenizer, random_model):
 
 def test_wall_time_is_checked_between_steps(tokenizer, random_model):
     """A step that ends and executes, then the deadline: no second step is decoded."""
-    model = scripted(tokenizer, random_model, ['v = 1\n', 'w = 2\n'])
+    model = scripted(tokenizer, random_model, ['v = 0\n', 'w = 0\n'])
     clock = TickingClock(0.0)
     executor = RecordingExecutor()
 
@@ -90,7 +90,7 @@ def test_wall_time_is_checked_between_steps(tokenizer, random_model):
     runtime = AgentRuntime(model, tokenizer, executor, clock=clock, limits=RuntimeLimits(max_steps=5, max_wall_s=50))
     result = runtime.run("x", SCANS)
     assert result.status == "no_answer" and "wall-time limit of 50 s" in result.text
-    assert [t.code for t in result.trace] == ['v = 1\n']
+    assert [t.code for t in result.trace] == ['v = 0\n']
 
 
 def test_scripted_policy_end_to_end_with_reads(tokenizer, random_model):
