@@ -86,6 +86,12 @@ class PretrainConfig:
     # share of samples that are whole heads with a random field of view instead of patches, so that
     # the group norms see at inference-time fields of view (whole volumes) during training too
     whole_volume_share: float = 0.0
+    # share of samples that are small patches (small_patch_mm) centred on the deep structures, with
+    # small_patch_targets targets each: a 64 mm patch costs ~1/8 of a 128 mm one, so the small
+    # structures, which need thousands of draws each, get many more per hour
+    small_patch_share: float = 0.0
+    small_patch_mm: int = 64
+    small_patch_targets: int = 12
     # share of samples drawn from the MNI152 template's label map (training.synth.mni_synthseg) instead
     # of a subject's: same augmentation, but only the targets the template defines are drawn on them
     mni_share: float = 0.0
@@ -127,8 +133,11 @@ class PretrainConfig:
             raise ValueError(f"loss_grid must be 'working' or 'input', got {self.loss_grid!r}")
         if not 0.0 <= self.mni_share <= 1.0:
             raise ValueError(f"mni_share must be in [0, 1], got {self.mni_share!r}")
-        if self.targets_per_step < 1:
-            raise ValueError("targets_per_step must be >= 1")
+        if self.targets_per_step < 1 or self.small_patch_targets < 1:
+            raise ValueError("targets_per_step and small_patch_targets must be >= 1")
+        if not 0.0 <= self.small_patch_share <= 1.0 or self.small_patch_mm < 16:
+            raise ValueError(f"small_patch_share must be in [0, 1] and small_patch_mm >= 16, got "
+                             f"{self.small_patch_share!r} and {self.small_patch_mm!r}")
         if self.revive_every < 0:
             raise ValueError(f"revive_every must be >= 0 (0: never), got {self.revive_every!r}")
         if not self.patch_schedule or self.patch_schedule[0][0] != 0:
@@ -163,7 +172,8 @@ def trainer_class(name: str) -> type:
 
 # Keys a resumed run may change (schedules and bookkeeping); any other change needs a new run.
 RESUMABLE_KEYS = frozenset({
-    "data_root", "whole_volume_share", "mni_share", "loss_grid", "target_sampling", "lr", "warmup_steps",
+    "data_root", "whole_volume_share", "small_patch_share", "small_patch_mm", "small_patch_targets", "mni_share",
+    "loss_grid", "target_sampling", "lr", "warmup_steps",
     "patch_schedule", "targets_per_step", "present_target_share", "dice_weight", "ce_weight", "dice_on_absent",
     "revive_every", "checkpoint_minutes", "log_every", "threads", "synth", "autocast_bf16"})
 
@@ -236,13 +246,18 @@ class SynthStream(torch.utils.data.IterableDataset):
         while True:
             patch = patch_for_step(cfg, step)
             whole = rng.random() < cfg.whole_volume_share
-            # no draw at all when the share is 0, so such a run's stream is the one it was before the option
+            # no draw at all when a share is 0, so such a run's stream is the one it was before the option
             mni = mni_gen is not None and rng.random() < cfg.mni_share
-            s = (mni_gen if mni and mni_gen is not None else gen).sample(rng, patch_mm=None if whole else patch)
+            small = not whole and not mni and cfg.small_patch_share > 0 and rng.random() < cfg.small_patch_share
+            if small:
+                s = gen.sample(rng, patch_mm=cfg.small_patch_mm, deep=True)
+            else:
+                s = (mni_gen if mni and mni_gen is not None else gen).sample(rng, patch_mm=None if whole else patch)
             present = np.unique(s.labels.numpy())
             yield dict(image=_normalize(s.image, ceiling), labels=s.labels, spacing=s.spacing,
-                       contrast=s.contrast, present=present, patch_mm=0 if whole else patch,
-                       supervised=MNI_SUPERVISED if mni else None)
+                       contrast=s.contrast, present=present,
+                       patch_mm=0 if whole else cfg.small_patch_mm if small else patch,
+                       small=small, supervised=MNI_SUPERVISED if mni else None)
             step += 1
 
 
@@ -449,8 +464,8 @@ class VisionPretrainer:
         self.net.train()
         labels = sample["labels"].to(torch.int64)
         # a whole head costs ~12 patches at the working grid: one target for it, not targets_per_step
-        chosen = self.choose_targets(sample["present"], 1 if sample["patch_mm"] == 0 else None,
-                                     sample.get("supervised"))
+        k = 1 if sample["patch_mm"] == 0 else self.config.small_patch_targets if sample.get("small") else None
+        chosen = self.choose_targets(sample["present"], k, sample.get("supervised"))
         masks = torch.stack([self._luts[i][labels] for i in chosen]).float()[:, None]
         for group in self.optimizer.param_groups:
             group["lr"] = self.learning_rate()

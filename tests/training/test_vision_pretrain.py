@@ -1,6 +1,7 @@
 """Stage-1 vision pretraining: a run starts, checkpoints, stops on SIGTERM, resumes, refuses typos."""
 from __future__ import annotations
 
+import csv
 import dataclasses
 import json
 import os
@@ -296,3 +297,24 @@ def test_absent_targets_can_be_left_out_of_the_dice_term(tmp_path, data_root):
     assert loss_a.item() > loss_b.item() + 0.2  # the absent target's Dice ~ 1 / (1.9 + 1) costs the rest
     empty, _ = without.loss(logits[1:], masks[1:])  # no present target at all: CE alone
     assert empty.item() == pytest.approx(F.binary_cross_entropy_with_logits(logits[1:], masks[1:]).item())
+
+
+def test_small_patches_centre_on_deep_structures_and_take_more_targets(tmp_path, data_root):
+    from training.synth.synthseg import DEEP_LABELS, LabelMaps, Priors, SynthSegGenerator, SynthSettings
+
+    # 1 mm slices: with a thick axis the labels come on the acquired grid, where 7 voxels span 35 mm
+    gen = SynthSegGenerator(LabelMaps(data_root), Priors(data_root), SynthSettings(thick_slice_prob=0.0))
+    rng = np.random.default_rng(0)
+    for _ in range(6):
+        labels = gen.sample(rng, patch_mm=24, deep=True).labels.numpy()
+        c = np.array(labels.shape) // 2
+        near = labels[c[0] - 3:c[0] + 4, c[1] - 3:c[1] + 4, c[2] - 3:c[2] + 4]
+        assert np.isin(near, DEEP_LABELS).any()  # elastic warping moves the centre by a few mm at most
+    trainer = VisionPretrainer(tmp_path / "run", smoke(data_root, small_patch_share=1.0, small_patch_mm=32,
+                                                       small_patch_targets=5))
+    trainer.fit(max_steps=2, workers=0)
+    assert len(trainer.last_targets) == 5
+    rows = list(csv.DictReader((tmp_path / "run" / "log.csv").open()))
+    assert rows and all(r["patch_mm"] == "32" for r in rows)
+    with pytest.raises(ValueError, match="small_patch_share"):
+        smoke(data_root, small_patch_share=1.5)

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from training.synth.synthseg_lesions import LesionSettings, lesion_intensities, paint_lesions
-from vision.targets import LUT_SIZE, segmentation_labels
+from vision.targets import LUT_SIZE, TARGETS, segmentation_labels
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,9 @@ WHOLE_MARGIN_MM = 16  # a whole-volume sample keeps this much head around the in
 # augmentation moves each side of a whole-volume sample's box by -WHOLE_SHRINK_MM..+WHOLE_GROW_MM
 WHOLE_SHRINK_MM, WHOLE_GROW_MM = 20, 40
 MAX_WHOLE_VOXELS = 12_000_000  # whole-volume samples are shrunk to at most this many 1 mm voxels
+# the small structures near the brain's centre that small training patches are centred on
+DEEP_LABELS = np.array(sorted(TARGETS["deep gray matter"].labels | TARGETS["ventricles"].labels
+                              | TARGETS["brain-stem"].labels), dtype=np.int16)
 
 # Tissue kind of each of SynthSeg's 25 contrast-specific classes (priors/generation_classes_contrast_
 # specific.npy), for the orderings that are not T1. Extra-cerebral classes 14-24 are sorted by their
@@ -117,6 +120,7 @@ class LabelMaps:
         self.maps: list[torch.Tensor] = []
         self.brain_boxes: list[tuple[np.ndarray, np.ndarray]] = []  # (lo, hi) voxel corners of the brain
         self.brain_points: list[np.ndarray] = []  # a random subset of intracranial voxels (N, 3)
+        self.deep_points: list[np.ndarray] = []  # the same of the deep structures (DEEP_LABELS)
         for path in files:
             img = nib.as_closest_canonical(nib.load(str(path)))
             labels = np.asarray(img.dataobj).astype(np.int16)
@@ -129,6 +133,9 @@ class LabelMaps:
             inside = np.argwhere(segmentation_labels(crop) > 0)
             pick = np.random.default_rng(0).choice(len(inside), size=min(len(inside), 50_000), replace=False)
             self.brain_points.append(inside[pick].astype(np.float64))
+            deep = np.argwhere(np.isin(crop, DEEP_LABELS))
+            pick = np.random.default_rng(1).choice(len(deep), size=min(len(deep), 20_000), replace=False)
+            self.deep_points.append(deep[pick].astype(np.float64))
             self.brain_boxes.append((inside.min(0).astype(np.float64), inside.max(0).astype(np.float64)))
             self.names.append(path.name.replace(".nii.gz", ""))
             self.maps.append(torch.from_numpy(np.ascontiguousarray(crop)))
@@ -267,8 +274,11 @@ class SynthSegGenerator:
 
     def sample(self, rng: np.random.Generator, patch_mm: int | None = 128, subject: int | None = None,
                contrast: str | None = None, thick: bool | None = None, augment: bool = True,
-               skull_strip: bool | None = None, slice_mm: int | None = None) -> SynthSample:
-        """One scan: a ``patch_mm`` cube (None: the whole cropped head) at a random acquisition."""
+               skull_strip: bool | None = None, slice_mm: int | None = None, deep: bool = False) -> SynthSample:
+        """One scan: a ``patch_mm`` cube (None: the whole cropped head) at a random acquisition.
+
+        ``deep``: the patch is centred on a random voxel of the deep structures (``DEEP_LABELS``), for
+        small patches that hold them (jittered by ``center_jitter_mm``, never pulled or head-drawn)."""
         s = self.settings
         idx = int(rng.integers(len(self.maps))) if subject is None else subject
         source = self.maps.maps[idx]
@@ -288,7 +298,10 @@ class SynthSegGenerator:
             shape = (patch_mm,) * 3
             # centred on a random intracranial voxel (so every structure is drawn as often as its size),
             # pulled towards the brain's centre by ``center_pull`` (1: always the centre), then jittered
-            if s.head_point_share > 0 and rng.random() < s.head_point_share:
+            if deep and len(self.maps.deep_points[idx]):
+                points = self.maps.deep_points[idx]
+                center = points[int(rng.integers(len(points)))] + rng.uniform(-1, 1, 3) * s.center_jitter_mm
+            elif s.head_point_share > 0 and rng.random() < s.head_point_share:
                 # the largest box a whole-volume sample can have
                 view_lo = np.maximum(lo - WHOLE_MARGIN_MM - WHOLE_GROW_MM, 0)
                 view_hi = np.minimum(hi + WHOLE_MARGIN_MM + WHOLE_GROW_MM, np.array(source.shape) - 1)
