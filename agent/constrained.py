@@ -436,8 +436,8 @@ class StepConstraint:
             if grounded and not _prefix_in(self._number_words, text + ch):
                 return False
             return self._replace(s, ("NUM", text + ch, int_only))
-        if grounded and ch in ("e", "E", "+", "-") and text and (ch in "eE" or text[-1] in "eE"):
-            return False  # exponents never appear in a request's numbers
+        if grounded and ch in ("e", "E"):
+            return False  # exponents never appear in a request's numbers (so neither does a sign after one)
         if ch in ("e", "E") and not int_only and text and "e" not in low:
             return self._replace(s, ("NUM", text + ch, int_only))
         if ch in ("+", "-") and text and text[-1] in "eE":
