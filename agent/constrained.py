@@ -22,7 +22,14 @@ only emit a token whose text keeps the step a *prefix of a program of the sandbo
 - given ``numbers`` (``request_numbers``), a number literal is one the request states;
 - expressions use only what the validator allows (literals, f-strings with allow-listed format
   specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
-  subscripts).
+  subscripts);
+- given ``flat=True`` (what the runtime asks for), only the shape every task program has: one name
+  assigned one call or literal, or a call statement; arguments positional, each a defined name,
+  a number, a string or an f-string whose fields are names; a call inside a call only where
+  ``NESTED_CALLS`` allows it (``respond(capabilities())``). Why: the training programs never
+  leave that shape, and a model that does is lost (seen on dev requests: ``generate(e, scan =
+  t1<MOD>, target ='thalamus')``, ``crop(t1, brain, capabilities())``, ``lesion = generate(...),
+  centroid(ratio(volume(volume(...`` running to the token limit).
 
 The checker is a character-level pushdown automaton (a lexer with one pending lexeme under a
 parser stack of small tuples). It is incremental: ``feed`` costs time proportional to the text fed,
@@ -61,6 +68,8 @@ VOLUME_PARAMS: dict[str, frozenset[str]] = {"encode": frozenset({"scans"}), "gen
 # measured the first scan twice).
 DISTINCT_VOLUMES = frozenset({"encode"})
 TARGET_PARAMS: dict[str, frozenset[str]] = {"generate": frozenset({"target"})}
+# flat style: the only calls that may stand as an argument, by the call they stand in
+NESTED_CALLS: dict[str, frozenset[str]] = {"respond": frozenset({"capabilities"})}
 
 # A new variable name may not run on: a model that keeps extending one wastes its whole token budget.
 MAX_NEW_NAME = 32
@@ -75,6 +84,7 @@ _SINGLE_OPS = frozenset("()[],+-%:}")
 _BINOPS = frozenset({"+", "-", "*", "/", "//", "%", "**", "==", "!=", "<", "<=", ">", ">="})
 _ESCAPES = frozenset("\\'\"ntr0")
 _CONSTANTS = frozenset({"None", "True", "False"})
+_CONSTANT_WORDS = tuple(sorted(_CONSTANTS))
 _AFTER_OPERAND = (("and", "if", "in", "not", "or"), ("and", "else", "in", "not", "or"))  # by ternary phase
 _SPEC_PREFIX = re.compile(r"[<>^]?[+-]?(\d{0,3})(?:\.(?:\d{1,2}[fegd%]?)?|[fegd%])?")  # prefixes of FORMAT_SPEC
 
@@ -261,8 +271,10 @@ class StepConstraint:
 
     def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
                  targets: Iterable[str], *, limits: SandboxLimits | None = None,
-                 numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None) -> None:
+                 numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None,
+                 flat: bool = False) -> None:
         self.limits = limits or SandboxLimits()
+        self.flat = flat
         # None: any defined name may be a volume argument; else only these (the scans: `volumes`)
         self.volume_names = None if volumes is None else frozenset(volumes)
         # None: any number literal; else the only ones an expression may use (`request_numbers`)
@@ -275,6 +287,7 @@ class StepConstraint:
             sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
         self.functions = sigs
         self._func_words = tuple(sorted(sigs))
+        self._nested = {outer: tuple(sorted(inner & set(sigs))) for outer, inner in NESTED_CALLS.items()}
         self.names = frozenset(n for n in names if n.isidentifier() and n not in sigs)
         s = object.__new__(_State)
         s.stack = (("STMT", "start", None),)
@@ -518,6 +531,8 @@ class StepConstraint:
         top = s.stack[-1]
         tag, st = top[0], top[1]
         if tag == "X":
+            if self.flat:
+                return st == "op0" and self._flat_name(s, s.stack[-2], word, prefix=True)
             if st == "op0":
                 return _prefix_in(s.load, word) or "not".startswith(word)
             if st == "op1":
@@ -529,7 +544,7 @@ class StepConstraint:
             if top[2] != "arg":
                 return False
             sig, npos, kws = self.functions[top[1]], top[3], top[4]
-            if _prefix_in(sig.keyword_names(npos, kws), word):
+            if not self.flat and _prefix_in(sig.keyword_names(npos, kws), word):
                 return True
             param = None if kws else sig.positional(npos)
             if param is None:
@@ -538,6 +553,8 @@ class StepConstraint:
             if role == "vol":
                 taken = _taken_volumes(top)
                 return any(v.startswith(word) for v in self._volume_vars(s) if v not in taken)
+            if role == "expr" and self.flat:
+                return self._flat_name(s, top, word, prefix=True)
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
             return st == "start" and (_prefix_in(self._func_words, word) or self._new_prefix_ok(word))
@@ -566,6 +583,49 @@ class StepConstraint:
     @staticmethod
     def _new_prefix_ok(word: str) -> bool:
         return len(word) <= MAX_NEW_NAME and not word.startswith("_")
+
+    def _flat_name(self, s: _State, parent: Frame, word: str, *, prefix: bool) -> bool:
+        """Flat style: ``word`` is (``prefix``: starts) a name that may stand as an operand in ``parent``:
+        a defined name in an f-string field; a defined name or a constant in a call's argument, or a
+        call that ``NESTED_CALLS`` allows there; any of those or any call on the right of ``=``."""
+        def found(words: tuple[str, ...]) -> bool:
+            return _prefix_in(words, word) if prefix else word in words
+
+        tag = parent[0]
+        if tag == "RHS":
+            return (found(self._func_words) or (_prefix_in(s.vars, word) if prefix else word in s.varset)
+                    or found(_CONSTANT_WORDS))
+        if tag == "FIELD":
+            return (_prefix_in(s.vars, word) if prefix else word in s.varset)
+        if tag == "CALL":
+            return ((_prefix_in(s.vars, word) if prefix else word in s.varset) or found(_CONSTANT_WORDS)
+                    or found(self._nested.get(parent[1], ())))
+        return False
+
+    def _flat_operand(self, s: _State, top: Frame, kind: str, val: Any) -> bool:
+        """Flat style: the one operand an expression is (no operators, brackets or unary signs)."""
+        _, st, phase = top
+        parent = s.stack[-2]
+        if st != "op0":
+            return False
+        if kind == "N":
+            if not self._flat_name(s, parent, val, prefix=False):
+                return False
+            if val in self.functions:
+                call = ("CALL", val, "open", 0, frozenset(), None, frozenset())
+                s.stack = s.stack[:-1] + (("X", "done", phase), call)
+                return True
+            return self._replace(s, ("X", "dns" if val in _CONSTANTS else "done", phase))
+        if kind == "NUM" and parent[0] in ("CALL", "RHS"):
+            s.stack = s.stack[:-1] + (("X", "dns", phase), ("NUM", "", False))
+            return True
+        if kind == "STR" and parent[0] in ("CALL", "RHS"):
+            s.stack = s.stack[:-1] + (("X", "dns", phase), ("STR", val, 0, False, False))
+            return True
+        if kind == "FSTR" and parent[0] in ("CALL", "RHS"):
+            s.stack = s.stack[:-1] + (("X", "dns", phase), ("FSTR", val, 0, None))
+            return True
+        return False
 
     def _new_name_ok(self, word: str) -> bool:
         return (self._new_prefix_ok(word) and word.isidentifier() and not keyword.iskeyword(word)
@@ -628,7 +688,7 @@ class StepConstraint:
         st, names = top[1], top[2]
         if st == "after" and kind == "O":
             if val == ",":
-                return self._replace(s, ("TGT", "need", names))
+                return not self.flat and self._replace(s, ("TGT", "need", names))
             if val == "=":
                 s.stack = (("STMT", "assign", names), ("RHS", "val"), _X0)
                 return True
@@ -641,12 +701,14 @@ class StepConstraint:
             s.stack = s.stack[:-1]
             return None
         if top[1] == "val":
-            return kind == "O" and val == "," and self._replace(s, ("RHS", "comma"))
+            return not self.flat and kind == "O" and val == "," and self._replace(s, ("RHS", "comma"))
         s.stack = s.stack[:-1] + (("RHS", "val"), _X0)
         return None
 
     def _p_X(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
         _, st, phase = top
+        if self.flat and st in ("op0", "op1"):
+            return self._flat_operand(s, top, kind, val)
         if st in ("op0", "op1"):
             if kind == "N":
                 if val == "not":
@@ -683,6 +745,9 @@ class StepConstraint:
         if st == "notin":
             return kind == "N" and val == "in" and self._replace(s, ("X", "op1", phase))
         # an operand is complete
+        if self.flat:  # nothing continues it: the token belongs to the frame below
+            s.stack = s.stack[:-1]
+            return None
         if kind == "O":
             if val == "[" and st == "done":
                 s.stack = s.stack + (("SUB", "open"),)
@@ -725,8 +790,13 @@ class StepConstraint:
             if kind == "N":  # a keyword or an operand: the next token says which; one of them must fit
                 param = None if kws else sig.positional(npos)
                 role = None if param is None else sig.role(param)
-                fits = val in sig.keyword_names(npos, kws) or (role == "vol" and self._volume_ok(s, val, taken)) or (
-                    role == "expr" and (val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"))
+                if self.flat:
+                    fits = (role == "vol" and self._volume_ok(s, val, taken)) or (
+                        role == "expr" and self._flat_name(s, top, val, prefix=False))
+                else:
+                    operand = val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"
+                    fits = (val in sig.keyword_names(npos, kws) or (role == "vol" and self._volume_ok(s, val, taken))
+                            or (role == "expr" and operand))
                 return fits and self._replace(s, ("CALL", name, "kw?", npos, kws, val, vols))
             param = None if kws else sig.positional(npos)
             if param is None:
@@ -739,7 +809,7 @@ class StepConstraint:
             return None
         # st == "kw?": a name was read at the start of an argument
         if kind == "O" and val == "=":
-            if word not in sig.keyword_names(npos, kws):
+            if self.flat or word not in sig.keyword_names(npos, kws):
                 return False
             role = sig.role(word)
             arg: Frame = ("VOL", "name") if role == "vol" else ("TARG", None) if role == "target" else _X0
@@ -826,5 +896,5 @@ class StepConstraint:
         return False
 
 
-__all__ = ["InvalidContinuation", "Signature", "StepConstraint", "TARGET_PARAMS", "VOLUME_PARAMS", "signatures",
-           "target_strings", "token_texts"]
+__all__ = ["NESTED_CALLS", "InvalidContinuation", "Signature", "StepConstraint", "TARGET_PARAMS", "VOLUME_PARAMS",
+           "signatures", "target_strings", "token_texts"]

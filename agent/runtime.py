@@ -16,7 +16,9 @@ prompt does not fit.
 Constrained decoding (``constrained=True``, the default; ``agent.constrained``): at every token only
 continuations that keep the step a prefix of a valid program are taken: names defined in the
 sandbox's environment (or being assigned), library functions with their arity, targets the phi bank
-supports, ``<MOD>`` after each volume argument, and ``<STEP>`` only where the step is complete. The
+supports, ``<MOD>`` after each volume argument, and ``<STEP>`` only where the step is complete;
+statements have the flat shape of the task programs (a name assigned one call or f-string, or a
+call; positional arguments that are names, numbers or strings: ``StepConstraint(flat=True)``). The
 logits' candidates are tried best first, so the choice equals an argmax over the masked
 vocabulary. A step that no token can continue ends the run with ``no_answer`` and says so; invalid
 code is never emitted.
@@ -134,10 +136,11 @@ class _StepRules:
     limits: SandboxLimits
     numbers: frozenset[str] | None = None  # number literals the request states (None: any)
     volumes: frozenset[str] | None = None  # names that may go before <MOD> (None: any defined name)
+    flat: bool = True  # only the statement shape of task programs (``StepConstraint(flat=True)``)
 
     def constraint(self) -> StepConstraint:
         return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers,
-                              volumes=self.volumes)
+                              volumes=self.volumes, flat=self.flat)
 
 
 class AgentRuntime:

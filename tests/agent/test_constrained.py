@@ -27,13 +27,13 @@ TARGETS = target_strings(BANK)
 NAMES = frozenset({"t1", "flair", "e", "m", "v", "lesion"})
 
 
-def constraint(names=NAMES) -> StepConstraint:
-    return StepConstraint(names, REGISTRY, TARGETS)
+def constraint(names=NAMES, flat: bool = False) -> StepConstraint:
+    return StepConstraint(names, REGISTRY, TARGETS, flat=flat)
 
 
-def accepted(code: str, names=NAMES) -> bool:
+def accepted(code: str, names=NAMES, flat: bool = False) -> bool:
     """The whole text is a valid step (fed in one piece, then complete)."""
-    c = constraint(names)
+    c = constraint(names, flat)
     return c.try_feed(code) and c.complete()
 
 
@@ -93,10 +93,11 @@ def test_every_ground_truth_step_of_the_task_families_is_accepted_char_by_char()
         families.add(task.family)
         names = set(case.scans)
         for step in task.steps:  # number literals grounded in the request, as the runtime grounds them
-            c = StepConstraint(names, REGISTRY, targets, numbers=request_numbers(task.prompt))
-            refused = feed_chars(c, step)
-            assert refused is None, f"{task.family} seed {seed}: refused at {step[:refused + 1]!r}"
-            assert c.complete(), f"{task.family} seed {seed}: not complete after {step!r}"
+            for flat in (False, True):
+                c = StepConstraint(names, REGISTRY, targets, numbers=request_numbers(task.prompt), flat=flat)
+                refused = feed_chars(c, step)
+                assert refused is None, f"{task.family} seed {seed} flat={flat}: refused at {step[:refused + 1]!r}"
+                assert c.complete(), f"{task.family} seed {seed} flat={flat}: not complete after {step!r}"
             names |= assigned(step)
             steps += 1
     assert steps > 250 and len(families) >= len(FAMILIES) - 2
@@ -176,7 +177,8 @@ def test_try_feed_leaves_the_state_alone_when_refused_and_feed_raises():
         c.feed("?")
 
 
-def test_every_complete_prefix_of_a_random_walk_passes_the_sandbox_checks():
+@pytest.mark.parametrize("flat", [False, True])
+def test_every_complete_prefix_of_a_random_walk_passes_the_sandbox_checks(flat):
     """Soundness: wander through what the checker allows; whatever it calls complete must be valid,
     and no allowed prefix is a dead end (some character, the marker or the end always fits)."""
     rng = random.Random(7)
@@ -186,7 +188,7 @@ def test_every_complete_prefix_of_a_random_walk_passes_the_sandbox_checks():
         "respond(", "==", "lesion", ")\n", '"lesion")'])
     completes = 0
     for _ in range(250):
-        c = constraint()
+        c = constraint(flat=flat)
         for _ in range(rng.randint(3, 60)):
             for piece in rng.sample(pieces, 16):
                 if c.try_feed(piece):
@@ -199,6 +201,24 @@ def test_every_complete_prefix_of_a_random_walk_passes_the_sandbox_checks():
                 problem = static_problem(c.text, NAMES)
                 assert problem is None, f"{c.text!r}: {problem}"
     assert completes > 100
+
+
+@pytest.mark.parametrize("code, ok", [
+    ('e = encode(t1<MOD>, flair<MOD>)\nread(e)', True),
+    ('m = generate(e, flair<MOD>, "lesion")\nv = volume(m)\nrespond(f"It measures {v:.1f} ({v}).")\nstop()', True),
+    ('c = crop(t1, m, 0)\noutput(c, "cropped")', True), ("respond(capabilities())\nstop()", True),
+    ('x = 0\ny = v\nrep = f"Brain: {v}."', True),
+    ('m = generate(e, scan=t1<MOD>, target="brain")', False),  # keywords (seen on dev requests)
+    ("c = crop(t1, m, margin_mm=0)", False), ("c = crop(t1, m, capabilities())", False),  # seen
+    ("v = volume(volume(m))", False), ("v = volume(m), volume(m)", False), ("a, b = v, m", False),  # seen
+    ("x = v + 1", False), ("x = -v", False), ("x = (v)", False), ("x = [v]", False), ("x = v[0]", False),
+    ("x = not v", False), ("x = v if v else m", False), ('respond(f"{v + 1}")', False),
+    ('respond(f"{volume(m)}")', False), ('respond(f"{v:.1f}")', True),
+])
+def test_flat_style_accepts_only_the_shape_of_task_programs(code, ok):
+    """What the runtime asks for: one name, one call or literal per statement, positional arguments."""
+    assert accepted(code, flat=True) is ok, code
+    assert accepted(code)  # every one of them is valid Python of the sandbox subset
 
 
 def test_token_texts_exclude_specials_and_keep_the_marker(tokenizer):
@@ -311,6 +331,7 @@ def test_the_runtime_takes_volumes_from_the_scans_and_the_images_of_the_env(tmp_
     assert rules.numbers == request_numbers("margin 3 mm")
     c = rules.constraint()
     assert not c.allows("c = crop(t1, r, 4") and c.allows("c = crop(t1, r, 3")
+    assert c.flat and not c.allows("c = crop(t1, mask=")  # the runtime decodes in the flat style
 
 
 def _bare_runtime() -> AgentRuntime:
