@@ -15,7 +15,7 @@ import logging
 import multiprocessing as mp
 import queue
 import signal
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -220,14 +220,24 @@ class EpisodeWorker:
                                          None if data_root is None else str(data_root), variants))
         self.process.start()
 
-    def take(self, at_least: int = 0, at_most: int = 64, timeout_s: float = 600.0) -> list[Episode]:
-        """Whatever is ready (up to ``at_most``), waiting only until ``at_least`` have arrived."""
+    def take(self, at_least: int = 0, at_most: int = 64, timeout_s: float = 600.0,
+             stop: Callable[[], bool] | None = None) -> list[Episode]:
+        """Whatever is ready (up to ``at_most``), waiting only until ``at_least`` have arrived, or
+        until ``stop()`` says to give up waiting (a signal while the pool fills: minutes otherwise)."""
         got: list[Episode] = []
+        waited = 0.0
         while len(got) < at_most:
+            block = len(got) < at_least
+            if block and stop is not None and stop():
+                break
             try:
-                block = len(got) < at_least
-                index, episodes = self.queue.get(block=block, timeout=timeout_s if block else None)
+                wait = min(timeout_s - waited, 1.0) if stop is not None else timeout_s
+                index, episodes = self.queue.get(block=block, timeout=wait if block else None)
+                waited = 0.0
             except queue.Empty:
+                if block and stop is not None and waited + wait < timeout_s:
+                    waited += wait
+                    continue
                 if len(got) < at_least:
                     raise RuntimeError(f"the episode worker produced nothing for {timeout_s:g} s") from None
                 break

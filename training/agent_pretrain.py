@@ -302,8 +302,10 @@ class AgentPretrainer:
         need = cfg.fresh_per_step if len(self.pool) >= cfg.min_pool else cfg.min_pool - len(self.pool)
         fresh: list[Episode] = []
         if need or cfg.refresh_pool or len(self.pool) < cfg.pool_size:
-            fresh = self._worker().take(at_least=need, at_most=max(need, 8))
+            fresh = self._worker().take(at_least=need, at_most=max(need, 8), stop=lambda: self._stop)
             self._add(fresh)
+            if self._stop:
+                return fresh
         # candidates sorted by length, one random window of them: rows of a batch have similar lengths,
         # so right-padding wastes little (episodes run 60-270 tokens)
         n_rest = max(0, cfg.batch - len(fresh))
@@ -490,7 +492,10 @@ class AgentPretrainer:
                     if max_steps is not None and done >= max_steps:
                         break
                     t0 = time.monotonic()
-                    stats = self.train_step(self.draw_batch())
+                    batch = self.draw_batch()
+                    if self._stop:  # a signal while waiting for episodes: save, do not step on a short pool
+                        break
+                    stats = self.train_step(batch)
                     done += 1
                     self.hours = hours_at_start + (time.monotonic() - t_start) / 3600
                     writer.writerow(dict(step=self.step, hours=round(self.hours, 4),

@@ -2,6 +2,9 @@
 from __future__ import annotations
 
 import dataclasses
+import queue
+import signal
+import threading
 
 import numpy as np
 import pytest
@@ -10,7 +13,7 @@ import torch
 from agent.checkpoint import has_agent, load_agent
 from agent.phi_bank import DEFAULT_TARGETS, PhiBank
 from tests.training.synthseg_phantom import write_phantom_root
-from training.agent_episodes import label_source, load_frozen_vision, run_episode, training_episode
+from training.agent_episodes import EpisodeWorker, label_source, load_frozen_vision, run_episode, training_episode
 from training.agent_pretrain import (
     VARIANTS,
     AgentPretrainer,
@@ -137,6 +140,37 @@ def test_run_checkpoints_resumes_exports(tmp_path, vision_dir, smoke):
     assert model.cfg.phi_activation == "identity"
     for name in ("vision.safetensors", "vision_config.json", "phi_bank.safetensors", "tokenizer.model"):
         assert (out / name).is_file(), name
+
+
+def test_take_gives_up_waiting_when_told_to_stop():
+    worker = object.__new__(EpisodeWorker)  # its queue only: no producer process
+    worker.queue, worker.next_index = queue.Queue(), 0
+    worker.queue.put((0, ["episode"]))
+    calls = []
+
+    def stop() -> bool:  # stop once the first episode has arrived
+        calls.append(1)
+        return len(calls) > 1
+
+    assert worker.take(at_least=5, at_most=8, stop=stop) == ["episode"] and worker.next_index == 1
+    with pytest.raises(RuntimeError, match="produced nothing"):
+        worker.take(at_least=1, timeout_s=0.01)
+
+
+def test_a_signal_while_the_pool_fills_stops_the_run_without_a_step(tmp_path, vision_dir, smoke):
+    """Seen: SIGTERM during a 3,000-episode pool fill was ignored for minutes."""
+    trainer = AgentPretrainer(tmp_path / "run", smoke(min_pool=100_000), vision_dir)
+    waiting = threading.Event()
+    take = trainer._worker().take
+
+    def take_and_note(*args, **kwargs):
+        waiting.set()
+        return take(*args, **kwargs)
+
+    trainer._episode_worker.take = take_and_note  # type: ignore[method-assign]
+    threading.Thread(target=lambda: waiting.wait() and trainer._on_signal(signal.SIGTERM, None)).start()
+    trainer.fit(max_steps=5, progress=False)
+    assert trainer.step == 0 and (tmp_path / "run" / "train_state.pt").is_file()
 
 
 def test_exact_match_counts_a_perfect_program(tmp_path, vision_dir, smoke):

@@ -29,6 +29,7 @@ from training.tasks.families import (
     Snr,
     Volume,
 )
+from training.tasks.families_combined import MultiSegment, SegmentVolume
 from training.tasks.families_lesion import (
     Enhancement,
     LesionCount,
@@ -47,6 +48,7 @@ FAMILIES: dict[str, Family] = {f.name: f for f in (
     Segment(), Volume(), Extents(), BoundingBox(), MeanIntensity(), Snr(), Crop(), KeepRemove(), Compare(),
     Asymmetry(), IcvNormalized(), Longitudinal(), LesionCount(), LesionSignal(), LesionSide(), LesionRegion(),
     Enhancement(), Restriction(), TargetLesion(), OutOfScope(), Centroid(), MultiVolume(), Report(),
+    SegmentVolume(), MultiSegment(),
 )}
 
 

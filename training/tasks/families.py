@@ -693,13 +693,33 @@ class MultiVolume(MeasureFamily):
             chosen.append(v2_pick(rng, case, scan, exclude=tuple(chosen)))
         return chosen, base
 
-    def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
+    def distinct_targets(self, rng, case, scan) -> tuple[list[str], str | None]:
+        """`_targets`, made distinct and at least two (v2_pick may fall back to a chosen target)."""
         targets, base = self._targets(rng, case, scan)
-        if len(set(targets)) < len(targets):  # v2_pick fell back to a target already chosen
+        if len(set(targets)) < len(targets):
             targets = list(dict.fromkeys(targets))
         if len(targets) < 2:
             targets.append("intracranial volume" if targets[0] != "intracranial volume" else "brain")
+        return targets, base
+
+    def targets_bound(self, targets: list[str], base: str | None, mod: str, case) -> dict[str, Any]:
+        """Template bindings naming every target ({targets}), with left/right pair wordings."""
+        table = table_of(case)
+        bound = self.bound(targets[0], mod, case) | {"target2": table[targets[1]].phrases}
+        if len(targets) == 3:
+            bound |= {"target3": table[targets[2]].phrases, "targets": self.THREE}
+            if base is not None:
+                bound["targets"] = self.THREE + [f"{a} and {{target3}}" for a in self.PAIR]
+        elif base is not None:
+            bound["targets"] = LEXICON["targets"] + self.PAIR
+        if base is not None:
+            singular, plural = STRUCTURE_WORDS[base]
+            bound["struct"] = list(singular + plural)
+        return bound
+
+    def build(self, case, draw, rng, ti):
+        scan, mod = only_scan(case)
+        targets, base = self.distinct_targets(rng, case, scan)
         table = table_of(case)
         p = Program(table)
         p.encode([scan])
@@ -716,15 +736,6 @@ class MultiVolume(MeasureFamily):
 
         p.respond(sentence(["{" + n + "}" for n in names]), fstring=True)
         answer = sentence([q(ml, "mL") for ml in mls])
-        bound = self.bound(targets[0], mod, case) | {"target2": table[targets[1]].phrases}
-        if len(targets) == 3:
-            bound |= {"target3": table[targets[2]].phrases, "targets": self.THREE}
-            if base is not None:
-                bound["targets"] = self.THREE + [f"{a} and {{target3}}" for a in self.PAIR]
-        elif base is not None:
-            bound["targets"] = LEXICON["targets"] + self.PAIR
-        if base is not None:
-            singular, plural = STRUCTURE_WORDS[base]
-            bound["struct"] = list(singular + plural)
+        bound = self.targets_bound(targets, base, mod, case)
         return self.sample(p, self.prompt(rng, ti, bound), answer,
                            {"targets": targets, "volumes_ml": mls}, ti, case)
