@@ -192,6 +192,21 @@ def test_centroid_record_and_report_kind() -> None:
     assert "report" in analyze([first, three], [None, None], {"t1": "T1"}).kinds
 
 
+def test_a_report_concerns_the_targets_it_measured(factory: CaseFactory) -> None:
+    """A report "of this brain scan" is on target when it measures the brain (seen: a full report,
+    brain volume included, judged off target because a report had no targets at all)."""
+    expected = expected_target("brain", "report")
+    case = factory.build("r1", ["t1"], "report", expected)
+    code = ('b = generate(e, t1<MOD>, "brain")\nw = generate(e, t1<MOD>, "white matter")\n'
+            'i = generate(e, t1<MOD>, "intracranial volume")\nvb = volume(b)\nvw = volume(w)\nvi = volume(i)\n'
+            'respond(f"{vb} {vw} {vi}")\nstop()')
+    report = judge("report", expected, case, run_of(code), {})
+    assert report.correct and report.judged_kind == "report"
+    assert "brain" in report.judged_target
+    no_brain = judge("report", expected, case, run_of(code.replace('"brain"', '"csf"')), {})
+    assert no_brain.kind_correct and not no_brain.target_correct and not no_brain.correct
+
+
 def test_load_requests_rejects_bad_lines(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_text('{"id": "x", "scans": ["t1"], "prompt": "p", "expect": {"kind": "volume", "target": "brain"}}\n'

@@ -281,7 +281,13 @@ def _derived(findings: Iterable[Finding], modalities: Mapping[str, str]) -> list
     measured = [f for f in findings if f.kind in MEASURED_FOR_REPORT]
     targets = {t.key() for f in measured for t in f.targets if t is not None}
     if len({_key(f) for f in measured}) >= 3 and len(targets) >= 2:
-        out.append(Finding("report", (), (), fn="", step=max(f.step for f in measured), how="respond"))
+        seen: dict[Any, Expr] = {}  # what the report measured, in order: a report "of the brain" must measure it
+        for f in measured:
+            for t in f.targets:
+                if t is not None:
+                    seen.setdefault(t.key(), t)
+        out.append(Finding("report", tuple(seen.values()), (), fn="", step=max(f.step for f in measured),
+                           how="respond"))
     return out
 
 
