@@ -232,6 +232,15 @@ class MeasureFamily(Family):
     def draw_v2(self, rng):
         return Draw(label_spec(rng))
 
+    def one_target(self, case: Case | LabelCase, rng: np.random.Generator) -> tuple[str, str, str, Program, str]:
+        """The start every one-target measurement shares: (scan, modality, target, program, mask
+        variable) after the program has encoded the scan and segmented a drawn target."""
+        scan, mod = only_scan(case)
+        target = target_for(rng, case)
+        p = Program(table_of(case))
+        p.encode([scan])
+        return scan, mod, target, p, p.segment(scan, target)
+
     def bound(self, target: str, mod: str, case: Case | LabelCase | None = None) -> dict[str, Any]:
         table = table_of(case) if case is not None else TARGETS
         return {"target": table[target].phrases, "scan": SCAN_PHRASES[mod],
@@ -261,11 +270,7 @@ class Volume(MeasureFamily):
              "brain": ["brain vol?", "total brain vol?", "brain volume?", "BV?", "whole brain vol"]}
 
     def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
-        target = target_for(rng, case)
-        p = Program(table_of(case))
-        p.encode([scan])
-        var = p.segment(scan, target)
+        scan, mod, target, p, var = self.one_target(case, rng)
         p.line(f"v = volume({var})")
         p.respond(f"The {volume_phrase(target)} is {{v}}.", fstring=True)
         ml = vo.volume_ml(truth_mask(case, target, scan))
@@ -340,11 +345,7 @@ class BoundingBox(MeasureFamily):
     )
 
     def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
-        target = target_for(rng, case)
-        p = Program(table_of(case))
-        p.encode([scan])
-        var = p.segment(scan, target)
+        scan, mod, target, p, var = self.one_target(case, rng)
         p.line(f"b = bbox({var})")
         p.respond(f"The {target} bounding box is {{b}}.", fstring=True)
         lo, hi = vo.bounding_box_mm(truth_mask(case, target, scan))
@@ -374,11 +375,7 @@ class MeanIntensity(MeasureFamily):
     )
 
     def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
-        target = target_for(rng, case)
-        p = Program(table_of(case))
-        p.encode([scan])
-        var = p.segment(scan, target)
+        scan, mod, target, p, var = self.one_target(case, rng)
         p.line(f"m = mean_intensity({scan}, {var})")
         p.respond(f"The mean intensity of the {target} is {{m}}.", fstring=True)
         unit = "HU" if mod == "CT" else None
@@ -638,11 +635,7 @@ class Centroid(MeasureFamily):
     )
 
     def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
-        target = target_for(rng, case)
-        p = Program(table_of(case))
-        p.encode([scan])
-        var = p.segment(scan, target)
+        scan, mod, target, p, var = self.one_target(case, rng)
         p.line(f"c = centroid({var})")
         p.respond(f"The {target} centroid is {{c}}.", fstring=True)
         point = vo.centroid_mm(truth_mask(case, target, scan))

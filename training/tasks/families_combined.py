@@ -8,7 +8,7 @@ for. Targets, scans and case draws are those of the single-target families they 
 from __future__ import annotations
 
 import voxel_ops as vo
-from training.tasks.families import MeasureFamily, MultiVolume, only_scan, q, target_for
+from training.tasks.families import MeasureFamily, MultiVolume, only_scan, q
 from training.tasks.program import Program
 from training.tasks.targets import table_of, truth_mask, volume_phrase
 
@@ -34,11 +34,7 @@ class SegmentVolume(MeasureFamily):
     )
 
     def build(self, case, draw, rng, ti):
-        scan, mod = only_scan(case)
-        target = target_for(rng, case)
-        p = Program(table_of(case))
-        p.encode([scan])
-        var = p.segment(scan, target)
+        scan, mod, target, p, var = self.one_target(case, rng)
         p.output(var, target)
         p.line(f"v = volume({var})")
         text = f"Here is the segmentation of the {target}; the {volume_phrase(target)} is "
