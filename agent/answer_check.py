@@ -11,6 +11,7 @@ in a loop), and answers whose last step failed. Those are ``no_answer`` with the
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable, Sequence
 
 PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.\[\]'\"]*(?:![rsa])?(?::[^{}]*)?\}")
 CONTENT = re.compile(r"[A-Za-z]{2,}|\d")
@@ -39,4 +40,24 @@ def answer_problem(text: str) -> str | None:
     return None
 
 
-__all__ = ["answer_problem"]
+def ungrounded_problem(responses: Sequence[str], measured: bool, read_texts: int,
+                       library_texts: Iterable[str] = ()) -> str | None:
+    """Why a *decoded* answer rests on nothing the run computed (None when it rests on something):
+    no metric or output (``measured``), no value read back from a step that ran (``read_texts``),
+    and no text the library wrote (``library_texts``, e.g. the capability answer) among the responses.
+
+    Why: every task program answers from what it measured, read or output, or with
+    ``respond(capabilities())``; a plain sentence with none of that behind it is the model talking
+    after its real steps failed (seen on dev requests: "The lesion volume is <scan flair: ...> and
+    seq removed." after ``volume()`` failed, "The lesion is in the lesion centroid is in the frontal
+    lobes(..." after ``generate()`` failed). Programs a user writes are not held to this.
+    """
+    if measured or read_texts or not responses:
+        return None
+    texts = [t for t in library_texts if t]
+    if any(lib in r for r in responses for lib in texts):
+        return None
+    return "the answer rests on nothing the program measured, read back or output"
+
+
+__all__ = ["answer_problem", "ungrounded_problem"]

@@ -8,7 +8,8 @@ already in the cache is ever recomputed. The sandbox is reached only through
 
 Termination: a run ends with ``succeeded`` when a step calls ``stop()`` after producing a response,
 metric or output, that step ran without error and the answer passes ``agent.answer_check`` (no
-unfilled placeholders, not token soup); ``no_answer`` when it stops without any, or when a limit is hit (steps, context
+unfilled placeholders, not token soup, and resting on a metric, an output, a value read back or the
+library's capability text); ``no_answer`` when it stops without any, or when a limit is hit (steps, context
 tokens, wall time, or a step that does not close with ``<STEP>`` within ``max_step_tokens``: such
 code is incomplete and is not executed); ``failed`` only when the sandbox itself breaks or the
 prompt does not fit.
@@ -38,9 +39,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from agent.answer_check import answer_problem
+from agent.answer_check import answer_problem, ungrounded_problem
 from agent.constrained import Signature, StepConstraint, request_numbers, signatures, target_strings, token_texts
 from agent.functions import default_registry
+from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
 from agent.functions.types import ImageValue, Mask
 from agent.grounding import ground_result
 from agent.intent_check import IntentIndex, intent_warnings
@@ -271,6 +273,7 @@ class AgentRuntime:
         transcript.ids += mu1
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
         assigned: set[str] = set()  # names assigned by steps that ran without error (executors without env)
+        read_texts = 0  # values read back (text feedback) by steps that ran without error
         numbers = request_numbers(prompt)
 
         for index in range(lim.max_steps):
@@ -306,6 +309,7 @@ class AgentRuntime:
                                     error=f"sandbox failure: {exc}")
             timings["execute"] += self._now() - t_decoded
             if outcome.error is None:
+                read_texts += sum(1 for fb in outcome.feedback if fb.text)
                 assigned |= _assigned_names(code)
                 result.warnings += instruction_warnings(index, code, draft.phis, self._bank(executor))
             self._record(result, trace, outcome, index, responses)
@@ -316,7 +320,9 @@ class AgentRuntime:
                 result.warnings += low_confidence_warnings(result.trace)
                 result.warnings += self._intent_warnings(prompt, prompt_vector, result.trace, executor)
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
-                           answer_problem(" ".join(responses)))
+                           answer_problem(" ".join(responses))
+                           or ungrounded_problem(responses, bool(result.metrics or result.outputs), read_texts,
+                                                 (CAPABILITIES, CAPABILITIES_V2)))
                 if problem:
                     return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=problem)
                 if responses or result.metrics or result.outputs:

@@ -1,9 +1,10 @@
 """A stopped run is `succeeded` only with a real answer (issue #20's honest statuses)."""
 from __future__ import annotations
 
-from agent.answer_check import answer_problem
+from agent.answer_check import answer_problem, ungrounded_problem
+from agent.functions.capabilities import CAPABILITIES_V2
 from agent.runtime import AgentRuntime, RuntimeLimits
-from agent.sandbox.outcome import StepOutcome
+from agent.sandbox.outcome import Feedback, StepOutcome
 from api_schemas import Metric
 from tests.agent.conftest import RecordingExecutor
 from tests.agent.test_runtime import scripted
@@ -76,7 +77,8 @@ def test_scripted_program_with_placeholder_is_no_answer(tmp_path):
 def test_a_doubtful_step_is_flagged(tokenizer, random_model):
     """A step written with a token the model gave under even odds carries a warning and its
     probability in the trace; a confident run carries none."""
-    outcomes = [StepOutcome(stopped=True, responses=["The brain measures 1200 mL."])]
+    outcomes = [StepOutcome(stopped=True, responses=["The brain measures 1200 mL."],
+                            metrics=[Metric(name="brain volume", value=1200.0, unit="mL")])]
     confident = run_with(tokenizer, random_model, list(outcomes))
     assert confident.trace[0].confidence > 0.99
     assert not any("low confidence" in w for w in confident.warnings)
@@ -85,3 +87,28 @@ def test_a_doubtful_step_is_flagged(tokenizer, random_model):
     doubtful = AgentRuntime(model, tokenizer, RecordingExecutor(list(outcomes))).run("What is the brain volume?", SCANS)
     assert doubtful.status == "succeeded" and doubtful.trace[0].confidence < 0.01
     assert any(w.startswith("step 0 was written with low confidence") for w in doubtful.warnings)
+
+
+def test_ungrounded_problem():
+    assert ungrounded_problem(["The lesion is in the frontal lobe."], False, 0) is not None
+    assert ungrounded_problem(["The lesion is in the frontal lobe."], False, 1) is None  # read(side) behind it
+    assert ungrounded_problem(["The brain measures 1200 mL."], True, 0) is None
+    assert ungrounded_problem([], False, 0) is None  # nothing to judge: the caller decides on emptiness
+    assert ungrounded_problem([f"I can do this: {CAPABILITIES_V2}"], False, 0, [CAPABILITIES_V2]) is None
+
+
+def test_a_plain_sentence_after_failed_steps_is_no_answer(tokenizer, random_model):
+    """Seen on dev requests: generate() failed, then "The lesion is in the lesion centroid is in the
+    frontal lobes(..." was reported as succeeded."""
+    sentence = "The lesion is in the left frontal lobe."
+    failed_then_talk = [StepOutcome(error="generate(): 'adc' is not in this encoding"),
+                        StepOutcome(stopped=True, responses=[sentence])]
+    result = run_with(tokenizer, random_model, failed_then_talk)
+    assert result.status == "no_answer" and "rests on nothing the program measured" in result.text
+    read_then_talk = [StepOutcome(feedback=[Feedback(text="left")]), StepOutcome(stopped=True, responses=[sentence])]
+    assert run_with(tokenizer, random_model, read_then_talk).status == "succeeded"
+    read_in_a_failed_step = [StepOutcome(feedback=[Feedback(text="left")], error="boom"),
+                             StepOutcome(stopped=True, responses=[sentence])]
+    assert run_with(tokenizer, random_model, read_in_a_failed_step).status == "no_answer"
+    refusal = [StepOutcome(stopped=True, responses=[CAPABILITIES_V2])]
+    assert run_with(tokenizer, random_model, refusal).status == "succeeded"

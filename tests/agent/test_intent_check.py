@@ -8,6 +8,7 @@ from agent.intent_check import INDEX_NAME, IntentIndex, program_shape
 from agent.prompt_encoder import shared_encoder
 from agent.runtime import AgentRuntime, RuntimeLimits
 from agent.sandbox.outcome import StepOutcome
+from api_schemas import Metric
 from tests.agent.conftest import RecordingExecutor
 from tests.agent.test_runtime import scripted
 from tests.agent.test_state import SCANS
@@ -57,7 +58,8 @@ def test_a_program_of_another_kind_is_flagged_and_a_fitting_one_is_not(index, tm
 def test_the_runtime_adds_the_warning_to_a_finished_run(index, tokenizer, random_model):
     def run(program: str):
         model = scripted(tokenizer, random_model, [ENC + "\n", program + "\n"])
-        outcomes = [StepOutcome(), StepOutcome(stopped=True, responses=["The brain measures 140 mm."])]
+        outcomes = [StepOutcome(), StepOutcome(stopped=True, responses=["The brain measures 140 mm."],
+                                               metrics=[Metric(name="brain height", value=140.0, unit="mm")])]
         runtime = AgentRuntime(model, tokenizer, RecordingExecutor(outcomes), limits=RuntimeLimits(max_steps=4),
                                constrained=False, intent_index=index)
         return runtime.run("Tell me the volume of the brain in millilitres.", SCANS)
