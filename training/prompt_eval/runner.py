@@ -122,6 +122,7 @@ class PromptEvaluator:
                 # which signal raised it: the decoder's own token odds, or agent.intent_check
                 "doubt_token": any("written with low confidence" in w for w in result.warnings),
                 "doubt_intent": any("the request reads like" in w for w in result.warnings),
+                "doubt_mention": any("the request names the" in w for w in result.warnings),
                 "case": case.summary(), "seconds": round(time.perf_counter() - t0, 3)}
 
 
@@ -150,7 +151,7 @@ def summarize(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
                 "flagged_when_wrong": _rate([r for r in rows if r.get("succeeded_wrong")], "low_confidence"),
                 "flagged_when_correct": _rate([r for r in rows if r.get("correct")], "low_confidence"),
                 **{f"{key}_when_{when}": _rate([r for r in rows if r.get(field)], key)
-                   for key in ("doubt_token", "doubt_intent")
+                   for key in ("doubt_token", "doubt_intent", "doubt_mention")
                    for when, field in (("wrong", "succeeded_wrong"), ("correct", "correct"))}}
 
     kinds: dict[str, list[dict[str, Any]]] = {}
@@ -189,7 +190,9 @@ def markdown(report: dict[str, Any]) -> str:
                  f"below probability 0.5: {_pct(o.get('doubt_token_when_wrong'))} / "
                  f"{_pct(o.get('doubt_token_when_correct'))}; from the nearest training requests "
                  f"(agent.intent_check): {_pct(o.get('doubt_intent_when_wrong'))} / "
-                 f"{_pct(o.get('doubt_intent_when_correct'))}.\n")
+                 f"{_pct(o.get('doubt_intent_when_correct'))}; from targets the request names and no step "
+                 f"segmented (agent.target_mentions): {_pct(o.get('doubt_mention_when_wrong'))} / "
+                 f"{_pct(o.get('doubt_mention_when_correct'))}.\n")
     return "".join(lines)
 
 

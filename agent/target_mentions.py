@@ -1,0 +1,110 @@
+"""Which targets a request names, read from its words, checked against what the program segmented.
+
+Why: the commonest wrong answer is a fluent one about the wrong structure ("How long, wide and tall
+is the brain?" answered with the left hemisphere's extents; "segment the left amygdala and the left
+hippocampus" answered with the amygdala only). The decoder's token probabilities barely tell those
+apart from right answers, but the words do: when a request names a target of the table
+(`vision.targets`: canonical names and synonyms) and no step that ran segmented it (nor a target
+containing it, nor, where the request names a side, a part of it), the result carries a warning.
+
+It reads only the table's own names, so it says nothing about words it does not know ("the
+abnormality", "ventricular"): it is built to be right when it speaks, not to speak often.
+"""
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Sequence
+from functools import lru_cache
+
+# spellings folded before matching (British forms, plurals of structures the table names singly)
+_FOLDS = (("grey", "gray"), ("tumour", "tumor"), ("oedema", "edema"), ("hippocampi", "hippocampus"),
+          ("thalami", "thalamus"), ("amygdalae", "amygdala"), ("hemispheres", "hemisphere"))
+# synonyms that are also words of a task ("is there enhancement?" asks about a lesion's signal)
+_NOT_MENTIONS = frozenset({"enhancement"})
+_SIDE = re.compile(r"\b(left|right|side|sided|hemisphere|l|r)\b")
+_GENERATE = re.compile(r'generate\([^()]*?<MOD>\s*,\s*["\']([^"\']+)["\']')
+# a generic word: a mention of it counts only where the request names nothing else
+_GENERIC = "brain"
+
+
+def _normalize(text: str) -> str:
+    text = re.sub(r"[-_/]", " ", text.lower())
+    text = re.sub(r"[^a-z0-9' ]+", " ", text)
+    for a, b in _FOLDS:
+        text = re.sub(rf"\b{a}\b", b, text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+@lru_cache(maxsize=1)
+def _phrases() -> tuple[tuple[str, str], ...]:
+    """(normalized phrase, canonical target), longest phrase first."""
+    from vision.targets import TARGETS
+
+    pairs = {(_normalize(p), name) for name, t in TARGETS.items() for p in (name, *t.synonyms)
+             if p.lower() not in _NOT_MENTIONS}
+    return tuple(sorted(pairs, key=lambda pair: (-len(pair[0]), pair[0])))
+
+
+def request_targets(prompt: str) -> list[str]:
+    """Canonical targets the request names, in order of first mention; a phrase inside a longer
+    match does not count ("left hippocampus" names the left hippocampus, not the hippocampus)."""
+    text = f" {_normalize(prompt)} "
+    taken = [False] * len(text)
+    found: list[tuple[int, str]] = []
+    for phrase, name in _phrases():
+        for m in re.finditer(rf"(?<= ){re.escape(phrase)}(?= )", text):
+            if not any(taken[m.start():m.end()]):
+                taken[m.start():m.end()] = [True] * (m.end() - m.start())
+                found.append((m.start(), name))
+    names = list(dict.fromkeys(name for _, name in sorted(found)))
+    if len(names) > 1 and _GENERIC in names:
+        names.remove(_GENERIC)
+    return names
+
+
+def generated_targets(steps: Iterable[str]) -> list[str]:
+    """Canonical targets of every ``generate(..., scan<MOD>, "target")`` in the code."""
+    from vision.targets import UnknownTargetError, canonical_target
+
+    out: list[str] = []
+    for code in steps:
+        for raw in _GENERATE.findall(code):
+            try:
+                out.append(canonical_target(raw))
+            except UnknownTargetError:
+                continue  # a lesion alias of the phi bank the table does not list
+    return list(dict.fromkeys(out))
+
+
+def unmet_mentions(prompt: str, steps: Sequence[str]) -> list[str]:
+    """Targets the request names that the steps never segmented, nor a target containing them, nor
+    (where the request names a side) a part of them."""
+    from vision.targets import TARGETS
+
+    named = request_targets(prompt)
+    if not named:
+        return []
+    made = [TARGETS[g].labels for g in generated_targets(steps) if g in TARGETS]
+    union = frozenset().union(*made) if made else frozenset()
+    sided = _SIDE.search(_normalize(prompt)) is not None
+    unmet = []
+    for name in named:
+        want = TARGETS[name].labels
+        if want <= union or (sided and any(m and m <= want for m in made)):
+            continue
+        unmet.append(name)
+    return unmet
+
+
+def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
+    """One low-confidence warning naming the targets the request names and the program missed."""
+    unmet = unmet_mentions(prompt, steps)
+    if not unmet:
+        return []
+    made = generated_targets(steps)
+    return [f"the request names the {', the '.join(unmet)}, but no step that ran segmented "
+            f"{'it' if len(unmet) == 1 else 'them'} (segmented: {', '.join(made) or 'nothing'}): low confidence, "
+            "check that the answer is about what was asked"]
+
+
+__all__ = ["generated_targets", "mention_warnings", "request_targets", "unmet_mentions"]
