@@ -592,15 +592,13 @@ class StepConstraint:
             return _prefix_in(words, word) if prefix else word in words
 
         tag = parent[0]
-        if tag == "RHS":
-            return (found(self._func_words) or (_prefix_in(s.vars, word) if prefix else word in s.varset)
-                    or found(_CONSTANT_WORDS))
+        if tag not in ("RHS", "FIELD", "CALL"):
+            return False
+        if _prefix_in(s.vars, word) if prefix else word in s.varset:  # a defined name stands anywhere
+            return True
         if tag == "FIELD":
-            return (_prefix_in(s.vars, word) if prefix else word in s.varset)
-        if tag == "CALL":
-            return ((_prefix_in(s.vars, word) if prefix else word in s.varset) or found(_CONSTANT_WORDS)
-                    or found(self._nested.get(parent[1], ())))
-        return False
+            return False
+        return found(_CONSTANT_WORDS) or found(self._func_words if tag == "RHS" else self._nested.get(parent[1], ()))
 
     def _flat_operand(self, s: _State, top: Frame, kind: str, val: Any) -> bool:
         """Flat style: the one operand an expression is (no operators, brackets or unary signs)."""

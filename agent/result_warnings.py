@@ -23,7 +23,7 @@ MIN_PHI_COSINE = 0.9
 # a step token the model gave less than even odds: another program was nearly as likely
 LOW_CONFIDENCE = 0.5
 _FUNC_BEFORE = re.compile(r"(\w+)\s*$")
-_TARGET_AFTER = re.compile(r'\s*,\s*"([^"]*)"')
+_TARGET_AFTER = re.compile(r'\s*,\s*(["\'])(.*?)\1')  # either quote: the sandbox takes both
 
 
 def mod_sites(code: str) -> list[tuple[str | None, str | None]]:
@@ -43,7 +43,7 @@ def mod_sites(code: str) -> list[tuple[str | None, str | None]]:
         name = _FUNC_BEFORE.search(code[:i]) if i >= 0 else None
         func = name.group(1) if name else None
         target = _TARGET_AFTER.match(code, mod.end()) if func == "generate" else None
-        sites.append((func, target.group(1) if target else None))
+        sites.append((func, target.group(2) if target else None))
     return sites
 
 

@@ -22,7 +22,6 @@ _FOLDS = (("grey", "gray"), ("tumour", "tumor"), ("oedema", "edema"), ("hippocam
 # synonyms that are also words of a task ("is there enhancement?" asks about a lesion's signal)
 _NOT_MENTIONS = frozenset({"enhancement"})
 _SIDE = re.compile(r"\b(left|right|side|sided|hemisphere|l|r)\b")
-_GENERATE = re.compile(r'generate\([^()]*?<MOD>\s*,\s*["\']([^"\']+)["\']')
 # a generic word: a mention of it counts only where the request names nothing else
 _GENERIC = "brain"
 
@@ -64,11 +63,14 @@ def request_targets(prompt: str) -> list[str]:
 
 def generated_targets(steps: Iterable[str]) -> list[str]:
     """Canonical targets of every ``generate(..., scan<MOD>, "target")`` in the code."""
+    from agent.result_warnings import mod_sites
     from vision.targets import UnknownTargetError, canonical_target
 
     out: list[str] = []
     for code in steps:
-        for raw in _GENERATE.findall(code):
+        for func, raw in mod_sites(code):
+            if func != "generate" or raw is None:
+                continue
             try:
                 out.append(canonical_target(raw))
             except UnknownTargetError:
@@ -79,12 +81,16 @@ def generated_targets(steps: Iterable[str]) -> list[str]:
 def unmet_mentions(prompt: str, steps: Sequence[str]) -> list[str]:
     """Targets the request names that the steps never segmented, nor a target containing them, nor
     (where the request names a side) a part of them."""
+    return _unmet(prompt, generated_targets(steps))
+
+
+def _unmet(prompt: str, generated: Sequence[str]) -> list[str]:
     from vision.targets import TARGETS
 
     named = request_targets(prompt)
     if not named:
         return []
-    made = [TARGETS[g].labels for g in generated_targets(steps) if g in TARGETS]
+    made = [TARGETS[g].labels for g in generated if g in TARGETS]
     union = frozenset().union(*made) if made else frozenset()
     sided = _SIDE.search(_normalize(prompt)) is not None
     unmet = []
@@ -98,10 +104,10 @@ def unmet_mentions(prompt: str, steps: Sequence[str]) -> list[str]:
 
 def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
     """One low-confidence warning naming the targets the request names and the program missed."""
-    unmet = unmet_mentions(prompt, steps)
+    made = generated_targets(steps)
+    unmet = _unmet(prompt, made)
     if not unmet:
         return []
-    made = generated_targets(steps)
     return [f"the request names the {', the '.join(unmet)}, but no step that ran segmented "
             f"{'it' if len(unmet) == 1 else 'them'} (segmented: {', '.join(made) or 'nothing'}): low confidence, "
             "check that the answer is about what was asked"]

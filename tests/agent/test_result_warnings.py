@@ -23,6 +23,7 @@ def test_each_mod_is_paired_with_its_call_and_target_in_order():
             'v = volume(generate(e, post<MOD>, "left hippocampus"))')
     assert mod_sites(code) == [("encode", None), ("encode", None), ("generate", "brain"),
                                ("generate", "left hippocampus")]
+    assert mod_sites("m = generate(e, pre<MOD>, 'brain')") == [("generate", "brain")]
 
 
 def test_an_instruction_far_from_the_banks_is_a_warning_and_a_close_one_is_not():

@@ -279,14 +279,11 @@ def _derived(findings: Iterable[Finding], modalities: Mapping[str, str]) -> list
             out.append(Finding("lesion_region", side.targets, side.scans, fn="hemisphere", var=side.var,
                                step=max(side.step, f.step), how=side.how))
     measured = [f for f in findings if f.kind in MEASURED_FOR_REPORT]
-    targets = {t.key() for f in measured for t in f.targets if t is not None}
+    targets: dict[Any, Expr] = {}  # what the measurements concern, in order: a report "of the brain" measured it
+    for t in (t for f in measured for t in f.targets if t is not None):
+        targets.setdefault(t.key(), t)
     if len({_key(f) for f in measured}) >= 3 and len(targets) >= 2:
-        seen: dict[Any, Expr] = {}  # what the report measured, in order: a report "of the brain" must measure it
-        for f in measured:
-            for t in f.targets:
-                if t is not None:
-                    seen.setdefault(t.key(), t)
-        out.append(Finding("report", tuple(seen.values()), (), fn="", step=max(f.step for f in measured),
+        out.append(Finding("report", tuple(targets.values()), (), fn="", step=max(f.step for f in measured),
                            how="respond"))
     return out
 
