@@ -18,14 +18,21 @@ only emit a token whose text keeps the step a *prefix of a program of the sandbo
   sandbox would strip as a marker); ``encode`` takes each scan at most once; given ``volumes``,
   that name is an image (a scan of the request), never an encoding or a mask (seen:
   ``generate(e, scan =e <MOD>, ...)``, after which the step ran on to its token limit);
-- the target of ``generate`` is a string literal the loaded model supports;
+- the target of ``generate`` is a string literal the loaded model supports; where the statement
+  assigns the mask to a name that spells a target (``right_lateral_ventricle``, ``lesion_2``,
+  ``wm``), the literal is a spelling of that same target (``name_targets``): seen, a model that
+  wrote ``right_lateral_ventricle = generate(e, t1<MOD>, "`` and then the bilateral ``lateral
+  ventricles``, whose answer then contradicts its own variable; and a program draws each
+  (scan, target) pair once (``generated``: the pairs of earlier steps), so the baseline of a
+  follow-up comparison cannot be measured twice;
 - given ``numbers`` (``request_numbers``), a number literal is one the request states;
 - expressions use only what the validator allows (literals, f-strings with allow-listed format
   specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
   subscripts);
 - given ``flat=True`` (what the runtime asks for), only the shape every task program has: one name
   assigned one call or literal, or a call statement; arguments positional, each a defined name,
-  a number, a string or an f-string whose fields are names; a call inside a call only where
+  a number, a string or an f-string whose fields are names; a name is assigned once in a step
+  (no ``csf = ...`` twice); a call inside a call only where
   ``NESTED_CALLS`` allows it (``respond(capabilities())``). Why: the training programs never
   leave that shape, and a model that does is lost (seen on dev requests: ``generate(e, scan =
   t1<MOD>, target ='thalamus')``, ``crop(t1, brain, capabilities())``, ``lesion = generate(...),
@@ -191,7 +198,8 @@ class InvalidContinuation(ValueError):
 
 
 class _State:
-    __slots__ = ("stack", "pend", "step_names", "vars", "varset", "load", "nstmt", "calls", "depth", "chars", "tail")
+    __slots__ = ("stack", "pend", "step_names", "vars", "varset", "load", "nstmt", "calls", "depth", "chars", "tail",
+                 "gen", "once")
 
     stack: tuple[Frame, ...]
     pend: tuple[str, str] | None
@@ -204,12 +212,15 @@ class _State:
     depth: int
     chars: int
     tail: str
+    gen: frozenset[tuple[str, str]]  # (scan, normalized target) drawn by generate() in this step
+    once: frozenset[tuple[str, str]]  # (function, argument) of the one-argument measurements of this step
 
     def copy(self) -> "_State":
         other = object.__new__(_State)
         other.stack, other.pend, other.step_names, other.vars = self.stack, self.pend, self.step_names, self.vars
         other.varset, other.load, other.nstmt, other.calls = self.varset, self.load, self.nstmt, self.calls
-        other.depth, other.chars, other.tail = self.depth, self.chars, self.tail
+        other.depth, other.chars, other.tail, other.gen = self.depth, self.chars, self.tail, self.gen
+        other.once = self.once
         return other
 
 
@@ -247,6 +258,33 @@ def request_numbers(prompt: str) -> frozenset[str]:
     return frozenset(out)
 
 
+def name_targets(targets: Iterable[str]) -> dict[str, frozenset[str]]:
+    """Variable name -> the target strings a ``name = generate(...)`` statement may draw.
+
+    A name that is a target in snake case (``left_ventral_dc``, ``wm``, ``brainstem`` is not one)
+    stands for that target: its literal must be a spelling that resolves to the same bank entry
+    (`normalize_target`), so ``wm`` may draw ``white matter`` or ``wm`` but not ``gray matter``.
+    Names that spell no target, or spellings of two different targets, constrain nothing."""
+    from agent.phi_bank import normalize_target
+
+    by_canon: dict[str, set[str]] = {}
+    for t in targets:
+        by_canon.setdefault(normalize_target(t), set()).add(t.lower())
+    by_name: dict[str, set[str]] = {}
+    for t in targets:
+        by_name.setdefault(_snake(t), set()).add(normalize_target(t))
+    return {name: frozenset(by_canon[next(iter(canon))]) for name, canon in by_name.items()
+            if name and len(canon) == 1}
+
+
+def _snake(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+_SIDE_EFFECT_CALLS = frozenset({"read", "respond", "output", "stop", "warn"})
+_NAME_SUFFIX = re.compile(r"_\d+$")
+
+
 def _taken_volumes(call: Frame) -> frozenset[str]:
     """The volumes a CALL frame may not take again (those it took, for ``DISTINCT_VOLUMES``)."""
     return call[6] if call[1] in DISTINCT_VOLUMES else frozenset()
@@ -272,7 +310,9 @@ class StepConstraint:
     def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
                  targets: Iterable[str], *, limits: SandboxLimits | None = None,
                  numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None,
-                 flat: bool = False) -> None:
+                 flat: bool = False, generated: Iterable[tuple[str, str]] = ()) -> None:
+        from agent.phi_bank import normalize_target
+
         self.limits = limits or SandboxLimits()
         self.flat = flat
         # None: any defined name may be a volume argument; else only these (the scans: `volumes`)
@@ -282,6 +322,10 @@ class StepConstraint:
         self._number_words = None if numbers is None else tuple(sorted(self.numbers))
         self.targets = frozenset(t.lower() for t in targets)
         self._target_words = tuple(sorted(self.targets))
+        self._canon = {t: normalize_target(t) for t in self.targets}
+        # (scan, normalized target) pairs earlier steps drew: a program draws each pair once
+        self.generated = frozenset((scan, normalize_target(t)) for scan, t in generated)
+        self._name_targets = {name: tuple(sorted(allowed)) for name, allowed in name_targets(self.targets).items()}
         sigs = signatures(functions)
         if not self.targets:
             sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
@@ -295,6 +339,7 @@ class StepConstraint:
         s.step_names = frozenset()
         s.nstmt = s.calls = s.depth = s.chars = 0
         s.tail = ""
+        s.gen = s.once = frozenset()
         self._define(s, ())
         self._s = s
         self._fed: list[str] = []
@@ -480,14 +525,62 @@ class StepConstraint:
         return self._replace(s, ("STR", quote, n + 1, noesc, False))
 
     def _target_char(self, s: _State, top: Frame, ch: str) -> bool:
-        _, quote, content = top
+        _, quote, content, words, scan = top
         if ch == quote:
-            if content not in self.targets:
+            if content not in self.targets or (words is not self._target_words and content not in words):
                 return False
             s.stack = s.stack[:-1]
+            if scan is not None:
+                s.gen = s.gen | {(scan, self._canon[content])}
             return True
         content += ch.lower()
-        return _prefix_in(self._target_words, content) and self._replace(s, ("TSTR", quote, content))
+        return _prefix_in(words, content) and self._replace(s, ("TSTR", quote, content, words, scan))
+
+    def _drawn(self, s: _State, scan: str) -> frozenset[str]:
+        """Normalized targets already drawn on ``scan`` by this program."""
+        return frozenset(t for sc, t in self.generated | s.gen if sc == scan)
+
+    def _target_words_for(self, s: _State, scan: str | None) -> tuple[str, ...]:
+        """Target strings the open ``generate`` may draw: those its assigned name allows, less the ones
+        already drawn on the same scan. Why: a task program draws each (scan, target) once, and the
+        repeat was how the model went wrong (seen: ``lesion_2 = generate(e, flair_a<MOD>, "lesion")``,
+        the baseline measured twice, and ``csf = ...`` written twice for "GM, WM and CSF")."""
+        words = self._assigned_target_words(s)
+        drawn = self._drawn(s, scan) if scan is not None else frozenset()
+        if drawn:
+            words = tuple(w for w in words if self._canon[w] not in drawn)
+        return words
+
+    def _measure_once(self, s: _State, sig: Signature, npos: int, arg: str) -> bool:
+        """A one-argument library call (``volume(csf)``) is not repeated on the same name in a step:
+        task programs compute each measurement once, and the repeat was how a model answered a
+        two-target request with one target measured twice (``v1 = volume(left_hippocampus)``,
+        ``v2 = volume(left_hippocampus)``, "the ratio ... is 1.0")."""
+        if npos or len(sig.params) != 1 or sig.variadic is not None or sig.name in _SIDE_EFFECT_CALLS:
+            return True
+        if arg in self._measured(s, sig, npos):
+            return False
+        s.once = s.once | {(sig.name, arg)}
+        return True
+
+    @staticmethod
+    def _measured(s: _State, sig: Signature, npos: int) -> frozenset[str]:
+        """Names this step already passed to the one-argument call ``sig`` (see `_measure_once`)."""
+        if npos or not s.once:
+            return frozenset()
+        return frozenset(arg for fn, arg in s.once if fn == sig.name)
+
+    def _generate_volume_ok(self, s: _State, scan: str) -> bool:
+        """A scan for ``generate`` leaves its target slot at least one string to draw."""
+        return bool(self._target_words_for(s, scan))
+
+    def _assigned_target_words(self, s: _State) -> tuple[str, ...]:
+        """The target strings this statement may draw: all of them, or those its assigned name spells."""
+        stmt = s.stack[0]
+        if stmt[0] == "STMT" and stmt[1] == "assign" and len(stmt[2]) == 1:
+            name = _NAME_SUFFIX.sub("", stmt[2][0])
+            return self._name_targets.get(name, self._target_words)
+        return self._target_words
 
     def _fstr_char(self, s: _State, top: Frame, ch: str) -> bool:
         _, quote, n, brace = top
@@ -552,8 +645,13 @@ class StepConstraint:
             role = sig.role(param)
             if role == "vol":
                 taken = _taken_volumes(top)
-                return any(v.startswith(word) for v in self._volume_vars(s) if v not in taken)
+                return any(v.startswith(word) for v in self._volume_vars(s) if v not in taken
+                           and (top[1] != "generate" or self._generate_volume_ok(s, v)))
             if role == "expr" and self.flat:
+                measured = self._measured(s, sig, npos)
+                if measured and not any(v.startswith(word) for v in s.vars if v not in measured):
+                    return (_prefix_in(_CONSTANT_WORDS, word)
+                            or _prefix_in(self._nested.get(top[1], ()), word))
                 return self._flat_name(s, top, word, prefix=True)
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
@@ -665,7 +763,7 @@ class StepConstraint:
                 if val in self.functions:
                     s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None, frozenset()))
                     return True
-                if self._new_name_ok(val):
+                if self._new_name_ok(val) and not (self.flat and val in s.step_names):
                     s.stack = (("STMT", "assign", ()), ("TGT", "after", (val,)))
                     return True
                 return False
@@ -789,8 +887,10 @@ class StepConstraint:
                 param = None if kws else sig.positional(npos)
                 role = None if param is None else sig.role(param)
                 if self.flat:
-                    fits = (role == "vol" and self._volume_ok(s, val, taken)) or (
-                        role == "expr" and self._flat_name(s, top, val, prefix=False))
+                    fits = (role == "vol" and self._volume_ok(s, val, taken)
+                            and (name != "generate" or self._generate_volume_ok(s, val))) or (
+                        role == "expr" and self._flat_name(s, top, val, prefix=False)
+                        and self._measure_once(s, sig, npos, val))
                 else:
                     operand = val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"
                     fits = (val in sig.keyword_names(npos, kws) or (role == "vol" and self._volume_ok(s, val, taken))
@@ -819,7 +919,7 @@ class StepConstraint:
         role = sig.role(param)
         after = ("CALL", name, "after", npos + 1, kws, None, vols)
         if role == "vol":
-            if not self._volume_ok(s, word, taken):
+            if not self._volume_ok(s, word, taken) or (name == "generate" and not self._generate_volume_ok(s, word)):
                 return False
             s.stack = s.stack[:-1] + (after[:-1] + (vols | {word},), ("VOL", "mod"))
             return None
@@ -846,7 +946,13 @@ class StepConstraint:
         return False
 
     def _p_TARG(self, s: _State, top: Frame, kind: str, val: Any) -> bool | None:
-        return kind == "STR" and self._replace(s, ("TSTR", val, ""))
+        if kind != "STR":
+            return False
+        call = s.stack[-2] if len(s.stack) > 1 else None
+        vols = call[6] if call is not None and call[0] == "CALL" and call[1] == "generate" else frozenset()
+        scan = next(iter(vols)) if len(vols) == 1 else None
+        words = self._target_words_for(s, scan)
+        return bool(words) and self._replace(s, ("TSTR", val, "", words, scan))
 
     def _sequence(self, s: _State, top: Frame, kind: str, val: Any, frame: str, close: str) -> bool | None:
         """A parenthesized or bracketed, comma-separated run of expressions, closed by ``close``."""

@@ -30,7 +30,7 @@ import ast
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,10 +140,11 @@ class _StepRules:
     numbers: frozenset[str] | None = None  # number literals the request states (None: any)
     volumes: frozenset[str] | None = None  # names that may go before <MOD> (None: any defined name)
     flat: bool = True  # only the statement shape of task programs (``StepConstraint(flat=True)``)
+    generated: frozenset[tuple[str, str]] = frozenset()  # (scan, target) drawn by earlier steps
 
     def constraint(self) -> StepConstraint:
         return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers,
-                              volumes=self.volumes, flat=self.flat)
+                              volumes=self.volumes, flat=self.flat, generated=self.generated)
 
 
 class AgentRuntime:
@@ -274,12 +275,14 @@ class AgentRuntime:
         transcript.ids += mu1
         reason = f"the agent did not call stop() within {lim.max_steps} steps"
         assigned: set[str] = set()  # names assigned by steps that ran without error (executors without env)
+        generated: set[tuple[str, str]] = set()  # (scan, target) pairs those steps drew
         read_texts = 0  # values read back (text feedback) by steps that ran without error
         numbers = request_numbers(prompt)
 
         for index in range(lim.max_steps):
             t_step = self._now()
-            constraint = self._step_rules(executor, scans, assigned, numbers).constraint() if self.constrained else None
+            constraint = (self._step_rules(executor, scans, assigned, numbers, generated).constraint()
+                          if self.constrained else None)
             with self._lm():
                 draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
             t_decoded = self._now()
@@ -312,6 +315,7 @@ class AgentRuntime:
             if outcome.error is None:
                 read_texts += sum(1 for fb in outcome.feedback if fb.text)
                 assigned |= _assigned_names(code)
+                generated |= _generated_pairs(code)
                 result.warnings += instruction_warnings(index, code, draft.phis, self._bank(executor))
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
@@ -356,7 +360,8 @@ class AgentRuntime:
         return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=reason)
 
     def _step_rules(self, executor: StepExecutor, scans: Sequence[ScanInfo], assigned: set[str],
-                    numbers: frozenset[str] | None = None) -> _StepRules:
+                    numbers: frozenset[str] | None = None,
+                    generated: Iterable[tuple[str, str]] = ()) -> _StepRules:
         """Names, functions, targets and limits of the next step, read from the executor when it has them.
 
         A `Sandbox`'s ``env`` is the truth about what is defined (a step that failed half-way defined
@@ -376,7 +381,8 @@ class AgentRuntime:
         bank = self._bank(executor)
         limits = getattr(executor, "limits", None)
         return _StepRules(names, self._signatures[1], target_strings(bank),
-                          limits if isinstance(limits, SandboxLimits) else SandboxLimits(), numbers, volumes)
+                          limits if isinstance(limits, SandboxLimits) else SandboxLimits(), numbers, volumes,
+                          generated=frozenset(generated))
 
     @staticmethod
     def _registry(executor: StepExecutor) -> Mapping[str, Any]:
@@ -554,6 +560,18 @@ def _assigned_names(code: str) -> set[str]:
         return set()
     return {node.id for stmt in tree.body if isinstance(stmt, ast.Assign)
             for node in ast.walk(stmt.targets[0]) if isinstance(node, ast.Name)}
+
+
+def _generated_pairs(code: str) -> set[tuple[str, str]]:
+    """(scan, target) of every ``generate(enc, scan<MOD>, "target")`` a step ran."""
+    try:
+        tree = ast.parse(code.replace("<MOD>", ""))
+    except SyntaxError:
+        return set()
+    return {(call.args[1].id, call.args[2].value) for call in ast.walk(tree)
+            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "generate"
+            and len(call.args) == 3 and isinstance(call.args[1], ast.Name)
+            and isinstance(call.args[2], ast.Constant) and isinstance(call.args[2].value, str)}
 
 
 __all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript"]

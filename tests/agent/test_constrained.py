@@ -11,7 +11,7 @@ import pytest
 from agent.constrained import InvalidContinuation, StepConstraint, request_numbers, target_strings, token_texts
 from agent.functions import default_registry
 from agent.model import VoxAgentModel
-from agent.phi_bank import PhiBank
+from agent.phi_bank import DEFAULT_TARGETS, PhiBank
 from agent.runtime import AgentRuntime, RuntimeLimits
 from agent.sandbox.errors import SandboxViolation
 from agent.sandbox.limits import SandboxLimits
@@ -20,6 +20,7 @@ from agent.sandbox.outcome import StepOutcome
 from agent.sandbox.validator import check_step, parse_step
 from tests.agent.conftest import RecordingExecutor
 from tests.agent.test_state import SCANS
+from vision.targets import TARGETS as VISION_TARGETS
 
 REGISTRY = default_registry()
 BANK = PhiBank.default()
@@ -340,3 +341,74 @@ def _bare_runtime() -> AgentRuntime:
     rt._signatures = None
     rt.phi_bank = None
     return rt
+
+
+V2_BANK_TARGETS = target_strings(PhiBank.default(targets=list(DEFAULT_TARGETS) + list(VISION_TARGETS)))
+
+
+def v2_accepted(code: str, flat: bool) -> bool:
+    c = StepConstraint(NAMES, REGISTRY, V2_BANK_TARGETS, flat=flat)
+    return c.try_feed(code) and c.complete()
+
+
+@pytest.mark.parametrize("code, ok", [
+    ('right_lateral_ventricle = generate(e, t1<MOD>, "right lateral ventricle")', True),
+    ('right_lateral_ventricle = generate(e, t1<MOD>, "lateral ventricles")', False),
+    ('wm = generate(e, t1<MOD>, "white matter")', True),
+    ('wm = generate(e, t1<MOD>, "gray matter")', False),
+    ('lesion_2 = generate(e, flair<MOD>, "lesion")', True),
+    ('lesion_2 = generate(e, flair<MOD>, "brain")', False),
+    ('mask = generate(e, t1<MOD>, "gray matter")', True),  # a name that spells no target: any target
+])
+def test_a_name_that_spells_a_target_draws_that_target(code, ok):
+    assert v2_accepted(code, flat=True) is ok
+    assert v2_accepted(code, flat=False) is ok
+
+
+def test_the_name_bound_target_is_refused_at_its_first_wrong_character():
+    c = StepConstraint(NAMES, REGISTRY, V2_BANK_TARGETS, flat=True)
+    assert c.try_feed('right_hippocampus = generate(e, t1<MOD>, "')
+    assert not c.allows("hip")  # the bilateral union would contradict the name
+    assert c.allows("right hip")
+
+
+@pytest.mark.parametrize("code, ok", [
+    ('csf = generate(e, t1<MOD>, "csf")\nv = volume(csf)', True),
+    ('csf = generate(e, t1<MOD>, "csf")\ncsf = generate(e, t1<MOD>, "csf")', False),  # one name, one value
+    ('mask = generate(e, t1<MOD>, "csf")\nother = generate(e, t1<MOD>, "cerebrospinal fluid")', False),  # same pair
+    ('mask = generate(e, t1<MOD>, "csf")\nother = generate(e, flair<MOD>, "csf")', True),  # another scan
+])
+def test_a_flat_program_assigns_each_name_and_draws_each_scan_target_pair_once(code, ok):
+    assert v2_accepted(code, flat=True) is ok
+
+
+def test_pairs_drawn_by_earlier_steps_steer_the_next_generate_to_the_other_scan():
+    names = NAMES | {"flair_b", "lesion"}
+    c = StepConstraint(names, REGISTRY, V2_BANK_TARGETS, flat=True, generated=[("flair", "lesion")])
+    assert c.try_feed("lesion_2 = generate(e, ")
+    assert not c.allows("flair<MOD>")  # the name says lesion, and flair's lesion was drawn
+    assert c.try_feed("flair_b<MOD>, \"lesion\")")
+    assert c.complete()
+    free = StepConstraint(names, REGISTRY, V2_BANK_TARGETS, flat=True, generated=[("flair", "lesion")])
+    assert free.try_feed('m = generate(e, flair<MOD>, "')
+    assert not free.allows('lesion"') and free.allows('brain"')
+
+
+@pytest.mark.parametrize("code, ok", [
+    ("v1 = volume(lesion)\nv2 = volume(m)", True),
+    ("v1 = volume(lesion)\nv2 = volume(lesion)", False),  # a two-target answer from one mask measured twice
+    ("read(v)\nread(v)", True),  # calls for their effect may repeat
+])
+def test_a_one_argument_measurement_is_not_repeated_in_a_step(code, ok):
+    assert accepted(code, flat=True) is ok
+
+
+def test_a_refused_repeat_is_refused_while_its_name_is_still_a_prefix():
+    """Viability: no prefix leads into the repeat (no dead end at the closing character)."""
+    names = NAMES | {"flair_a", "flair_b"}
+    c = StepConstraint(names, REGISTRY, V2_BANK_TARGETS, flat=True, generated=[("flair_a", "lesion")])
+    assert c.try_feed("lesion_2 = generate(e, flair_")
+    assert not c.allows("a") and c.allows("b")
+    m = StepConstraint(NAMES | {"lesion_2"}, REGISTRY, V2_BANK_TARGETS, flat=True)
+    assert m.try_feed("v1 = volume(lesion)\nv2 = volume(les")
+    assert not m.allows("ion)") and m.allows("ion_2)")

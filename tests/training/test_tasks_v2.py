@@ -92,6 +92,32 @@ def test_generate_targets_are_canonical_names_of_vision_targets(source):
             assert target in VISION_TARGETS and canonical_target(target) == target, (name, target)
 
 
+def test_every_v2_ground_truth_step_passes_the_runtime_constraint(source, bank):
+    """The decoder's constraint (flat shape, grounded numbers, name-bound targets) refuses no v2 program."""
+    import ast
+
+    from agent.constrained import StepConstraint, request_numbers, target_strings
+    from agent.functions import default_registry
+    from agent.runtime import _generated_pairs
+
+    registry, targets = default_registry(), target_strings(bank)
+    steps = 0
+    for i in range(3 * len(FAMILIES)):
+        name = sorted(FAMILIES)[i % len(FAMILIES)]
+        sample, case = sample_task(1500 + i, name, labels=source)
+        names, generated = set(case.scans), set()
+        for step in sample.steps:
+            c = StepConstraint(names, registry, targets, numbers=request_numbers(sample.prompt), flat=True,
+                               generated=generated)
+            assert c.try_feed(step) and c.complete(), (name, step)
+            generated |= _generated_pairs(step)
+            tree = ast.parse(step.replace("<MOD>", ""))
+            names |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                      if isinstance(t, ast.Name)}
+            steps += 1
+    assert steps > 3 * len(FAMILIES)
+
+
 def test_new_targets_appear_in_a_good_share_of_anatomy_draws(source):
     old = set(DEFAULT_TARGETS) | {"csf"}
     new_share, seen = [], set()
