@@ -51,6 +51,7 @@ lines): every such program has an equivalent the checker accepts.
 from __future__ import annotations
 
 import bisect
+import functools
 import keyword
 import logging
 import re
@@ -258,13 +259,15 @@ def request_numbers(prompt: str) -> frozenset[str]:
     return frozenset(out)
 
 
-def name_targets(targets: Iterable[str]) -> dict[str, frozenset[str]]:
-    """Variable name -> the target strings a ``name = generate(...)`` statement may draw.
+@functools.lru_cache(maxsize=8)
+def name_targets(targets: frozenset[str]) -> dict[str, tuple[str, ...]]:
+    """Variable name -> the target strings (sorted) a ``name = generate(...)`` statement may draw.
 
     A name that is a target in snake case (``left_ventral_dc``, ``wm``, ``brainstem`` is not one)
     stands for that target: its literal must be a spelling that resolves to the same bank entry
     (`normalize_target`), so ``wm`` may draw ``white matter`` or ``wm`` but not ``gray matter``.
-    Names that spell no target, or spellings of two different targets, constrain nothing."""
+    Names that spell no target, or spellings of two different targets, constrain nothing. Cached:
+    the runtime builds a constraint per step over the same target set."""
     from agent.phi_bank import normalize_target
 
     by_canon: dict[str, set[str]] = {}
@@ -273,7 +276,7 @@ def name_targets(targets: Iterable[str]) -> dict[str, frozenset[str]]:
     by_name: dict[str, set[str]] = {}
     for t in targets:
         by_name.setdefault(_snake(t), set()).add(normalize_target(t))
-    return {name: frozenset(by_canon[next(iter(canon))]) for name, canon in by_name.items()
+    return {name: tuple(sorted(by_canon[next(iter(canon))])) for name, canon in by_name.items()
             if name and len(canon) == 1}
 
 
@@ -281,7 +284,7 @@ def _snake(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
-_SIDE_EFFECT_CALLS = frozenset({"read", "respond", "output", "stop", "warn"})
+_SIDE_EFFECT_CALLS = frozenset({"read", "respond"})  # the one-argument calls made for their effect
 _NAME_SUFFIX = re.compile(r"_\d+$")
 
 
@@ -325,7 +328,7 @@ class StepConstraint:
         self._canon = {t: normalize_target(t) for t in self.targets}
         # (scan, normalized target) pairs earlier steps drew: a program draws each pair once
         self.generated = frozenset((scan, normalize_target(t)) for scan, t in generated)
-        self._name_targets = {name: tuple(sorted(allowed)) for name, allowed in name_targets(self.targets).items()}
+        self._name_targets = name_targets(self.targets)
         sigs = signatures(functions)
         if not self.targets:
             sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
@@ -527,7 +530,7 @@ class StepConstraint:
     def _target_char(self, s: _State, top: Frame, ch: str) -> bool:
         _, quote, content, words, scan = top
         if ch == quote:
-            if content not in self.targets or (words is not self._target_words and content not in words):
+            if content not in words:  # words: the target strings (or the subset) this literal may be
                 return False
             s.stack = s.stack[:-1]
             if scan is not None:

@@ -314,8 +314,9 @@ class AgentRuntime:
             timings["execute"] += self._now() - t_decoded
             if outcome.error is None:
                 read_texts += sum(1 for fb in outcome.feedback if fb.text)
-                assigned |= _assigned_names(code)
-                generated |= _generated_pairs(code)
+                names, pairs = _step_bindings(code)
+                assigned |= names
+                generated |= pairs
                 result.warnings += instruction_warnings(index, code, draft.phis, self._bank(executor))
             self._record(result, trace, outcome, index, responses)
             trace.duration_s = self._now() - t_step
@@ -552,26 +553,21 @@ class AgentRuntime:
         return result
 
 
-def _assigned_names(code: str) -> set[str]:
-    """Names a step assigns (for executors that do not expose their environment)."""
+def _step_bindings(code: str) -> tuple[set[str], set[tuple[str, str]]]:
+    """What a step that ran binds, from one parse: the names it assigns (for executors that do not
+    expose their environment) and the (scan, target) of every ``generate(enc, scan<MOD>, "target")``
+    (a program draws each pair once: `StepConstraint`'s ``generated``)."""
     try:
         tree = ast.parse(code.replace("<MOD>", ""))
     except SyntaxError:
-        return set()
-    return {node.id for stmt in tree.body if isinstance(stmt, ast.Assign)
-            for node in ast.walk(stmt.targets[0]) if isinstance(node, ast.Name)}
-
-
-def _generated_pairs(code: str) -> set[tuple[str, str]]:
-    """(scan, target) of every ``generate(enc, scan<MOD>, "target")`` a step ran."""
-    try:
-        tree = ast.parse(code.replace("<MOD>", ""))
-    except SyntaxError:
-        return set()
-    return {(call.args[1].id, call.args[2].value) for call in ast.walk(tree)
-            if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "generate"
-            and len(call.args) == 3 and isinstance(call.args[1], ast.Name)
-            and isinstance(call.args[2], ast.Constant) and isinstance(call.args[2].value, str)}
+        return set(), set()
+    names = {node.id for stmt in tree.body if isinstance(stmt, ast.Assign)
+             for node in ast.walk(stmt.targets[0]) if isinstance(node, ast.Name)}
+    pairs = {(call.args[1].id, call.args[2].value) for call in ast.walk(tree)
+             if isinstance(call, ast.Call) and isinstance(call.func, ast.Name) and call.func.id == "generate"
+             and len(call.args) == 3 and isinstance(call.args[1], ast.Name)
+             and isinstance(call.args[2], ast.Constant) and isinstance(call.args[2].value, str)}
+    return names, pairs
 
 
 __all__ = ["AgentRuntime", "RuntimeLimits", "StepExecutor", "Transcript"]

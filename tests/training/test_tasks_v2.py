@@ -94,11 +94,9 @@ def test_generate_targets_are_canonical_names_of_vision_targets(source):
 
 def test_every_v2_ground_truth_step_passes_the_runtime_constraint(source, bank):
     """The decoder's constraint (flat shape, grounded numbers, name-bound targets) refuses no v2 program."""
-    import ast
-
     from agent.constrained import StepConstraint, request_numbers, target_strings
     from agent.functions import default_registry
-    from agent.runtime import _generated_pairs
+    from agent.runtime import _step_bindings
 
     registry, targets = default_registry(), target_strings(bank)
     steps = 0
@@ -110,10 +108,9 @@ def test_every_v2_ground_truth_step_passes_the_runtime_constraint(source, bank):
             c = StepConstraint(names, registry, targets, numbers=request_numbers(sample.prompt), flat=True,
                                generated=generated)
             assert c.try_feed(step) and c.complete(), (name, step)
-            generated |= _generated_pairs(step)
-            tree = ast.parse(step.replace("<MOD>", ""))
-            names |= {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                      if isinstance(t, ast.Name)}
+            assigned, pairs = _step_bindings(step)
+            names |= assigned
+            generated |= pairs
             steps += 1
     assert steps > 3 * len(FAMILIES)
 
