@@ -26,6 +26,10 @@ only emit a token whose text keeps the step a *prefix of a program of the sandbo
   (scan, target) pair once (``generated``: the pairs of earlier steps), so the baseline of a
   follow-up comparison cannot be measured twice;
 - given ``numbers`` (``request_numbers``), a number literal is one the request states;
+- given ``mentions`` (targets the request names, `agent.target_mentions.steering_targets`), while
+  none of a named target's answers (itself, its sides, a sided one's union) is drawn, a target slot
+  that can draw one draws only those, and a new name that spells another target is refused (the
+  runtime asks for this only when a first draft of the step drew nothing the request names);
 - expressions use only what the validator allows (literals, f-strings with allow-listed format
   specs, arithmetic, comparisons, ``and/or/not``, conditional expressions, lists, tuples, constant
   subscripts);
@@ -313,7 +317,8 @@ class StepConstraint:
     def __init__(self, names: Iterable[str], functions: Mapping[str, LibraryFunction | Signature],
                  targets: Iterable[str], *, limits: SandboxLimits | None = None,
                  numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None,
-                 flat: bool = False, generated: Iterable[tuple[str, str]] = ()) -> None:
+                 flat: bool = False, generated: Iterable[tuple[str, str]] = (),
+                 mentions: Iterable[str] = ()) -> None:
         from agent.phi_bank import normalize_target
 
         self.limits = limits or SandboxLimits()
@@ -329,6 +334,7 @@ class StepConstraint:
         # (scan, normalized target) pairs earlier steps drew: a program draws each pair once
         self.generated = frozenset((scan, normalize_target(t)) for scan, t in generated)
         self._name_targets = name_targets(self.targets)
+        self._mention_sets = self._answer_sets(mentions)
         sigs = signatures(functions)
         if not self.targets:
             sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
@@ -354,6 +360,11 @@ class StepConstraint:
     def text(self) -> str:
         """Everything fed so far."""
         return "".join(self._fed)
+
+    @property
+    def steers(self) -> bool:
+        """Given ``mentions``, at least one of them is a target the model can draw."""
+        return bool(self._mention_sets)
 
     def allows(self, text: str) -> bool:
         return self._run(self._s.copy(), text) is not None
@@ -552,7 +563,50 @@ class StepConstraint:
         drawn = self._drawn(s, scan) if scan is not None else frozenset()
         if drawn:
             words = tuple(w for w in words if self._canon[w] not in drawn)
+        preferred = self._preferred(s)
+        if preferred:
+            narrowed = tuple(w for w in words if self._canon[w] in preferred)
+            words = narrowed or words
         return words
+
+    def _answer_sets(self, mentions: Iterable[str]) -> tuple[frozenset[str], ...]:
+        """Per target the request names, the normalized targets that answer it: itself, its left and
+        right parts, and for a sided one its bilateral union (only those the model can draw)."""
+        from agent.phi_bank import normalize_target
+
+        known = frozenset(self._canon.values())
+        out: list[frozenset[str]] = []
+        for mention in mentions:
+            m = mention.lower()
+            side, _, base = m.partition(" ")
+            names = [m, f"left {m}", f"right {m}"] + ([base] if side in ("left", "right") else [])
+            answers = frozenset(normalize_target(n) for n in names) & known
+            if answers:
+                out.append(answers)
+        return tuple(out)
+
+    def _preferred(self, s: _State) -> frozenset[str]:
+        """Normalized targets that answer a named target no ``generate`` of the program drew yet.
+
+        Why: the commonest wrong program on freely worded requests draws a structure the request
+        never named ("is the lesion enhancing?" drawn as the left hippocampus, "the enhancing tumour"
+        as the accumbens), though the words name it in the target table. While a named target is
+        unanswered, a target slot that can draw it draws only such targets (others stay open once
+        every named target is drawn, for the ICV of a normalization or the parts of a report)."""
+        if not self._mention_sets:
+            return frozenset()
+        drawn = {t for _, t in self.generated | s.gen}
+        return frozenset().union(*(m for m in self._mention_sets if not m & drawn))
+
+    def _name_answers_mentions(self, s: _State, name: str) -> bool:
+        """A new name that spells a target (`name_targets`) is one that answers a named target, while
+        one is unanswered: the name decides the target of its ``generate`` (seen: ``lh = generate(``
+        for "how long, wide and tall is the brain?")."""
+        bound = self._name_targets.get(_NAME_SUFFIX.sub("", name))
+        if bound is None:
+            return True
+        preferred = self._preferred(s)
+        return not preferred or any(self._canon[w] in preferred for w in bound)
 
     def _measure_once(self, s: _State, sig: Signature, npos: int, arg: str) -> bool:
         """A one-argument library call (``volume(csf)``) is not repeated on the same name in a step:
@@ -766,7 +820,8 @@ class StepConstraint:
                 if val in self.functions:
                     s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None, frozenset()))
                     return True
-                if self._new_name_ok(val) and not (self.flat and val in s.step_names):
+                if (self._new_name_ok(val) and not (self.flat and val in s.step_names)
+                        and self._name_answers_mentions(s, val)):
                     s.stack = (("STMT", "assign", ()), ("TGT", "after", (val,)))
                     return True
                 return False

@@ -247,6 +247,14 @@ class DecodeSession:
     def remaining(self) -> int:
         return self.capacity - self.length
 
+    def rewind(self, length: int) -> None:
+        """Forget every position from ``length`` on (a draft the caller decodes again); the cache
+        slots beyond it are overwritten by the next ``feed``."""
+        if not 0 <= length <= self.length:
+            raise ValueError(f"cannot rewind a session of {self.length} positions to {length}")
+        self.length = length
+        del self.ids[length:]
+
     @torch.inference_mode()
     def feed(self, ids: list[int], enc_vectors: torch.Tensor | None = None,
              prompt_vector: torch.Tensor | None = None, prompt_states: torch.Tensor | None = None) -> torch.Tensor:

@@ -57,7 +57,7 @@ from agent.result_warnings import (
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
-from agent.target_mentions import mention_warnings
+from agent.target_mentions import answers_none, mention_warnings, steering_targets
 from agent.tokenizer import AgentTokenizer
 from api_schemas import AnalysisResult, AnalysisStatus, StepTrace
 from api_schemas.limits import AGENT_MAX_WALL_S
@@ -142,9 +142,9 @@ class _StepRules:
     flat: bool = True  # only the statement shape of task programs (``StepConstraint(flat=True)``)
     generated: frozenset[tuple[str, str]] = frozenset()  # (scan, target) drawn by earlier steps
 
-    def constraint(self) -> StepConstraint:
+    def constraint(self, mentions: Sequence[str] = ()) -> StepConstraint:
         return StepConstraint(self.names, self.functions, self.targets, limits=self.limits, numbers=self.numbers,
-                              volumes=self.volumes, flat=self.flat, generated=self.generated)
+                              volumes=self.volumes, flat=self.flat, generated=self.generated, mentions=mentions)
 
 
 class AgentRuntime:
@@ -165,6 +165,7 @@ class AgentRuntime:
         phi_bank: PhiBank | None = None,
         constraint_topk: int = 8,
         intent_index: IntentIndex | None = None,
+        steer_mentions: bool = True,
     ) -> None:
         """``decode_threads``: torch intra-op threads while the LM runs (restored around sandbox calls).
 
@@ -183,6 +184,8 @@ class AgentRuntime:
         ``constraint_topk``: candidates tried before scanning the whole vocabulary.
         ``intent_index``: nearest training requests (``agent.intent_check``; the checkpoint's, see
         ``from_checkpoint``): a result whose program does not fit them gets a low-confidence warning.
+        ``steer_mentions``: a step whose draws answer none of the targets the request names is decoded
+        again, steered to them (`_steer`; needs ``constrained``).
         """
         if model.cfg.vocab_size != tokenizer.vocab_size or model.cfg.mod_id != tokenizer.mod_id:
             raise ValueError("model and tokenizer do not belong together (vocabulary or special ids differ)")
@@ -197,6 +200,7 @@ class AgentRuntime:
         self.last_transcript: Transcript | None = None
         self._stop_ids = {tokenizer.step_id, tokenizer.eos_id}
         self.constrained = constrained
+        self.steer_mentions = steer_mentions
         self.phi_bank = phi_bank
         self.constraint_topk = max(1, int(constraint_topk))
         self.intent_index = intent_index
@@ -281,10 +285,14 @@ class AgentRuntime:
 
         for index in range(lim.max_steps):
             t_step = self._now()
-            constraint = (self._step_rules(executor, scans, assigned, numbers, generated).constraint()
-                          if self.constrained else None)
+            rules = self._step_rules(executor, scans, assigned, numbers, generated) if self.constrained else None
             with self._lm():
-                draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
+                at = (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis))
+                draft = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens,
+                                          rules.constraint() if rules is not None else None)
+                if rules is not None and self.steer_mentions:
+                    draft = self._steer(prompt, draft, rules, generated, at, session, logits, deadline, transcript,
+                                        lim, result)
             t_decoded = self._now()
             timings["decode"] += t_decoded - t_step
             code = tok.decode(draft.tokens)
@@ -502,6 +510,48 @@ class AgentRuntime:
                 transcript.phis.append(phi)
             logits = self.model.next_token_logits(hidden[-1])
         return _StepDraft(tokens, phis, ended=False, min_prob=min_prob)
+
+    def _steer(self, prompt: str, draft: _StepDraft, rules: _StepRules, generated: set[tuple[str, str]],
+               at: tuple[int, int, int, int], session: DecodeSession, logits: torch.Tensor, deadline: float,
+               transcript: Transcript, lim: RuntimeLimits, result: AnalysisResult) -> _StepDraft:
+        """The step again, steered to the targets the request names, when its draws answer none of them.
+
+        Why: on freely worded requests the commonest wrong program draws a structure the words never
+        named ("is the lesion enhancing?" drawn as the left hippocampus, "the enhancing tumour" as the
+        accumbens). Steering every step would also reorder right programs (a report draws the ICV
+        before the brain it names), so only a step whose ``generate`` calls, with the program's earlier
+        ones, answer no named target is decoded again, with ``StepConstraint(mentions=...)``. The
+        steered draft replaces it only if it ends as valid code; the result says so in ``warnings``."""
+        if draft.blocked is not None or not draft.ended:
+            return draft
+        _, pairs = _step_bindings(self.tokenizer.decode(draft.tokens))
+        if not pairs or not answers_none(prompt, [t for _, t in generated | pairs]):
+            return draft
+        constraint = rules.constraint(steering_targets(prompt))
+        if not constraint.steers:
+            return draft  # the model draws none of the named targets: nothing to steer to
+        first = (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis))
+        self._rewind(session, transcript, at)
+        steered = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
+        if steered.tokens == draft.tokens:
+            return draft
+        if steered.blocked is None and steered.ended:
+            named = ", ".join(steering_targets(prompt))
+            result.warnings.append(f"step {len(result.trace)} was decoded again to draw what the request names "
+                                   f"({named}): its first draft drew none of it")
+            return steered
+        self._rewind(session, transcript, at)  # keep the first draft: feed it again
+        session.feed(draft.tokens)
+        transcript.ids += draft.tokens
+        transcript.generated += [(at[1] + i, t) for i, t in enumerate(draft.tokens)]
+        transcript.phis += draft.phis
+        assert (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis)) == first
+        return draft
+
+    @staticmethod
+    def _rewind(session: DecodeSession, transcript: Transcript, at: tuple[int, int, int, int]) -> None:
+        session.rewind(at[0])
+        del transcript.ids[at[1]:], transcript.generated[at[2]:], transcript.phis[at[3]:]
 
     def _limit_reason(self, session: DecodeSession, deadline: float, lim: RuntimeLimits) -> str:
         if self._now() > deadline:

@@ -102,6 +102,47 @@ def _unmet(prompt: str, generated: Sequence[str]) -> list[str]:
     return unmet
 
 
+_SIDE_WORDS = {"left": ("left", "l", "lt"), "right": ("right", "r", "rt")}
+
+
+def steering_targets(prompt: str) -> tuple[str, ...]:
+    """The targets the request names (`request_targets`), for the decoder to draw first
+    (`agent.constrained.StepConstraint` ``mentions``); a sided mention gets its other side too when
+    the request names both sides ("left vs right hippocampus" reads as ``right hippocampus`` alone,
+    since "left" stands apart from the structure)."""
+    from vision.targets import TARGETS
+
+    named = request_targets(prompt)
+    words = set(_normalize(prompt).split())
+    out = list(named)
+    for name in named:
+        side = TARGETS[name].side
+        if side is None:
+            continue
+        other = "right" if side == "left" else "left"
+        twin = other + name[len(side):]
+        if twin in TARGETS and words & set(_SIDE_WORDS[other]):
+            out.append(twin)
+    return tuple(dict.fromkeys(out))
+
+
+def answers_none(prompt: str, targets: Iterable[str]) -> bool:
+    """The request names targets and the drawn ``targets`` (target strings, any spelling) answer
+    none of them (in `unmet_mentions`'s sense): the decoder's cue to draw again, steered."""
+    from vision.targets import UnknownTargetError, canonical_target
+
+    named = request_targets(prompt)
+    if not named:
+        return False
+    drawn = []
+    for raw in targets:
+        try:
+            drawn.append(canonical_target(raw))
+        except UnknownTargetError:
+            continue
+    return len(_unmet(prompt, drawn)) == len(named)
+
+
 def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
     """One low-confidence warning naming the targets the request names and the program missed."""
     made = generated_targets(steps)
@@ -113,4 +154,5 @@ def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
             "check that the answer is about what was asked"]
 
 
-__all__ = ["generated_targets", "mention_warnings", "request_targets", "unmet_mentions"]
+__all__ = ["answers_none", "generated_targets", "mention_warnings", "request_targets", "steering_targets",
+           "unmet_mentions"]
