@@ -3,7 +3,8 @@ programs pass their final answer through.
 
 A run that stopped is not yet a run that answered. Seen in the wild: "Here is {r}." (an f-string
 whose placeholder was never filled because the text was not an f-string), "}." (token soup),
-"Noc, the cerebellumb}." (a stray brace: no value the sandbox formats has braces, so any left in an
+"Here is the T1 scan croppedrespond(" (code in the
+text), "Noc, the cerebellumb}." (a stray brace: no value the sandbox formats has braces, so any left in an
 answer is residue of a broken f-string), "... brainstem, brainstem, brainstem ..." (a decoder stuck
 in a loop), and answers whose last step failed. Those are ``no_answer`` with the reason, never
 ``succeeded``.
@@ -17,6 +18,8 @@ PLACEHOLDER = re.compile(r"\{[A-Za-z_][A-Za-z0-9_.\[\]'\"]*(?:![rsa])?(?::[^{}]*
 CONTENT = re.compile(r"[A-Za-z]{2,}|\d")
 # one word three times in a row, whatever punctuation lies between
 LOOP = re.compile(r"\b([A-Za-z_]{3,})\b(?:\W+\1\b){2,}", re.IGNORECASE)
+# code of the program inside its own answer: a call of the control functions or a marker token
+CODE = re.compile(r"(?:encode|generate|respond|read|output|stop)\(|<(?:MOD|ENC|STEP|FB)>")
 
 
 def answer_problem(text: str) -> str | None:
@@ -34,6 +37,10 @@ def answer_problem(text: str) -> str | None:
     if brace:
         at = brace.start()
         return f"the answer has a stray brace (garbled text: {stripped[max(0, at - 30):at + 10]!r})"
+    code = CODE.search(stripped)
+    if code:
+        at = code.start()
+        return f"the answer has program code in it (garbled text: {stripped[max(0, at - 30):at + 10]!r})"
     loop = LOOP.search(stripped)
     if loop:
         return f"the answer repeats {loop.group(1)!r} (garbled text: {loop.group(0)[:60]!r})"

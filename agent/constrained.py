@@ -65,7 +65,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from agent.functions.registry import REQUIRED, LibraryFunction
+from agent.functions.registry import REQUIRED, ArgType, LibraryFunction
+from agent.functions.types import Encoding, Mask, Quantity, Record, Scan
 from agent.sandbox.formatting import spec_allowed
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.markers import MOD_TOKEN
@@ -105,6 +106,41 @@ _X0 = ("X", "op0", 0)  # a fresh expression: wants an operand, `not` allowed, no
 Frame = tuple[Any, ...]
 
 
+# What a value is, for the flat style's argument types: the library's classes by short name.
+_KIND_CLASSES: dict[str, type] = {"encoding": Encoding, "mask": Mask, "scan": Scan, "quantity": Quantity,
+                                  "number": float, "text": str, "record": Record}
+_ALL_KINDS = frozenset(_KIND_CLASSES)
+ANY_KIND = frozenset({"any"})  # a name whose value the constraint does not know (fits everywhere)
+_FIELD_KINDS = frozenset({"quantity", "number", "text", "record"})  # what an f-string field may show
+
+
+def accepted_kinds(arg_type: ArgType) -> frozenset[str]:
+    """The kinds of value a parameter of this type takes."""
+    return frozenset(k for k, cls in _KIND_CLASSES.items() if issubclass(cls, arg_type.classes)
+                     and not (arg_type.exclude and issubclass(cls, arg_type.exclude)))
+
+
+def returned_kinds(returns: str) -> frozenset[str]:
+    """The kinds a library function's ``returns`` text names (``"scan or mask"``: both; ``"None"``: none)."""
+    words = set(re.findall(r"[a-z]+", returns.lower()))
+    if "none" in words:
+        return frozenset({"none"})
+    return frozenset(words & set(_KIND_CLASSES)) or ANY_KIND
+
+
+def value_kinds(value: Any) -> frozenset[str]:
+    """The kinds of a value of the sandbox's environment (`StepConstraint`'s ``kinds``)."""
+    if isinstance(value, bool):
+        return ANY_KIND
+    if isinstance(value, int):
+        return frozenset({"number"})
+    return frozenset(k for k, cls in _KIND_CLASSES.items() if isinstance(value, cls)) or ANY_KIND
+
+
+def _fits(kinds: frozenset[str], accepted: frozenset[str] | None) -> bool:
+    return accepted is None or "any" in kinds or bool(kinds & accepted)
+
+
 @dataclass(frozen=True)
 class Signature:
     """How a library function binds its arguments, and which ones are volumes or targets."""
@@ -115,13 +151,22 @@ class Signature:
     variadic: int | None  # index of the *param (takes every remaining positional argument)
     volume: frozenset[str] = frozenset()
     target: frozenset[str] = frozenset()
+    kinds: tuple[frozenset[str], ...] = ()  # per parameter, the kinds it takes (empty: not known)
+    returns: frozenset[str] = ANY_KIND
 
     @classmethod
     def of(cls, fn: LibraryFunction) -> "Signature":
         variadic = next((i for i, p in enumerate(fn.params) if p.variadic), None)
         return cls(fn.name, tuple(p.name for p in fn.params),
                    frozenset(p.name for p in fn.params if not p.variadic and p.default is REQUIRED), variadic,
-                   VOLUME_PARAMS.get(fn.name, frozenset()), TARGET_PARAMS.get(fn.name, frozenset()))
+                   VOLUME_PARAMS.get(fn.name, frozenset()), TARGET_PARAMS.get(fn.name, frozenset()),
+                   tuple(accepted_kinds(p.type) for p in fn.params), returned_kinds(fn.returns))
+
+    def accepts(self, param: str | None) -> frozenset[str] | None:
+        """The kinds ``param`` takes (None: any value, as far as this signature knows)."""
+        if param is None or not self.kinds:
+            return None
+        return self.kinds[self.params.index(param)]
 
     def role(self, param: str) -> str:
         return "vol" if param in self.volume else "target" if param in self.target else "expr"
@@ -204,7 +249,7 @@ class InvalidContinuation(ValueError):
 
 class _State:
     __slots__ = ("stack", "pend", "step_names", "vars", "varset", "load", "nstmt", "calls", "depth", "chars", "tail",
-                 "gen", "once")
+                 "gen", "once", "kinds", "rhs")
 
     stack: tuple[Frame, ...]
     pend: tuple[str, str] | None
@@ -219,13 +264,15 @@ class _State:
     tail: str
     gen: frozenset[tuple[str, str]]  # (scan, normalized target) drawn by generate() in this step
     once: frozenset[tuple[str, str]]  # (function, argument) of the one-argument measurements of this step
+    kinds: dict[str, frozenset[str]]  # kinds of the names this step assigned (replaced, never mutated)
+    rhs: frozenset[str]  # kinds of the value the open assignment gives its name
 
     def copy(self) -> "_State":
         other = object.__new__(_State)
         other.stack, other.pend, other.step_names, other.vars = self.stack, self.pend, self.step_names, self.vars
         other.varset, other.load, other.nstmt, other.calls = self.varset, self.load, self.nstmt, self.calls
         other.depth, other.chars, other.tail, other.gen = self.depth, self.chars, self.tail, self.gen
-        other.once = self.once
+        other.once, other.kinds, other.rhs = self.once, self.kinds, self.rhs
         return other
 
 
@@ -318,7 +365,7 @@ class StepConstraint:
                  targets: Iterable[str], *, limits: SandboxLimits | None = None,
                  numbers: Iterable[str] | None = None, volumes: Iterable[str] | None = None,
                  flat: bool = False, generated: Iterable[tuple[str, str]] = (),
-                 mentions: Iterable[str] = ()) -> None:
+                 mentions: Iterable[str] = (), kinds: Mapping[str, frozenset[str]] | None = None) -> None:
         from agent.phi_bank import normalize_target
 
         self.limits = limits or SandboxLimits()
@@ -335,6 +382,8 @@ class StepConstraint:
         self.generated = frozenset((scan, normalize_target(t)) for scan, t in generated)
         self._name_targets = name_targets(self.targets)
         self._mention_sets = self._answer_sets(mentions)
+        # kinds of the names defined before the step (flat style checks argument types against them)
+        self.kinds: dict[str, frozenset[str]] = dict(kinds or {})
         sigs = signatures(functions)
         if not self.targets:
             sigs.pop("generate", None)  # a call whose target slot has no valid value is a dead end
@@ -349,6 +398,7 @@ class StepConstraint:
         s.nstmt = s.calls = s.depth = s.chars = 0
         s.tail = ""
         s.gen = s.once = frozenset()
+        s.kinds, s.rhs = {}, ANY_KIND
         self._define(s, ())
         self._s = s
         self._fed: list[str] = []
@@ -598,6 +648,15 @@ class StepConstraint:
         drawn = {t for _, t in self.generated | s.gen}
         return frozenset().union(*(m for m in self._mention_sets if not m & drawn))
 
+    def _name_drawable(self, s: _State, name: str) -> bool:
+        """A new name that spells a target names a mask still to draw: its target is not drawn on
+        every scan yet (seen: ``csf_2 = generate(e, `` after ``csf = ...``, with no scan left to
+        draw the CSF on, so the step was a dead end)."""
+        bound = self._name_targets.get(_NAME_SUFFIX.sub("", name))
+        if bound is None or not self.volume_names:
+            return True
+        return any(self._canon[w] not in self._drawn(s, scan) for scan in self.volume_names for w in bound)
+
     def _name_answers_mentions(self, s: _State, name: str) -> bool:
         """A new name that spells a target (`name_targets`) is one that answers a named target, while
         one is unanswered: the name decides the target of its ``generate`` (seen: ``lh = generate(``
@@ -705,11 +764,10 @@ class StepConstraint:
                 return any(v.startswith(word) for v in self._volume_vars(s) if v not in taken
                            and (top[1] != "generate" or self._generate_volume_ok(s, v)))
             if role == "expr" and self.flat:
-                measured = self._measured(s, sig, npos)
-                if measured and not any(v.startswith(word) for v in s.vars if v not in measured):
-                    return (_prefix_in(_CONSTANT_WORDS, word)
-                            or _prefix_in(self._nested.get(top[1], ()), word))
-                return self._flat_name(s, top, word, prefix=True)
+                measured, accepted = self._measured(s, sig, npos), sig.accepts(param)
+                constants = _prefix_in(_CONSTANT_WORDS, word) and (accepted is None or accepted >= _ALL_KINDS)
+                return (any(v not in measured for v in self._names_fitting(s, word, accepted))
+                        or constants or _prefix_in(self._nested.get(top[1], ()), word))
             return role == "expr" and (_prefix_in(s.load, word) or "not".startswith(word))
         if tag == "STMT":
             return st == "start" and (_prefix_in(self._func_words, word) or self._new_prefix_ok(word))
@@ -749,10 +807,11 @@ class StepConstraint:
         tag = parent[0]
         if tag not in ("RHS", "FIELD", "CALL"):
             return False
+        if tag == "FIELD":  # a defined name whose value prints as text (never a mask or an encoding)
+            return (any(self._names_fitting(s, word, _FIELD_KINDS)) if prefix
+                    else word in s.varset and _fits(self._kinds_of(s, word), _FIELD_KINDS))
         if _prefix_in(s.vars, word) if prefix else word in s.varset:  # a defined name stands anywhere
             return True
-        if tag == "FIELD":
-            return False
         return found(_CONSTANT_WORDS) or found(self._func_words if tag == "RHS" else self._nested.get(parent[1], ()))
 
     def _flat_operand(self, s: _State, top: Frame, kind: str, val: Any) -> bool:
@@ -761,6 +820,13 @@ class StepConstraint:
         parent = s.stack[-2]
         if st != "op0":
             return False
+        if parent[0] == "CALL" and kind != "N":  # a literal argument: its kind must fit the parameter
+            sig = self.functions[parent[1]]
+            literal = frozenset({"number"}) if kind == "NUM" else frozenset({"text"})
+            if not _fits(literal, sig.accepts(None if parent[4] else sig.positional(parent[3] - 1))):
+                return False
+        if parent[0] == "RHS":
+            s.rhs = self._operand_kinds(s, kind, val)
         if kind == "N":
             if not self._flat_name(s, parent, val, prefix=False):
                 return False
@@ -779,6 +845,34 @@ class StepConstraint:
             s.stack = s.stack[:-1] + (("X", "dns", phase), ("FSTR", val, 0, None))
             return True
         return False
+
+    def _kinds_of(self, s: _State, name: str) -> frozenset[str]:
+        return s.kinds.get(name) or self.kinds.get(name) or ANY_KIND
+
+    def _names_fitting(self, s: _State, prefix: str, accepted: frozenset[str] | None) -> Iterable[str]:
+        """Defined names starting with ``prefix`` whose kinds fit ``accepted``."""
+        for name in s.vars[bisect.bisect_left(s.vars, prefix):]:
+            if not name.startswith(prefix):
+                return
+            if _fits(self._kinds_of(s, name), accepted):
+                yield name
+
+    def _operand_fits(self, s: _State, name: str, accepted: frozenset[str] | None) -> bool:
+        """Flat style: a name as an argument is a value of a kind the parameter takes (seen:
+        ``volume(v)`` of a number, ``asymmetry(lesion, "lesion")``, ``volume(e)`` of an encoding)."""
+        if name in _CONSTANTS:  # None/True/False: only where any value goes (task programs pass none)
+            return accepted is None or accepted >= _ALL_KINDS
+        if name in self.functions:  # a nested call (``respond(capabilities())``): what it returns
+            return _fits(self.functions[name].returns, accepted)
+        return _fits(self._kinds_of(s, name), accepted)
+
+    def _operand_kinds(self, s: _State, kind: str, val: Any) -> frozenset[str]:
+        """The kinds of a flat operand: a call's result, a name's value or a literal."""
+        if kind == "N":
+            if val in self.functions:
+                return self.functions[val].returns
+            return ANY_KIND if val in _CONSTANTS else self._kinds_of(s, val)
+        return frozenset({"number"}) if kind == "NUM" else frozenset({"text"})
 
     def _new_name_ok(self, word: str) -> bool:
         return (self._new_prefix_ok(word) and word.isidentifier() and not keyword.iskeyword(word)
@@ -821,7 +915,7 @@ class StepConstraint:
                     s.stack = (("STMT", "call", val), ("CALL", val, "open", 0, frozenset(), None, frozenset()))
                     return True
                 if (self._new_name_ok(val) and not (self.flat and val in s.step_names)
-                        and self._name_answers_mentions(s, val)):
+                        and self._name_answers_mentions(s, val) and self._name_drawable(s, val)):
                     s.stack = (("STMT", "assign", ()), ("TGT", "after", (val,)))
                     return True
                 return False
@@ -832,6 +926,9 @@ class StepConstraint:
             return False
         s.nstmt += 1
         if st == "assign":
+            if len(top[2]) == 1:
+                s.kinds = {**s.kinds, top[2][0]: s.rhs}
+            s.rhs = ANY_KIND
             self._define(s, top[2])
             s.stack = (("STMT", "start", None),)
         else:  # a call statement; nothing may follow stop()
@@ -948,7 +1045,7 @@ class StepConstraint:
                     fits = (role == "vol" and self._volume_ok(s, val, taken)
                             and (name != "generate" or self._generate_volume_ok(s, val))) or (
                         role == "expr" and self._flat_name(s, top, val, prefix=False)
-                        and self._measure_once(s, sig, npos, val))
+                        and self._operand_fits(s, val, sig.accepts(param)) and self._measure_once(s, sig, npos, val))
                 else:
                     operand = val in s.varset or val in self.functions or val in _CONSTANTS or val == "not"
                     fits = (val in sig.keyword_names(npos, kws) or (role == "vol" and self._volume_ok(s, val, taken))

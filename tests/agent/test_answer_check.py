@@ -24,6 +24,9 @@ def test_answer_problem():
     # twice is language, not a loop; values the sandbox formats carry no braces
     assert answer_problem("CSF, CSF volume and the pallidum, pallidum ratio.") is None
     assert answer_problem("The extents are left_right=78.0 mm, anterior_posterior=85.0 mm.") is None
+    assert "program code" in answer_problem("Here is the T1 scan croppedrespond(")
+    assert "program code" in answer_problem("The lesion <MOD> is 3 mL.")
+    assert answer_problem("Brain volume: 1203.4 mL (0.81 of ICV); read (as asked) from the output.") is None
 
 
 def run_with(tokenizer, random_model, outcomes):

@@ -325,13 +325,15 @@ def test_the_runtime_takes_volumes_from_the_scans_and_the_images_of_the_env(tmp_
     from tests.sandbox.conftest import phantom
 
     sandbox = Sandbox({"t1": phantom("T1")}, client=None, output_dir=tmp_path)
-    sandbox.execute_step('r = 3\n')
+    assert sandbox.execute_step('r = threshold(t1, 100)\nn = 3\n').error is None
     rules = AgentRuntime._step_rules(_bare_runtime(), sandbox,
                                      SCANS, set(), request_numbers("margin 3 mm"))
     assert rules.volumes is not None and "t1" in rules.volumes and "r" not in rules.volumes
     assert rules.numbers == request_numbers("margin 3 mm")
+    assert rules.kinds is not None and rules.kinds["r"] == {"mask"} and rules.kinds["n"] == {"number"}
     c = rules.constraint()
     assert not c.allows("c = crop(t1, r, 4") and c.allows("c = crop(t1, r, 3")
+    assert not c.allows("c = crop(t1, n, 3")  # the env's number is no mask
     assert c.flat and not c.allows("c = crop(t1, mask=")  # the runtime decodes in the flat style
 
 

@@ -133,6 +133,10 @@ def test_a_step_that_draws_nothing_named_is_decoded_again_steered(tokenizer, ran
     assert [code for code, _ in executor.calls] == [ENCODE, RIGHT]
     assert result.status == "succeeded"
     assert any("decoded again" in w and "lesion" in w for w in result.warnings)
+    # the phi at the steered generate's <MOD> was emitted before the target string: the bank's is used
+    (phi,) = executor.calls[1][1]
+    torch.testing.assert_close(phi, torch.from_numpy(runtime.phi_bank.generate_phi("lesion")))
+    assert not any("far from the one" in w for w in result.warnings)
     # the transcript is what a from-scratch forward of the final sequence sees: no trace of the draft
     tr = runtime.last_transcript
     assert tokenizer.decode(tr.ids).count("left hippocampus") == 0

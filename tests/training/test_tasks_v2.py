@@ -93,8 +93,9 @@ def test_generate_targets_are_canonical_names_of_vision_targets(source):
 
 
 def test_every_v2_ground_truth_step_passes_the_runtime_constraint(source, bank):
-    """The decoder's constraint (flat shape, grounded numbers, name-bound targets) refuses no v2 program."""
-    from agent.constrained import StepConstraint, request_numbers, target_strings
+    """The decoder's constraint (flat shape, grounded numbers, name-bound targets, argument kinds read
+    from the sandbox's environment as the runtime reads them) refuses no v2 program."""
+    from agent.constrained import StepConstraint, request_numbers, target_strings, value_kinds
     from agent.functions import default_registry
     from agent.runtime import _step_bindings
 
@@ -103,14 +104,14 @@ def test_every_v2_ground_truth_step_passes_the_runtime_constraint(source, bank):
     for i in range(3 * len(FAMILIES)):
         name = sorted(FAMILIES)[i % len(FAMILIES)]
         sample, case = sample_task(1500 + i, name, labels=source)
-        names, generated = set(case.scans), set()
+        box = Sandbox(case.scans, client=OracleVisionClient(case, bank), phi_bank=bank)
+        generated: set[tuple[str, str]] = set()
         for step in sample.steps:
-            c = StepConstraint(names, registry, targets, numbers=request_numbers(sample.prompt), flat=True,
-                               generated=generated)
+            c = StepConstraint(set(box.env), registry, targets, numbers=request_numbers(sample.prompt), flat=True,
+                               generated=generated, kinds={k: value_kinds(v) for k, v in box.env.items()})
             assert c.try_feed(step) and c.complete(), (name, step)
-            assigned, pairs = _step_bindings(step)
-            names |= assigned
-            generated |= pairs
+            assert box.execute_step(step).error is None, (name, step)
+            generated |= _step_bindings(step)[1]
             steps += 1
     assert steps > 3 * len(FAMILIES)
 
