@@ -3,10 +3,10 @@ programs pass their final answer through.
 
 A run that stopped is not yet a run that answered. Seen in the wild: "Here is {r}." (an f-string
 whose placeholder was never filled because the text was not an f-string), "}." (token soup),
-"Here is the T1 scan croppedrespond(" (code in the
-text), "Noc, the cerebellumb}." (a stray brace: no value the sandbox formats has braces, so any left in an
-answer is residue of a broken f-string), "... brainstem, brainstem, brainstem ..." (a decoder stuck
-in a loop), and answers whose last step failed. Those are ``no_answer`` with the reason, never
+"Here is the T1 scan croppedrespond(" (program code in the text), "Noc, the cerebellumb}." (a
+stray brace: no value the sandbox formats has braces, so any left in an answer is residue of a
+broken f-string), "... brainstem, brainstem, brainstem ..." (a decoder stuck in a loop), and
+answers whose last step failed. Those are ``no_answer`` with the reason, never
 ``succeeded``.
 """
 from __future__ import annotations

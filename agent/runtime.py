@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -549,7 +550,16 @@ class AgentRuntime:
             return draft  # the model draws none of the named targets: nothing to steer to
         first = (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis))
         self._rewind(session, transcript, at)
+        opening = self._steered_opening(prompt, self.tokenizer.decode(draft.tokens), rules, bank)
+        forced: list[int] = []
+        if opening and constraint.try_feed(opening):
+            forced = self.tokenizer.encode(opening)
+            for tid in forced:  # one at a time, as decoding feeds them
+                hidden = session.feed([tid])
+                transcript.ids.append(tid)
+            logits = self.model.next_token_logits(hidden[-1])
         steered = self._decode_step(session, logits, deadline, transcript, lim.max_step_tokens, constraint)
+        steered.tokens = forced + steered.tokens
         if steered.tokens == draft.tokens:
             return draft
         if steered.blocked is None and steered.ended:
@@ -568,6 +578,23 @@ class AgentRuntime:
         transcript.phis += draft.phis
         assert (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis)) == first
         return draft
+
+    @staticmethod
+    def _steered_opening(prompt: str, first_code: str, rules: _StepRules, bank: PhiBank) -> str:
+        """``name = generate(`` for the first named target the bank has, where the first draft opened
+        with a ``generate``; the steered draft starts with it.
+
+        Why: the model picks the variable before the target, and the name then decides the target
+        and the words of the answer. Refusing the name it wanted leaves it to invent another (seen:
+        ``accumbens1outputwm_15outputwm0_1 = generate(..., "enhancing tumor")``); given the name of
+        the named target, it writes the rest of the program about that target."""
+        if not re.match(r"[A-Za-z_]\w* = generate\(", first_code):
+            return ""
+        for target in steering_targets(prompt):
+            name = re.sub(r"[^a-z0-9]+", "_", target.lower()).strip("_")
+            if bank.supports(target) and name.isidentifier() and name not in rules.names:
+                return f"{name} = generate("
+        return ""
 
     @staticmethod
     def _rewind(session: DecodeSession, transcript: Transcript, at: tuple[int, int, int, int]) -> None:

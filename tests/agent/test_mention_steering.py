@@ -17,7 +17,7 @@ from vision.targets import TARGETS
 
 ENCODE = "e = encode(t1<MOD>)\nread(e)"
 WRONG = 'x = generate(e, t1<MOD>, "left hippocampus")\nv = volume(x)\nrespond(f"The volume is {v}.")\nstop()'
-RIGHT = 'x = generate(e, t1<MOD>, "lesion")\nv = volume(x)\nrespond(f"The volume is {v}.")\nstop()'
+RIGHT = 'lesion = generate(e, t1<MOD>, "lesion")\nv = volume(lesion)\nrespond(f"The volume is {v}.")\nstop()'
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +83,7 @@ class TwoChoiceModel(VoxAgentModel):
 
     def __init__(self, cfg, tokenizer, steps: list[tuple[str, str]]):
         super().__init__(cfg)
-        end = [tokenizer.step_id]
-        self.choices = [(tokenizer.encode(a) + end, tokenizer.encode(b) + end) for a, b in steps]
+        self.tokenizer, self.steps = tokenizer, steps
         self.session = None
         self.boundaries: list[int] = []
 
@@ -102,17 +101,30 @@ class TwoChoiceModel(VoxAgentModel):
         self.session = session
         return session
 
+    def _next(self, text: str, partial: str) -> int | None:
+        if text == partial:
+            return self.tokenizer.step_id
+        if not text.startswith(partial):
+            return None
+        best = None
+        for n in range(1, len(text) - len(partial) + 1):  # the longest piece whose text continues it
+            ids = self.tokenizer.encode(text[len(partial):len(partial) + n])
+            if len(ids) == 1:
+                best = ids[0]
+        return best
+
     def next_token_logits(self, hidden_last):
         super().next_token_logits(hidden_last)
         logits = torch.zeros(self.cfg.vocab_size)
         step = len(self.boundaries) - 1
-        if step >= len(self.choices):
+        if step >= len(self.steps):
             logits[self.cfg.eos_id] = 30.0
             return logits
-        partial = self.session.ids[self.boundaries[-1]:]
-        for text, margin in zip(self.choices[step], (30.0, 20.0)):
-            if text[:len(partial)] == partial and len(text) > len(partial) and not logits[text[len(partial)]]:
-                logits[text[len(partial)]] = margin
+        partial = self.tokenizer.decode(self.session.ids[self.boundaries[-1]:])
+        for text, margin in zip(self.steps[step], (30.0, 20.0)):
+            tid = self._next(text, partial)
+            if tid is not None and not logits[tid]:
+                logits[tid] = margin
         return logits
 
 
@@ -130,6 +142,7 @@ def _runtime(tokenizer, random_model, steps, **kwargs):
 def test_a_step_that_draws_nothing_named_is_decoded_again_steered(tokenizer, random_model):
     runtime, executor = _runtime(tokenizer, random_model, [(ENCODE, ENCODE), (WRONG, RIGHT)])
     result = runtime.run("How large is the lesion?", SCANS[:1])
+    # the steered draft opens with the named target's variable (forced), and the model writes the rest
     assert [code for code, _ in executor.calls] == [ENCODE, RIGHT]
     assert result.status == "succeeded"
     assert any("decoded again" in w and "lesion" in w for w in result.warnings)
