@@ -67,7 +67,7 @@ from agent.result_warnings import (
 from agent.sandbox.limits import SandboxLimits
 from agent.sandbox.outcome import StepOutcome
 from agent.state import ScanInfo, as_scan_infos, feedback_tokens, initial_state_ids, vector_feedback_label
-from agent.target_mentions import answers_none, mention_warnings, steering_targets
+from agent.target_mentions import answer_mention_warnings, answers_none, mention_warnings, steering_targets
 from agent.tokenizer import AgentTokenizer
 from api_schemas import AnalysisResult, AnalysisStatus, StepTrace
 from api_schemas.limits import AGENT_MAX_WALL_S
@@ -345,7 +345,11 @@ class AgentRuntime:
                 result.warnings += failed_step_warnings(result.trace)
                 result.warnings += low_confidence_warnings(result.trace)
                 result.warnings += self._intent_warnings(prompt, prompt_vector, result.trace, executor)
-                result.warnings += mention_warnings(prompt, [t.code for t in result.trace if t.error is None])
+                ran = [t.code for t in result.trace if t.error is None]
+                result.warnings += mention_warnings(prompt, ran)
+                answer_words = [r for r in responses if not any(c in r for c in (CAPABILITIES, CAPABILITIES_V2))]
+                result.warnings += answer_mention_warnings(" ".join(answer_words + [o.name for o in result.outputs]),
+                                                           ran)
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
                            answer_problem(" ".join(responses))
                            or ungrounded_problem(responses, bool(result.metrics or result.outputs), read_texts,

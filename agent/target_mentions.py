@@ -143,6 +143,25 @@ def answers_none(prompt: str, targets: Iterable[str]) -> bool:
     return len(_unmet(prompt, drawn)) == len(named)
 
 
+def answer_mention_warnings(answer: str, steps: Sequence[str]) -> list[str]:
+    """One low-confidence warning when the answer's words name a target that no step segmented.
+
+    Why: a program steered to the right target can still word its answer after the wrong one (seen:
+    the gray matter drawn and output as "cerebral white matter", "Here is the segmentation of the
+    cerebral white matter."). Hemispheres are left out: ``hemisphere()`` answers name them without
+    drawing them."""
+    named = [t for t in request_targets(answer) if not t.endswith(" hemisphere")]
+    if not named:
+        return []
+    made = generated_targets(steps)
+    unmet = [t for t in _unmet(answer, made) if t in named]
+    if not unmet:
+        return []
+    return [f"the answer names the {', the '.join(unmet)}, but no step that ran segmented "
+            f"{'it' if len(unmet) == 1 else 'them'} (segmented: {', '.join(made) or 'nothing'}): low confidence, "
+            "check that the answer is about what was segmented"]
+
+
 def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
     """One low-confidence warning naming the targets the request names and the program missed."""
     made = generated_targets(steps)
@@ -154,5 +173,5 @@ def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
             "check that the answer is about what was asked"]
 
 
-__all__ = ["answers_none", "generated_targets", "mention_warnings", "request_targets", "steering_targets",
-           "unmet_mentions"]
+__all__ = ["answer_mention_warnings", "answers_none", "generated_targets", "mention_warnings", "request_targets",
+           "steering_targets", "unmet_mentions"]

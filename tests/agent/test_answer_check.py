@@ -60,8 +60,9 @@ def test_retried_steps_become_warnings_of_a_real_answer(tokenizer, random_model)
     result = run_with(tokenizer, random_model, outcomes)
     assert result.status == "succeeded" and result.text == "The brain measures 1200 mL."
     # SCANS' FLAIR has 5 mm slices; the scripted steps never segment the brain the prompt names
-    thick, retried, unmet = result.warnings
+    thick, retried, unmet, answer = result.warnings
     assert unmet.startswith("the request names the brain")
+    assert answer.startswith("the answer names the brain")
     assert thick.startswith("scan flair has 0.9x0.9x5 mm voxels")
     assert retried == "step 0 failed and the agent went on: name 'left_b' is not defined"
 
