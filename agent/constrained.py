@@ -336,7 +336,7 @@ def _snake(text: str) -> str:
 
 
 _SIDE_EFFECT_CALLS = frozenset({"read", "respond"})  # the one-argument calls made for their effect
-_NAME_SUFFIX = re.compile(r"_\d+$")
+_NAME_SUFFIX = re.compile(r"(?:_?\d+)+$")  # lesion_2, left_hippocampus12, csf_225_1: the same target
 
 
 def _taken_volumes(call: Frame) -> frozenset[str]:
