@@ -21,7 +21,7 @@ _FOLDS = (("grey", "gray"), ("tumour", "tumor"), ("oedema", "edema"), ("hippocam
           ("thalami", "thalamus"), ("amygdalae", "amygdala"), ("hemispheres", "hemisphere"))
 # synonyms that are also words of a task ("is there enhancement?" asks about a lesion's signal)
 _NOT_MENTIONS = frozenset({"enhancement"})
-_SIDE = re.compile(r"\b(left|right|side|sided|hemisphere|l|r)\b")
+_SIDE = re.compile(r"\b(left|right|side|sided|hemisphere|l|r|lt|rt)\b")
 # a generic word: a mention of it counts only where the request names nothing else
 _GENERIC = "brain"
 
@@ -128,8 +128,9 @@ def steering_targets(prompt: str) -> tuple[str, ...]:
 
 def answers_none(prompt: str, targets: Iterable[str]) -> bool:
     """The request names targets and the drawn ``targets`` (target strings, any spelling) answer
-    none of them (in `unmet_mentions`'s sense): the decoder's cue to draw again, steered."""
-    from vision.targets import UnknownTargetError, canonical_target
+    none of them: none is drawn whole, by its parts together or by one of its sides. The decoder's
+    cue to draw again, steered."""
+    from vision.targets import TARGETS, UnknownTargetError, canonical_target
 
     named = request_targets(prompt)
     if not named:
@@ -140,7 +141,15 @@ def answers_none(prompt: str, targets: Iterable[str]) -> bool:
             drawn.append(canonical_target(raw))
         except UnknownTargetError:
             continue
-    return len(_unmet(prompt, drawn)) == len(named)
+    made = [TARGETS[d].labels for d in drawn if d in TARGETS]
+    union = frozenset().union(*made) if made else frozenset()
+    for name in named:
+        want = TARGETS[name].labels
+        # answered: drawn whole (or by its parts together), or one side of it drawn, whatever words
+        # the request used for the side ("lt cerebellar white matter" names no side the table knows)
+        if want <= union or any(d in (f"left {name}", f"right {name}") for d in drawn):
+            return False
+    return True
 
 
 def answer_mention_warnings(answer: str, steps: Sequence[str]) -> list[str]:

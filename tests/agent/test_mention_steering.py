@@ -189,3 +189,24 @@ def test_a_steered_draft_that_does_not_end_keeps_the_first(tokenizer, random_mod
     assert len(tr.phis) == 2 and tokenizer.decode(tr.ids).count("left hippocampus") == 1
     # the session holds the first draft again, position for position
     assert runtime.model.session.ids == tr.ids[:len(runtime.model.session.ids)]
+
+
+def test_one_side_of_a_named_structure_answers_it_whatever_the_side_words():
+    # held-out wordings: the table reads "lt cerebellar white matter" as the bilateral structure
+    assert not answers_none("average brightness within lt cerebellar white matter",
+                            ["left cerebellum white matter"])
+    assert not answers_none("Show only rt nucleus accumbens", ["right accumbens"])
+    assert answers_none("How long, wide and tall is the brain?", ["left hemisphere"])  # no side of it
+
+
+def test_an_answer_naming_what_no_step_segmented_is_flagged():
+    from agent.target_mentions import answer_mention_warnings
+
+    steps = ['gray_matter = generate(e, t1<MOD>, "gray matter")\noutput(gray_matter, "cerebral white matter")']
+    (warning,) = answer_mention_warnings("Here is the segmentation of the cerebral white matter.", steps)
+    assert "cerebral white matter" in warning and "gray matter" in warning
+    assert answer_mention_warnings("Here is the segmentation of the gray matter.", steps) == []
+    both = ['l = generate(e, t1<MOD>, "left hippocampus")\nr = generate(e, t1<MOD>, "right hippocampus")']
+    assert answer_mention_warnings("The hippocampus asymmetry index is 0.02.", both) == []  # its parts
+    lesion = ['m = generate(e, t1<MOD>, "lesion")']
+    assert answer_mention_warnings("The lesion is in the left hemisphere.", lesion) == []
