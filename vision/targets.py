@@ -82,8 +82,13 @@ def _build() -> dict[str, Target]:
     for name, label in _MIDLINE.items():
         add(name, [label], synonyms=("brainstem", "brain stem") if name == "brain-stem" else
             ("sulcal csf", "extracerebral csf") if label == 24 else ())
+    # clinicians' names of the same structures ("cortical gray matter" is the cerebral cortex, not all
+    # gray matter; "cerebellar grey matter" the cerebellar cortex), as the training prompts word them
     syn = {"accumbens": ("nucleus accumbens", "accumbens area"), "ventral DC": ("ventral diencephalon",),
-           "cerebellum cortex": ("cerebellar cortex",), "cerebellum white matter": ("cerebellar white matter",)}
+           "cerebellum cortex": ("cerebellar cortex", "cerebellar gray matter", "cerebellar grey matter"),
+           "cerebellum white matter": ("cerebellar white matter", "cerebellar wm"),
+           "cerebral cortex": ("cortical gray matter", "cortical grey matter", "cortical gm", "neocortex"),
+           "cerebral white matter": ("cerebral wm",)}
     for base in ("hippocampus", "thalamus", "caudate", "putamen", "pallidum", "amygdala", "accumbens",
                  "ventral DC", "cerebellum white matter", "cerebellum cortex", "cerebral white matter",
                  "cerebral cortex"):
