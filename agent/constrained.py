@@ -326,12 +326,13 @@ def name_targets(targets: frozenset[str]) -> dict[str, tuple[str, ...]]:
         by_canon.setdefault(normalize_target(t), set()).add(t.lower())
     by_name: dict[str, set[str]] = {}
     for t in targets:
-        by_name.setdefault(_snake(t), set()).add(normalize_target(t))
+        by_name.setdefault(snake_case(t), set()).add(normalize_target(t))
     return {name: tuple(sorted(by_canon[next(iter(canon))])) for name, canon in by_name.items()
             if name and len(canon) == 1}
 
 
-def _snake(text: str) -> str:
+def snake_case(text: str) -> str:
+    """A target as a variable name would spell it (``left ventral DC`` -> ``left_ventral_dc``)."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
@@ -652,7 +653,7 @@ class StepConstraint:
         """A new name that spells a target names a mask still to draw: its target is not drawn on
         every scan yet (seen: ``csf_2 = generate(e, `` after ``csf = ...``, with no scan left to
         draw the CSF on, so the step was a dead end)."""
-        bound = self._name_targets.get(_NAME_SUFFIX.sub("", name))
+        bound = self._bound_targets(name)
         if bound is None or not self.volume_names:
             return True
         return any(self._canon[w] not in self._drawn(s, scan) for scan in self.volume_names for w in bound)
@@ -661,7 +662,7 @@ class StepConstraint:
         """A new name that spells a target (`name_targets`) is one that answers a named target, while
         one is unanswered: the name decides the target of its ``generate`` (seen: ``lh = generate(``
         for "how long, wide and tall is the brain?")."""
-        bound = self._name_targets.get(_NAME_SUFFIX.sub("", name))
+        bound = self._bound_targets(name)
         if bound is None:
             return True
         preferred = self._preferred(s)
@@ -694,9 +695,12 @@ class StepConstraint:
         """The target strings this statement may draw: all of them, or those its assigned name spells."""
         stmt = s.stack[0]
         if stmt[0] == "STMT" and stmt[1] == "assign" and len(stmt[2]) == 1:
-            name = _NAME_SUFFIX.sub("", stmt[2][0])
-            return self._name_targets.get(name, self._target_words)
+            return self._bound_targets(stmt[2][0]) or self._target_words
         return self._target_words
+
+    def _bound_targets(self, name: str) -> tuple[str, ...] | None:
+        """The target strings a variable name stands for (`name_targets`, digit suffixes dropped), or None."""
+        return self._name_targets.get(_NAME_SUFFIX.sub("", name))
 
     def _fstr_char(self, s: _State, top: Frame, ch: str) -> bool:
         _, quote, n, brace = top
@@ -822,7 +826,7 @@ class StepConstraint:
             return False
         if parent[0] == "CALL" and kind != "N":  # a literal argument: its kind must fit the parameter
             sig = self.functions[parent[1]]
-            literal = frozenset({"number"}) if kind == "NUM" else frozenset({"text"})
+            literal = self._operand_kinds(s, kind, val)
             if not _fits(literal, sig.accepts(None if parent[4] else sig.positional(parent[3] - 1))):
                 return False
         if parent[0] == "RHS":

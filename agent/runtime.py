@@ -46,6 +46,7 @@ from agent.constrained import (
     StepConstraint,
     request_numbers,
     signatures,
+    snake_case,
     target_strings,
     token_texts,
     value_kinds,
@@ -546,15 +547,17 @@ class AgentRuntime:
         still says what the first draft meant (seen: cosine 0.16 to the bank's "brain")."""
         if draft.blocked is not None or not draft.ended:
             return draft
-        _, pairs = _step_bindings(self.tokenizer.decode(draft.tokens))
+        code = self.tokenizer.decode(draft.tokens)
+        _, pairs = _step_bindings(code)
         if not pairs or not answers_none(prompt, [t for _, t in generated | pairs]):
             return draft
-        constraint = rules.constraint(steering_targets(prompt))
+        named = steering_targets(prompt)
+        constraint = rules.constraint(named)
         if not constraint.steers:
             return draft  # the model draws none of the named targets: nothing to steer to
         first = (session.length, len(transcript.ids), len(transcript.generated), len(transcript.phis))
         self._rewind(session, transcript, at)
-        opening = self._steered_opening(prompt, self.tokenizer.decode(draft.tokens), rules, bank)
+        opening = self._steered_opening(named, code, rules, bank)
         forced: list[int] = []
         if opening and constraint.try_feed(opening):
             forced = self.tokenizer.encode(opening)
@@ -567,9 +570,8 @@ class AgentRuntime:
         if steered.tokens == draft.tokens:
             return draft
         if steered.blocked is None and steered.ended:
-            named = ", ".join(steering_targets(prompt))
             result.warnings.append(f"step {len(result.trace)} was decoded again to draw what the request names "
-                                   f"({named}): its first draft drew none of it")
+                                   f"({', '.join(named)}): its first draft drew none of it")
             for i, (func, target) in enumerate(mod_sites(self.tokenizer.decode(steered.tokens))):
                 if func == "generate" and target is not None and bank.supports(target) and i < len(steered.phis):
                     phi = torch.from_numpy(bank.generate_phi(target)).to(steered.phis[i].dtype)
@@ -584,7 +586,7 @@ class AgentRuntime:
         return draft
 
     @staticmethod
-    def _steered_opening(prompt: str, first_code: str, rules: _StepRules, bank: PhiBank) -> str:
+    def _steered_opening(named: Sequence[str], first_code: str, rules: _StepRules, bank: PhiBank) -> str:
         """``name = generate(`` for the first named target the bank has, where the first draft opened
         with a ``generate``; the steered draft starts with it.
 
@@ -594,8 +596,8 @@ class AgentRuntime:
         the named target, it writes the rest of the program about that target."""
         if not re.match(r"[A-Za-z_]\w* = generate\(", first_code):
             return ""
-        for target in steering_targets(prompt):
-            name = re.sub(r"[^a-z0-9]+", "_", target.lower()).strip("_")
+        for target in named:
+            name = snake_case(target)
             if bank.supports(target) and name.isidentifier() and name not in rules.names:
                 return f"{name} = generate("
         return ""

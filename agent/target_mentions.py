@@ -163,23 +163,22 @@ def answer_mention_warnings(answer: str, steps: Sequence[str]) -> list[str]:
     if not named:
         return []
     made = generated_targets(steps)
-    unmet = [t for t in _unmet(answer, made) if t in named]
-    if not unmet:
-        return []
-    return [f"the answer names the {', the '.join(unmet)}, but no step that ran segmented "
-            f"{'it' if len(unmet) == 1 else 'them'} (segmented: {', '.join(made) or 'nothing'}): low confidence, "
-            "check that the answer is about what was segmented"]
+    return _missed("the answer", [t for t in _unmet(answer, made) if t in named], made, "what was segmented")
 
 
 def mention_warnings(prompt: str, steps: Sequence[str]) -> list[str]:
     """One low-confidence warning naming the targets the request names and the program missed."""
     made = generated_targets(steps)
-    unmet = _unmet(prompt, made)
+    return _missed("the request", _unmet(prompt, made), made, "what was asked")
+
+
+def _missed(who: str, unmet: Sequence[str], made: Sequence[str], about: str) -> list[str]:
+    """The one warning of `mention_warnings` and `answer_mention_warnings` (none when nothing is unmet)."""
     if not unmet:
         return []
-    return [f"the request names the {', the '.join(unmet)}, but no step that ran segmented "
+    return [f"{who} names the {', the '.join(unmet)}, but no step that ran segmented "
             f"{'it' if len(unmet) == 1 else 'them'} (segmented: {', '.join(made) or 'nothing'}): low confidence, "
-            "check that the answer is about what was asked"]
+            f"check that the answer is about {about}"]
 
 
 __all__ = ["answer_mention_warnings", "answers_none", "generated_targets", "mention_warnings", "request_targets",
