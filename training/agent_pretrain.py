@@ -693,24 +693,27 @@ def export(run_dir: str | Path, out_dir: str | Path, best: bool = True) -> Path:
 
 
 def write_intent_index(run_dir: str | Path, out_dir: str | Path) -> Path | None:
-    """``agent.intent_check``'s index of the run's training requests (its episode pool: training
-    templates only), beside the exported agent; None (logged) without a pool or a sentence encoder."""
+    """``agent.intent_check``'s index of training-template requests, beside the exported agent: the
+    run's episode pool where it has one, else requests drawn afresh (``training.intent_requests``, as
+    after a fresh clone, where the pool is not committed); None (logged) without a sentence encoder."""
     from agent.functions import default_registry
     from agent.intent_check import INDEX_NAME, IntentIndex
     from agent.prompt_encoder import SentenceEncoderUnavailable, shared_encoder
+    from training.intent_requests import template_requests
 
-    path = Path(run_dir) / POOL_FILE
-    if not path.is_file():
-        logger.warning("no episode pool in %s: exported without an intent index", run_dir)
-        return None
     try:
         encoder = shared_encoder()
     except SentenceEncoderUnavailable as exc:
         logger.warning("exported without an intent index: %s", exc)
         return None
-    pool = torch.load(path, weights_only=False)["pool"]
-    index = IntentIndex.build([(e.family, e.prompt, [s.code for s in e.steps]) for e in pool], encoder.encode,
-                              default_registry())
+    path = Path(run_dir) / POOL_FILE
+    if path.is_file():
+        pool = torch.load(path, weights_only=False)["pool"]
+        requests = [(e.family, e.prompt, [s.code for s in e.steps]) for e in pool]
+    else:
+        logger.info("no episode pool in %s: drawing training-template requests for the intent index", run_dir)
+        requests = list(template_requests())
+    index = IntentIndex.build(requests, encoder.encode, default_registry())
     return index.save(Path(out_dir) / INDEX_NAME)
 
 
