@@ -33,7 +33,7 @@ LIBRARY_FUNCTIONS = frozenset({
     "depth", "difference", "dilate", "encode", "erode", "extents", "extreme_component", "fill_holes", "generate",
     "height", "hemisphere", "intensity_stats", "intersection", "keep", "largest_component", "mean_intensity",
     "output", "percent_change", "ratio", "read", "remove", "respond", "signal", "snr", "stop", "subtract",
-    "threshold", "union", "volume", "width",
+    "threshold", "trend", "union", "volume", "width",
 })
 # Python keywords (True, False, None, if, for, ...) cannot be assigned in the sandbox's language.
 RESERVED_SCAN_NAMES = LIBRARY_FUNCTIONS | frozenset(keyword.kwlist)

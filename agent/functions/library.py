@@ -37,6 +37,9 @@ ANY = ArgType("any", (object,), phrase="any value")
 MAX_MORPHOLOGY_MM = 50.0
 MAX_MARGIN_MM = 100.0
 SIGNAL_CONTRAST = 0.15  # |mean difference| / reference mean above which signal is hyper/hypo
+# |volume change| in percent up to which a lesion is called stable: two segmentations of one lesion
+# on different grids differ by several percent, so a smaller change is not read as growth
+STABLE_PERCENT = 20.0
 OUTPUT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}")  # used with fullmatch
 
 
@@ -267,6 +270,15 @@ def percent_change(ctx: CallContext, before: Quantity | int | float, after: Quan
     return Quantity(float(percent), "%", f"percent change from {_label(before)} to {_label(after)}")
 
 
+def trend(ctx: CallContext, percent: Quantity | int | float) -> str:
+    """The word for a volume change, decided here and not by the language model: reading "22.1 %"
+    back and writing "is stable" was a common agent error near the threshold."""
+    value, unit = _amount(percent)
+    if unit not in (None, "%"):
+        raise SandboxRuntimeError(f"trend(): takes a percent change (percent_change()), got a value in {unit}")
+    return "has grown" if value > STABLE_PERCENT else "has shrunk" if value < -STABLE_PERCENT else "is stable"
+
+
 def asymmetry(ctx: CallContext, left: Quantity | int | float, right: Quantity | int | float) -> Quantity:
     vl, vr, _ = _same_unit("asymmetry", left, right)
     index = float(vo.asymmetry_index(vl, vr))
@@ -410,6 +422,9 @@ def build_registry() -> Registry:
             "Change from before to after: absolute (same unit) and percent.", change),
         _fn("percent_change", [Param("before", AMOUNT), Param("after", AMOUNT)], "quantity [%]",
             "Change from before to after in percent.", percent_change),
+        _fn("trend", [Param("percent", AMOUNT)], "text",
+            f"Word for a percent change: 'has grown' above +{STABLE_PERCENT:g} %, 'has shrunk' below "
+            f"-{STABLE_PERCENT:g} %, else 'is stable'.", trend),
         _fn("asymmetry", [Param("left", AMOUNT), Param("right", AMOUNT)], "quantity",
             "Asymmetry index of a left and a right value.", asymmetry),
         _fn("count_components", [m], "quantity", "Number of connected components of a mask.", count_components),

@@ -39,7 +39,8 @@ def test_every_function_is_listed_with_signature_and_description():
     expected = {"encode", "generate", "read", "respond", "output", "stop", "capabilities", "volume", "extents",
                 "height", "width",
                 "depth", "bbox", "centroid", "mean_intensity", "intensity_stats", "snr", "ratio", "difference",
-                "change", "percent_change", "asymmetry", "count_components", "largest_component", "extreme_component",
+                "change", "percent_change", "trend", "asymmetry", "count_components", "largest_component",
+                "extreme_component",
                 "brightest_component", "hemisphere",
                 "union", "intersection", "subtract", "dilate", "erode", "fill_holes", "crop", "keep", "remove",
                 "threshold", "signal"}
@@ -150,6 +151,17 @@ def test_derived_quantities(box, t1):
     assert "denominator is 0" in box.execute_step("ratio(vl, 0)").error
     assert "undefined when the value before is 0" in box.execute_step("percent_change(0, vl)").error
     assert "must be a quantity or number" in box.execute_step("difference('a', vl)").error
+
+
+def test_trend_words_a_percent_change_at_the_stable_band(box, t1):
+    vl, vb = voxels_ml(t1.array > 150), voxels_ml(t1.array > 50)
+    ok(box, "up = trend(percent_change(vl, vb))\ndown = trend(percent_change(vb, vl))\n"
+            "edge = trend(20.0)\njust = trend(20.01)\nlow = trend(-20.01)")
+    assert vb > 1.25 * vl  # the threshold mask grows by far more than 20 % from 150 to 50
+    assert (box.env["up"], box.env["down"]) == ("has grown", "has shrunk")
+    assert (box.env["edge"], box.env["just"], box.env["low"]) == ("is stable", "has grown", "has shrunk")
+    ok(box, "h = height(lesion)")
+    assert "takes a percent change" in box.execute_step("trend(h)").error
 
 
 def test_components_hemisphere_largest(make_sandbox, t1):

@@ -129,10 +129,6 @@ def test_ground_truth_program_runs_in_the_sandbox_and_gives_the_recorded_truth(n
             assert READ_CHECKS[name](read_back, sample.expected), (name, seed, read_back, sample.expected)
 
 
-def _pct(text: str) -> float:
-    return float(text.split()[0])
-
-
 READ_CHECKS = {
     "lesion_count": lambda fb, e: fb == [str(e["count"])],
     "lesion_signal": lambda fb, e: fb == [e["signal"]],
@@ -140,9 +136,22 @@ READ_CHECKS = {
     "lesion_region": lambda fb, e: fb[0] == e["side"],
     "enhancement": lambda fb, e: (fb[1] == "hyperintense" and fb[0] != "hyperintense") == e["enhancing"],
     "restriction": lambda fb, e: (fb == ["hyperintense", "hypointense"]) == e["restricting"],
-    "longitudinal": lambda fb, e: (_pct(fb[0]) > 20 if e["trend"] == "has grown" else
-                                   _pct(fb[0]) < -20 if e["trend"] == "has shrunk" else abs(_pct(fb[0])) <= 20),
 }
+
+
+def test_longitudinal_trend_is_worded_by_the_library_from_the_measured_change():
+    """The agent copies trend(pc); the word must follow the percent the sandbox measured, both ways."""
+    seen = set()
+    for seed in range(200, 212):
+        sample, case = sample_task(seed, "longitudinal")
+        box = _run(sample, case)
+        pc, word = box.env["pc"].value, box.env["t"]
+        assert word == sample.expected["trend"], (seed, pc, word)
+        assert word == ("has grown" if pc > 20 else "has shrunk" if pc < -20 else "is stable"), (seed, pc)
+        assert pc == pytest.approx(sample.expected["percent_change"], rel=1e-6, abs=1e-6)
+        assert box.responses[-1] == sample.answer and word in sample.answer
+        seen.add(word)
+    assert {"has grown", "is stable"} <= seen
 
 
 @pytest.mark.parametrize("name", sorted(READ_CHECKS))

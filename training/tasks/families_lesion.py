@@ -10,6 +10,7 @@ import numpy as np
 
 import voxel_ops as vo
 from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
+from agent.functions.library import STABLE_PERCENT
 from training.synth import CaseSpec, LesionSpec, ScanSpec
 from training.synth.lesions import HYPER, HYPO
 from training.tasks.families import Draw, Family, pick, q
@@ -18,7 +19,6 @@ from training.tasks.targets import SCAN_PHRASES, SEQUENCE_NAMES, truth_mask
 
 SIDE_ANSWERS = {"left": "The lesion is in the left hemisphere.", "right": "The lesion is in the right hemisphere.",
                 "bilateral": "The lesion crosses the midline and involves both hemispheres."}
-STABLE_PERCENT = 20.0  # |volume change| up to this is called stable
 LESION_BOUND = {"lesion": ["the {lesion_word}", "the {lesion_word} {seen}"],
                 "seen": ["seen here", "in this scan", "visible on the images", "present"]}
 
@@ -60,15 +60,14 @@ class Longitudinal(Family):
         p.line(f"v1 = volume({la})")
         p.line(f"v2 = volume({lb})")
         p.line("pc = percent_change(v1, v2)")
-        p.line("read(pc)")
-        p.end_step()
+        p.line("t = trend(pc)")  # the library words the change: the agent only copies it
         (truth,) = case.lesions
         v1 = vo.volume_ml(truth_mask(case, "lesion", a))
         v2 = vo.volume_ml(truth_mask(case, "lesion", b))
         pc = vo.change(v1, v2)["percent"]
         # the trend follows what the two scans show (grids differ, so a stable lesion never measures 0 %)
         trend = "has grown" if pc > STABLE_PERCENT else "has shrunk" if pc < -STABLE_PERCENT else "is stable"
-        p.respond(f"The lesion volume went from {{v1}} to {{v2}} ({{pc}}); the lesion {trend}.", fstring=True)
+        p.respond("The lesion volume went from {v1} to {v2} ({pc}); the lesion {t}.", fstring=True)
         answer = f"The lesion volume went from {q(v1, 'mL')} to {q(v2, 'mL')} ({q(pc, '%')}); the lesion {trend}."
         prompt = self.prompt(rng, ti, LESION_BOUND)
         return self.sample(p, prompt, answer, {"trend": trend, "volume_before_ml": v1, "volume_after_ml": v2,
