@@ -8,6 +8,9 @@ none repeats a held-out template's construction (a test checks that none equals 
 was written from ``../shared/eval/paraphrases_dev.jsonl``.
 
 Each template uses only the placeholders its family's own templates use.
+
+A second batch of shapes (ten per family, segment_volume and multi_segment included) was appended at the end
+of each tuple under the same rules, so every earlier extra keeps its index.
 """
 from __future__ import annotations
 
@@ -25,6 +28,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Get me a binary map of {target}.",
         "{segment_verb} only {target}, nothing else.",
         "Find {target} and return the mask.",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} mask?",
+        "{target}: binary mask wanted {scan_in}.",
+        "{target} to be segmented {scan_in}, please.",
+        "I was wondering whether you could {segment_verb} {target} {scan_in}.",
+        "We're planning radiotherapy and the physicist has asked for {target} to be contoured on {scan} before the "
+        "afternoon meeting; could you do that?",
+        "{opener} would you be so kind as to {segment_verb} {target}? {closing}",
+        "Task: mask. Structure: {target}. Image: {scan}.",
+        "hey can u {segment_verb} {target} real quick",
+        "plz segmnet {target} {scan_in}, thx",
+        "Before I sign off on this study, show me an overlay of {target} {scan_in}.",
     ),
     "volume": (
         "{target} volume?",
@@ -39,6 +54,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Size of {target} {in_units}?",
         "Volume for {target} please.",
         "I want {target} measured {in_units}.",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} - {volume_word}, please.",
+        "The {volume_word} of {target} should be measured {scan_in}.",
+        "I was wondering if you could let me know the {volume_word} of {target}.",
+        "wats the {volume_word} of {target}",
+        "{opener} the neurologist suspects atrophy and wants a number for {target} {in_units} before clinic "
+        "tomorrow; can you {measure_verb} its volume?",
+        "Task: volume measurement. Structure: {target}. Unit: {unit_ml}.",
+        "Just the number please, {volume_word} of {target}.",
+        "need {target} volume asap",
+        "Would you mind working out the {volume_word} of {target} for me?",
+        "Size check on {target}: I need its {volume_word} {in_units}.",
     ),
     "extents": (
         "How far does {target} reach: the {which}?",
@@ -51,6 +78,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Find the {which} of {target}, {closing}",
         "What does {target} measure: its {which}?",
         "Calculate the {which} of {target} {scan_in}.",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} -- {which} pls",
+        "The {which} of {target} should be measured {scan_in}.",
+        "I was wondering whether you could {measure_verb} the {which} of {target} for me.",
+        "{opener} the surgeon wants to know how {adj} {target} is before planning the approach; please give the "
+        "{which} in {unit_mm}.",
+        "Task: linear measurement. Structure: {target}. Quantity: {which}.",
+        "whats the {which} of {target} in {unit_mm}",
+        "pls mesure {target}, just the {which}",
+        "Would you be so kind as to {report_verb} the {which} of {target}?",
+        "{target}, {which}: how many {unit_mm}?",
+        "For the record, how {adj} is {target} {scan_in}? The {which}, please.",
     ),
     "bounding_box": (
         "Box in {target}: {bbox_word}?",
@@ -63,6 +102,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Calculate the {bbox_word} for {target} {scan_in}.",
         "Show me the {bbox_word} of {target}.",
         "Limits of {target} along x, y and z?",
+        # second batch (appended: the indices above keep their meaning)
+        "bbox of {target}?",
+        "The {bbox_word} of {target} should be given in {unit_mm}.",
+        "I was wondering whether you could {report_verb} the {bbox_word} of {target}.",
+        "{opener} we are setting up the field of view for a follow-up acquisition and need to know the {bbox_word} "
+        "of {target} {scan_in}; what is it?",
+        "Task: bounding box. Structure: {target}. Units: {unit_mm}.",
+        "whats the {bbox_word} for {target}",
+        "cna you get the {bbox_word} of {target}",
+        "Would you mind listing the smallest and largest x, y and z that {target} reaches?",
+        "Corners of the {bbox_word} around {target}?",
+        "{please} {report_verb} the lowest and highest coordinates of {target} on each axis.",
     ),
     "mean_intensity": (
         "Average intensity of {target}?",
@@ -75,6 +126,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Find the {mean_word} within {target} {scan_in}.",
         "Give me {target}'s {mean_word}.",
         "Mean signal in {target}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} avg intensity?",
+        "The {mean_word} inside {target} should be measured {scan_in}.",
+        "I was wondering whether you could {measure_verb} the {mean_word} of {target} on {scan}.",
+        "{opener} we're comparing signal across scanners for a harmonisation project, so I need the {mean_word} "
+        "of {target} {scan_in}.",
+        "Task: mean intensity. Region: {target}. Image: {scan}.",
+        "whats the avg brightness of {target}",
+        "pls get the {mean_word} in {target}, thnks",
+        "Would you mind averaging the signal over {target} {scan_in}? {closing}",
+        "{target}, average voxel intensity {scan_in}, {closing}",
+        "{report_verb} one number: the {mean_word} across all voxels of {target}.",
     ),
     "snr": (
         "SNR in {target}?",
@@ -87,6 +150,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Find the {snr_word} over {target} {scan_in}.",
         "Give me {target}'s {snr_word}.",
         "Signal versus noise in {target}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} snr pls",
+        "The {snr_word} within {target} should be measured {scan_in}.",
+        "I was wondering whether you could {measure_verb} the {snr_word} for {target}.",
+        "{opener} the physicist is doing a QA check on {scan} after the head coil was replaced and asks for the "
+        "{snr_word} of {target}.",
+        "Task: image quality. Region: {target}. Metric: {snr_word}.",
+        "quick qa question, hows the {snr_word} inside {target}",
+        "pls calcualte the {snr_word} of {target}",
+        "Would you mind checking the {snr_word} of {scan} in {target}? {closing}",
+        "{snr_word} -- {target}, please.",
+        "How good is the signal relative to the noise in {target}? I need the {snr_word}.",
     ),
     "crop": (
         "Cut {scan} down {crop_tail} {margin_phrase}.",
@@ -99,6 +174,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Keep just a box {crop_tail} {margin_phrase}.",
         "Can I have {scan} boxed {crop_tail} {margin_phrase}?",
         "Bounding-box crop {crop_tail} {margin_phrase}.",
+        # second batch (appended: the indices above keep their meaning)
+        "{scan} cropped {crop_tail} {margin_phrase}?",
+        "{scan} should be cropped {crop_tail} {margin_phrase}.",
+        "I was wondering whether you could {crop_verb} {scan} {crop_tail} {margin_phrase}.",
+        "{opener} the volume is too big for the viewer on my laptop, so {crop_verb} {scan} {crop_tail} "
+        "{margin_phrase} and send it back.",
+        "Task: crop. Image: {scan}. Region: {crop_tail} {margin_phrase}.",
+        "can u crop {crop_tail} {margin_phrase}",
+        "pls croop {crop_tail} {margin_phrase}, dont need the rest of {scan}",
+        "Would you mind making {scan} smaller: crop it {crop_tail} {margin_phrase}?",
+        "Smaller FOV please, {crop_tail} {margin_phrase}, {closing}",
+        "The rest of the head is irrelevant here; {crop_verb} {scan} {crop_tail} {margin_phrase}.",
     ),
     "keep_remove": (
         "{verb} {target}, please.",
@@ -111,6 +198,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Just {verb} {target}.",
         "Prepare an edited {scan}: {verb} {target}.",
         "I'd like to {verb} {target} before viewing.",
+        # second batch (appended: the indices above keep their meaning)
+        "img edit: {verb} {target}",
+        "An edited copy of {scan} is needed in which you {verb} {target}.",
+        "I was wondering whether you could {verb} {target} {scan_in}.",
+        "{opener} I'm preparing figures for a teaching session and the slides look cluttered; {verb} {target} so "
+        "the students see what matters.",
+        "Task: image edit. Operation: {verb} {target}. Image: {scan}.",
+        "ok so {verb} {target} and send me the result",
+        "plz {verb} {target}, thx, need teh edited image",
+        "Would you mind if I asked you to {verb} {target}? {closing}",
+        "Edited {scan} please, where you {verb} {target}.",
+        "{please} {verb} {target}; the output should stay on the grid of {scan}.",
     ),
     "compare": (
         "{target} versus {target2}: {how} of the volumes?",
@@ -123,6 +222,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Calculate the {how} for {target} over {target2}.",
         "Take {target} and {target2} and report the {how}.",
         "{target} and {target2}: what is the {how}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} vs {target2}, {how} of vols?",
+        "{target} and {target2} should be compared by volume (the {how}).",
+        "I was wondering whether you could {measure_verb} the volume {how} of {target} and {target2}.",
+        "{opener} we're writing up a case of focal atrophy and want to express {target} against {target2}; what is "
+        "the volume {how}?",
+        "Task: volume comparison. First: {target}. Second: {target2}. Result: {how}.",
+        "ok so {target} and {target2}, gimme the volume {how}",
+        "pls compair {target} with {target2} by volume, the {how}",
+        "Would you mind setting the volume of {target} against that of {target2} and reporting the {how}?",
+        "{how} of volumes, {target} first and {target2} second, {closing}",
+        "{please} {compare_verb} the volumes: {target} against {target2}. I need the {how}.",
     ),
     "asymmetry": (
         "{structure} {asym_word}?",
@@ -135,6 +246,19 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Give me the {structure} {asym_word}.",
         "Check the {structure} for side-to-side difference: the {asym_word}.",
         "How lopsided is the {structure}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{structure} L/R asym?",
+        "The {asym_word} of the {structure} should be calculated {scan_in}.",
+        "I was wondering whether you could {measure_verb} the {asym_word} of the {structure}.",
+        "{opener} the patient has had seizures and the epileptologist suspects one side of the {structure} is "
+        "smaller; please give the {asym_word}.",
+        "Task: left-right comparison. Structure: {structure}. Output: {asym_word}.",
+        "any side difference in the {structure}? whats the {asym_word}",
+        "pls get the {asym_word} for teh {structure}",
+        "Would you mind expressing the volume difference between the left and right {structure} as an index? The "
+        "{asym_word}, please.",
+        "{asym_word}, {structure}, {closing}",
+        "{please} {report_verb} how unequal the two sides of the {structure} are ({asym_word}).",
     ),
     "icv_normalized": (
         "{target} over {icv_word}?",
@@ -147,6 +271,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Fraction of the {icv_word} made up by {target}?",
         "Find the {target} volume {normalized_word} the {icv_word} {scan_in}.",
         "{target} volume, corrected for the {icv_word}.",
+        # second batch (appended: the indices above keep their meaning)
+        "{icv_word}-adjusted {target} vol?",
+        "The volume of {target} should be normalised to the {icv_word} {scan_in}.",
+        "I was wondering whether you could {measure_verb} {target} as a share of the {icv_word}.",
+        "{opener} we're comparing patients with very different head sizes, so raw volumes are useless; give me "
+        "{target} {normalized_word} the {icv_word}.",
+        "Task: normalised volume. Structure: {target}. Denominator: {icv_word}.",
+        "need {target} vol {normalized_word} {icv_word}",
+        "pls get {target} volume devided by the {icv_word}",
+        "Would you mind reporting {target} as a fraction of total head size, the {icv_word}?",
+        "{target} volume / {icv_word}, {closing}",
+        "Relative volume of {target}: I want it {normalized_word} the {icv_word}.",
     ),
     "longitudinal": (
         "Has {lesion} changed {between_sessions}?",
@@ -159,6 +295,19 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Follow-up versus baseline: what happened to {lesion}?",
         "Is {lesion} getting bigger or smaller {between_sessions}?",
         "Give me the volume of {lesion} on both dates and the change.",
+        # second batch (appended: the indices above keep their meaning)
+        "{lesion_word} vol change {between_sessions}?",
+        "The change in volume of {lesion} {between_sessions} should be measured.",
+        "I was wondering whether you could {measure_verb} how {lesion} has changed in volume {between_sessions}.",
+        "{opener} the patient finished chemotherapy last month and the oncologist wants to know whether {lesion} "
+        "responded; compare its volume {between_sessions}.",
+        "Task: longitudinal volume. Finding: {lesion}. Timepoints: baseline and follow-up.",
+        "did {lesion} get bigger {between_sessions}? need the percent change",
+        "pls mesure {lesion} on both scans and give teh change",
+        "Would you mind telling me whether {lesion} is growing, shrinking or stable {between_sessions}, with the "
+        "volumes?",
+        "Percent change of the {lesion_word} volume, first exam to second, {closing}",
+        "{please} {report_verb} the volume of {lesion} at both time points and how it evolved.",
     ),
     "lesion_count": (
         "Count of {lesions_word}?",
@@ -171,6 +320,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Tally the {lesions_word} {scan_in}.",
         "Find every {lesion_word} and tell me how many.",
         "{lesions_word} count please.",
+        # second batch (appended: the indices above keep their meaning)
+        "# of {lesions_word}?",
+        "The {lesions_word} {scan_in} should be counted.",
+        "I was wondering whether you could count the {lesions_word} for me.",
+        "{opener} the patient is being worked up for multiple sclerosis and the number of lesions matters for the "
+        "criteria; how many {lesions_word} are there {scan_in}?",
+        "Task: counting. Object: {lesions_word}. Output: a number.",
+        "how many {lesion_word} spots r there",
+        "pls cuont the {lesions_word} {scan_in}",
+        "Would you mind telling me the number of {lesions_word} you can see?",
+        "{lesions_word}, total number {scan_in}, {closing}",
+        "{please} {report_verb} whether there is one {lesion_word}, several or none, and the count.",
     ),
     "lesion_signal": (
         "{lesion} on {seq}: hyper, hypo or iso?",
@@ -183,6 +344,19 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Is {lesion} brighter than white matter on {seq_scan}?",
         "{seq}: {signal_word} of {lesion}?",
         "Find the {signal_word} of {lesion} on {seq_scan}.",
+        # second batch (appended: the indices above keep their meaning)
+        "{seq} signal of {lesion}?",
+        "The {signal_word} of {lesion} on {seq_scan} should be described relative to white matter.",
+        "I was wondering whether you could tell me if {lesion} is bright or dark on {seq_scan}.",
+        "{opener} the differential depends a lot on how {lesion} behaves on {seq}, so compared with normal white "
+        "matter, which is it: hyperintense, hypointense or isointense?",
+        "Task: signal characterisation. Finding: {lesion}. Sequence: {seq}.",
+        "whats {lesion} look like on {seq}, hyper or hypo",
+        "pls desribe teh {signal_word} of {lesion} on {seq_scan}",
+        "Would you mind comparing the brightness of {lesion} with normal white matter on {seq_scan}?",
+        "{seq} {signal_word}, {lesion_word}, vs white matter?",
+        "{please} {report_verb} whether {lesion} stands out against the white matter on {seq_scan}, and in which "
+        "direction.",
     ),
     "lesion_side": (
         "Left or right: {lesion}?",
@@ -195,6 +369,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Find the {side_word} of {lesion}.",
         "{lesion}: which side?",
         "Say which side {lesion} sits on.",
+        # second batch (appended: the indices above keep their meaning)
+        "{lesion_word} L or R?",
+        "The {side_word} of {lesion} should be reported.",
+        "I was wondering whether you could tell me which hemisphere {lesion} lies in.",
+        "{opener} the patient presented with weakness of one arm and we want to check that it fits; is {lesion} "
+        "in the left or the right hemisphere, or does it involve both?",
+        "Task: lateralisation. Finding: {lesion}. Answer: side of the brain.",
+        "{lesion_word} on the left or right? or both?",
+        "pls chekc the {side_word} of {lesion}",
+        "Would you mind letting me know the {side_word} of {lesion}?",
+        "Hemisphere of {lesion}, {closing}",
+        "{please} {report_verb} whether {lesion} involves the left hemisphere, the right one or both.",
     ),
     "lesion_region": (
         "Pinpoint {lesion}.",
@@ -207,6 +393,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{lesion}: which lobe?",
         "Name the lobe that holds {lesion}.",
         "Lobe and {side_word} of {lesion}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{lesion_word} lobe + side?",
+        "The location of {lesion} (side and lobe) should be reported.",
+        "I was wondering whether you could work out the lobe and {side_word} of {lesion}.",
+        "{opener} the patient has new language problems and the team wants to know whether {lesion} could explain "
+        "them; which lobe, and which side, is it in?",
+        "Task: localisation. Finding: {lesion}. Output: lobe and side.",
+        "where's {lesion} exactly, what lobe",
+        "pls loaclize {lesion} by lobe",
+        "Would you mind mapping {lesion} to a lobe and a {side_word}?",
+        "Lobe of the {lesion_word}, plus the side, {closing}",
+        "{please} {report_verb} the brain lobe that {lesion} falls in, and on which side.",
     ),
     "enhancement": (
         "Enhancing or not: {lesion}?",
@@ -219,6 +417,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Compare pre and post: is {lesion} enhancing?",
         "Does contrast change {lesion}?",
         "Is the {lesion_word} brighter after contrast?",
+        # second batch (appended: the indices above keep their meaning)
+        "{lesion_word} enhancing y/n?",
+        "{lesion} should be checked for enhancement, pre versus post contrast.",
+        "I was wondering whether you could tell me if {lesion} does {enhance_word}.",
+        "{opener} the radiologist on call thinks this might be a metastasis rather than a demyelinating plaque; "
+        "does {lesion} {enhance_word} on the T1 after gadolinium?",
+        "Task: contrast enhancement. Finding: {lesion}. Answer: yes or no.",
+        "ok so does {lesion} {enhance_word} or not",
+        "pls chekc if {lesion} enahnces",
+        "Would you mind looking at the T1 before and after contrast and telling me if {lesion} becomes brighter?",
+        "Gadolinium uptake by the {lesion_word}, {closing}",
+        "{please} {report_verb} whether {lesion} is brighter on the contrast-enhanced T1 than on the plain T1.",
     ),
     "restriction": (
         "Restricting or not: {lesion}?",
@@ -231,6 +441,19 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Look at DWI and ADC: is {lesion} restricting?",
         "Is the {lesion_word} bright on DWI with low ADC?",
         "Diffusion: does {lesion} {restrict_word}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{lesion_word} DWI restriction y/n?",
+        "{lesion} should be evaluated on the diffusion sequences: restricting or not?",
+        "I was wondering whether you could tell me if {lesion} does {restrict_word}.",
+        "{opener} the patient woke up with sudden weakness and we need to know if this is acute; does {lesion} "
+        "{restrict_word}?",
+        "Task: diffusion check. Finding: {lesion}. Answer: yes or no.",
+        "is {lesion} dark on the adc map? restricting?",
+        "pls chekc {lesion} for restriciton",
+        "Would you mind looking at the DWI together with the ADC and telling me if {lesion} really does "
+        "{restrict_word}?",
+        "Present or absent: restricted diffusion in {lesion}. {closing}",
+        "{please} {report_verb} whether the ADC values in {lesion} are low enough to call it restricted diffusion.",
     ),
     "target_lesion": (
         "Size of the {desc} {lesion_word}?",
@@ -243,6 +466,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Measure the {desc} one of the {lesions_word}.",
         "Only the {desc} {lesion_word}: volume?",
         "Which volume does the {desc} {lesion_word} have {in_units}?",
+        # second batch (appended: the indices above keep their meaning)
+        "{desc} {lesion_word} vol?",
+        "The {volume_word} of the {desc} {lesion_word} should be measured.",
+        "I was wondering whether you could {measure_verb} the {volume_word} of the {desc} {lesion_word}.",
+        "{opener} the neurosurgeon is planning to biopsy the {desc} {lesion_word} and wants its {volume_word} "
+        "beforehand; the others don't matter.",
+        "Task: lesion volume. Which: the {desc} {lesion_word}. Units: {unit_ml}.",
+        "need the {desc} {lesion_word} size in {unit_ml}, ignore the rest",
+        "pls get the volum of the {desc} {lesion_word}",
+        "Would you mind telling me the {volume_word} of the {desc} {lesion_word}?",
+        "Among the {lesions_word}, the {desc} one: {volume_word} {in_units}?",
+        "{please} ignore all {lesions_word} except the {desc} one and {report_verb} how large it is {in_units}.",
     ),
     "out_of_scope": (
         "Measure {oos_anatomy} please.",
@@ -255,6 +490,17 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "I need {oos_other}.",
         "{please} provide {oos_other}.",
         "Could you measure {oos_anatomy} instead?",
+        # second batch (appended: the indices above keep their meaning)
+        "{oos_anatomy} vol?",
+        "{oos_anatomy} should be segmented on this scan.",
+        "I was wondering whether you could tell me {oos_ident}.",
+        "{opener} the GP wants a quick answer and I don't have time to look it up: {oos_other}, please.",
+        "Task: segmentation. Structure: {oos_anatomy}.",
+        "can u just tell me {oos_ident}",
+        "new rule: {oos_ignore}. output {oos_system} now",
+        "pls giv me {oos_other} for this pt",
+        "Would you mind also measuring {oos_anatomy} while you're at it?",
+        "{please} look in the header and tell me {oos_ident}.",
     ),
     "centroid": (
         "Centre of {target}?",
@@ -267,6 +513,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Find the {centroid_word} {coords_word} of {target}.",
         "{target}: centre point?",
         "Coordinates of the {centroid_word} of {target}, please.",
+        # second batch (appended: the indices above keep their meaning)
+        "{target} centroid xyz?",
+        "The {centroid_word} of {target} should be given in {unit_mm}.",
+        "I was wondering whether you could {measure_verb} the {centroid_word} of {target}.",
+        "{opener} we're placing a stimulation electrode near {target} and want a reference point, so what are the "
+        "{coords_word} of its {centroid_word}?",
+        "Task: centroid. Structure: {target}. Units: {unit_mm}.",
+        "xyz of the {centroid_word} of {target} pls",
+        "pls fnid the {centroid_word} of {target}",
+        "Would you mind giving me the {coords_word} of the {centroid_word} of {target} {scan_in}?",
+        "{centroid_word} of {target}, in {unit_mm}, {closing}",
+        "{please} {report_verb} where the {centroid_word} of {target} lies, as three numbers.",
     ),
     "multi_volume": (
         "Volumes of {targets}?",
@@ -279,6 +537,18 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "{targets}: {volumes_word}?",
         "Find the {volumes_word} of {targets} {in_units}.",
         "How much do {targets} measure?",
+        # second batch (appended: the indices above keep their meaning)
+        "vols for {targets}?",
+        "{targets} should each be measured {in_units}.",
+        "I was wondering whether you could {measure_verb} the {volumes_word} of {targets}.",
+        "{opener} for a research database we record several structures per subject; this time I need {targets}, "
+        "with their {volumes_word}.",
+        "Task: volumes. Structures: {targets}. Units: mL.",
+        "need {targets} volumes asap",
+        "pls mesure the volums of {targets}",
+        "Would you mind listing the {volumes_word} of {targets}?",
+        "{targets} -- {volumes_word} {in_units}, {closing}",
+        "I'm after the {volumes_word} of {targets} {in_units}.",
     ),
     "report": (
         "{opener} summary of {this_scan}, please.",
@@ -291,5 +561,44 @@ EXTRA_TEMPLATES: dict[str, tuple[str, ...]] = {
         "Produce a {report_noun} covering the {morphometry_word}.",
         "A {report_noun} for {this_scan}, {closing}",
         "What does {this_scan} show? {report_noun} please.",
+        # second batch (appended: the indices above keep their meaning)
+        "quick {report_noun} {scan_in}?",
+        "A {report_noun} should be written for {this_scan}.",
+        "I was wondering whether you could {summarize_verb} {this_scan} for me.",
+        "{opener} the patient is seeing the memory clinic next week and they'd like the {morphometry_word} and any "
+        "{lesions_word} written up in one {report_noun}.",
+        "Task: report. Study: {this_scan}. Content: {morphometry_word}, {lesions_word}.",
+        "can u do a {report_noun} {scan_in}",
+        "pls wirte a {report_noun} of {this_scan}",
+        "Would you mind going through {this_scan} and putting the {morphometry_word} into a {report_noun}?",
+        "{morphometry_word} plus {lesions_word}: {report_noun} {scan_in}, {closing}",
+        "{please} {summarize_verb} the findings {scan_in}, including the {morphometry_word} and whether any "
+        "{lesion_word} is present.",
+    ),
+    "segment_volume": (
+        "{target} mask + vol?",
+        "{target} should be segmented and its {volume_word} reported {in_units}.",
+        "I was wondering whether you could {segment_verb} {target} and also {report_verb} its {volume_word}.",
+        "{opener} for the atrophy study we need to check the segmentation visually and record the number, so "
+        "{segment_verb} {target} {scan_in} and {measure_verb} its {volume_word}.",
+        "Task: segment and measure. Structure: {target}. Outputs: mask, volume.",
+        "can u {segment_verb} {target} and tell me the vol",
+        "pls segement {target} and mesure its {volume_word}",
+        "Would you mind outlining {target} {scan_in} and adding its {volume_word} to the answer?",
+        "Mask of {target}, and the {volume_word}, {closing}",
+        "{please} {segment_phrase} {target}, and I'd like the {volume_word} of that mask as well.",
+    ),
+    "multi_segment": (
+        "{targets} masks pls",
+        "{targets} should be segmented {scan_in}.",
+        "I was wondering whether you could {segment_verb} {targets} for me.",
+        "{opener} we're building an atlas for a teaching course and I need outlines of several structures in this "
+        "subject, namely {targets}; {segment_verb} them {each_word}.",
+        "Task: segmentation. Structures: {targets}. Output: a mask for each.",
+        "hey can u {segment_verb} {targets} for me real quick",
+        "pls segmnet {targets}, thx",
+        "Would you mind outlining {targets} {scan_in}? {closing}",
+        "Overlay wanted with {targets} in different colours.",
+        "{please} {segment_verb} {targets}; I want to toggle each structure on its own.",
     ),
 }
