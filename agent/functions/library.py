@@ -270,13 +270,18 @@ def percent_change(ctx: CallContext, before: Quantity | int | float, after: Quan
     return Quantity(float(percent), "%", f"percent change from {_label(before)} to {_label(after)}")
 
 
+def trend_word(percent: float) -> str:
+    """'has grown', 'has shrunk' or 'is stable' for a percent change (the one rule, also for training truth)."""
+    return "has grown" if percent > STABLE_PERCENT else "has shrunk" if percent < -STABLE_PERCENT else "is stable"
+
+
 def trend(ctx: CallContext, percent: Quantity | int | float) -> str:
     """The word for a volume change, decided here and not by the language model: reading "22.1 %"
     back and writing "is stable" was a common agent error near the threshold."""
     value, unit = _amount(percent)
     if unit not in (None, "%"):
         raise SandboxRuntimeError(f"trend(): takes a percent change (percent_change()), got a value in {unit}")
-    return "has grown" if value > STABLE_PERCENT else "has shrunk" if value < -STABLE_PERCENT else "is stable"
+    return trend_word(value)
 
 
 def asymmetry(ctx: CallContext, left: Quantity | int | float, right: Quantity | int | float) -> Quantity:

@@ -10,7 +10,7 @@ import numpy as np
 
 import voxel_ops as vo
 from agent.functions.capabilities import CAPABILITIES, CAPABILITIES_V2
-from agent.functions.library import STABLE_PERCENT
+from agent.functions.library import trend_word
 from training.synth import CaseSpec, LesionSpec, ScanSpec
 from training.synth.lesions import HYPER, HYPO
 from training.tasks.families import Draw, Family, pick, q
@@ -66,7 +66,7 @@ class Longitudinal(Family):
         v2 = vo.volume_ml(truth_mask(case, "lesion", b))
         pc = vo.change(v1, v2)["percent"]
         # the trend follows what the two scans show (grids differ, so a stable lesion never measures 0 %)
-        trend = "has grown" if pc > STABLE_PERCENT else "has shrunk" if pc < -STABLE_PERCENT else "is stable"
+        trend = trend_word(pc)
         p.respond("The lesion volume went from {v1} to {v2} ({pc}); the lesion {t}.", fstring=True)
         answer = f"The lesion volume went from {q(v1, 'mL')} to {q(v2, 'mL')} ({q(pc, '%')}); the lesion {trend}."
         prompt = self.prompt(rng, ti, LESION_BOUND)
