@@ -15,9 +15,8 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 from tqdm import tqdm
 
-from training.synth import synthesize_case
-from training.synth.label_case import LabelCaseSource, LabelCaseSpec, default_source
-from training.tasks import FAMILIES
+from training.synth.label_case import LabelCaseSource, default_source
+from training.tasks import FAMILIES, case_for
 
 SEED_BASE = 7_000_000  # apart from the trainer's seeds (0..) and the held-out ones (10**9..)
 
@@ -35,17 +34,17 @@ def template_requests(per_family: int = 150, per_case: int = 50, seed: int = SEE
     source = source or default_source()
     cases_per_family = -(-per_family // per_case)
     bar = tqdm(total=len(names) * cases_per_family, desc="intent requests", disable=not progress)
+    order = sorted(FAMILIES)  # a family's seeds depend on its place in the full list, not in ``families``
     for name in names:
         fam = FAMILIES[name]
-        f = sorted(FAMILIES).index(name)
+        f = order.index(name)
         allowed = fam.template_indices("train")
         made = 0
         for c in range(cases_per_family):
             case_seed = seed + 1000 * f + c
             rng = np.random.default_rng([case_seed, zlib.crc32(name.encode())])
             draw = fam.draw_v2(rng)
-            case = source.case(case_seed, draw.spec) if isinstance(draw.spec, LabelCaseSpec) \
-                else synthesize_case(case_seed, draw.spec)
+            case = case_for(draw, case_seed, source)
             for j in range(min(per_case, per_family - made)):
                 r = np.random.default_rng([case_seed, zlib.crc32(b"intent"), j])
                 ti = int(allowed[int(r.integers(len(allowed)))])

@@ -11,7 +11,7 @@ import voxel_ops as vo
 from agent.phi_bank import DEFAULT_TARGETS, PhiBank
 from agent.sandbox import Sandbox
 from training.oracle import OracleVisionClient
-from training.tasks import FAMILIES, MOD, STEP, sample_task
+from training.tasks import FAMILIES, MOD, STEP, case_for, sample_task
 from training.tasks.grammar import expand, placeholders
 from training.tasks.lexicon import LEXICON
 from training.tasks.targets import SCAN_PHRASES, TARGETS
@@ -191,6 +191,14 @@ def test_sample_task_is_deterministic_and_template_restriction_holds():
     for seed in range(5):
         s, _ = sample_task(seed, "volume", templates=[0, 1])
         assert s.template_index in (0, 1)
+
+
+def test_a_real_anatomy_draw_without_a_label_source_is_an_error_not_an_mni_case():
+    draw = FAMILIES["volume"].draw_v2(np.random.default_rng(3))
+    with pytest.raises(ValueError, match="LabelCaseSource"):
+        case_for(draw, 3, None)
+    mni_draw = FAMILIES["volume"].draw(np.random.default_rng(3))
+    assert set(case_for(mni_draw, 3, None).scans)
 
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))

@@ -19,6 +19,7 @@ from training.tasks.families import (
     Centroid,
     Compare,
     Crop,
+    Draw,
     Extents,
     Family,
     IcvNormalized,
@@ -60,6 +61,16 @@ def _allowed(fam: Family, templates: Sequence[int] | str | None) -> list[int]:
     return [t for t in allowed if t < len(fam.all_templates)] or [0]
 
 
+def case_for(draw: Draw, seed: int, source: LabelCaseSource | None) -> Case | LabelCase:
+    """The case a family's draw asks for: real anatomy from ``source`` for a label-case spec, else
+    an MNI case synthesized from the spec (a label-case spec with no source is a caller's error)."""
+    if isinstance(draw.spec, LabelCaseSpec):
+        if source is None:
+            raise ValueError("this draw needs real anatomy: pass a LabelCaseSource")
+        return source.case(seed, draw.spec)
+    return synthesize_case(seed, draw.spec)
+
+
 def sample_task(seed: int, family: str | None = None, *, templates: Sequence[int] | str | None = None,
                 labels: LabelCaseSource | bool | None = None) -> tuple[TaskSample, Case | LabelCase]:
     """One task: family (random unless given), its case, prompt, program and ground truth.
@@ -76,11 +87,7 @@ def sample_task(seed: int, family: str | None = None, *, templates: Sequence[int
     fam = FAMILIES[name]
     source = default_source() if labels is True else (labels or None)
     draw = fam.draw_v2(rng) if source is not None else fam.draw(rng)
-    if isinstance(draw.spec, LabelCaseSpec):
-        assert source is not None
-        case: Case | LabelCase = source.case(seed, draw.spec)
-    else:
-        case = synthesize_case(seed, draw.spec)
+    case = case_for(draw, seed, source)
     allowed = _allowed(fam, templates)
     ti = int(allowed[int(rng.integers(len(allowed)))])
     return fam.build(case, draw, rng, ti), case
@@ -109,5 +116,5 @@ def sample_task_variants(seed: int, variants: int, *, templates: Sequence[int] |
     return out
 
 
-__all__ = ["FAMILIES", "HELD_OUT_TEMPLATE_START", "MOD", "STEP", "LabelCaseSource", "TaskSample", "sample_task",
-           "sample_task_variants"]
+__all__ = ["FAMILIES", "HELD_OUT_TEMPLATE_START", "MOD", "STEP", "LabelCaseSource", "TaskSample", "case_for",
+           "sample_task", "sample_task_variants"]
