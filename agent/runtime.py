@@ -58,6 +58,7 @@ from agent.grounding import ground_result
 from agent.intent_check import IntentIndex, intent_warnings
 from agent.model import DecodeSession, VoxAgentModel
 from agent.phi_bank import PhiBank
+from agent.program_coherence import coherence_problem
 from agent.result_warnings import (
     failed_step_warnings,
     instruction_warnings,
@@ -354,7 +355,8 @@ class AgentRuntime:
                 problem = (f"the last step failed: {outcome.error}" if outcome.error else
                            answer_problem(" ".join(responses))
                            or ungrounded_problem(responses, bool(result.metrics or result.outputs), read_texts,
-                                                 (CAPABILITIES, CAPABILITIES_V2)))
+                                                 (CAPABILITIES, CAPABILITIES_V2))
+                           or coherence_problem(ran))
                 if problem:
                     return self._finish(result, AnalysisStatus.no_answer, responses, timings, t_start, note=problem)
                 if responses or result.metrics or result.outputs:

@@ -11,7 +11,8 @@ from tests.agent.conftest import RecordingExecutor, vectors
 from tests.agent.test_state import SCANS
 
 STEP_1 = 'e = encode(t1<MOD>, flair<MOD>)\nm = generate(e, flair<MOD>, "lesion")\nv = volume(m)\nread(v)\nread(e)\n'
-STEP_2 = 'g = generate(e, t1<MOD>, "gray matter")\nrespond(f"The lesion measures {v}.")\nstop()\n'
+STEP_2 = ('g = generate(e, t1<MOD>, "gray matter")\noutput(g, "gray matter")\nrespond(f"The lesion measures {v}.")\n'
+          'stop()\n')
 
 
 class ScriptedModel(VoxAgentModel):
