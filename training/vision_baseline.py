@@ -43,7 +43,7 @@ class MultiLabelPretrainer(VisionPretrainer):
         if self.config.mni_share > 0:
             # it trains every class on every sample; an MNI sample defines only a few (mni_synthseg)
             raise ValueError("the multi-label baseline cannot train on MNI samples: set mni_share to 0")
-        self._class_lut = torch.from_numpy(class_lut())
+        self._class_lut = torch.from_numpy(class_lut()).to(self.device)
 
     def loss(self, logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         """Softmax CE + soft Dice over the foreground classes present (nnU-Net's pair); ``targets`` are
@@ -62,12 +62,12 @@ class MultiLabelPretrainer(VisionPretrainer):
     def _forward_backward(self, sample: dict, chosen: list[int], masks: torch.Tensor,
                           bf16: bool) -> dict[str, float] | None:
         """Every class at once from one forward pass (``chosen``/``masks`` of the phi trainer unused)."""
-        image = sample["image"][None, None]
-        classes = self._class_lut[sample["labels"].to(torch.int64)][None]
+        image = sample["image"][None, None].to(self.device)
+        classes = self._class_lut[sample["labels"].to(self.device, torch.int64)][None]
         targets = F.one_hot(classes, len(CLASS_LABELS)).movedim(-1, 1).float()
-        zero = torch.zeros(self.net.config.phi_dim)
+        zero = torch.zeros(self.net.config.phi_dim, device=self.device)
         working = self.config.loss_grid == "working"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             enc = self.net.encode([image], [sample["spacing"]], [zero])
             plan = enc.streams[0].plan
             logits = self.net.decode([enc.streams[0].skips], [plan], [zero], at_input_grid=not working)[0]

@@ -241,7 +241,10 @@ class SynthStream(torch.utils.data.IterableDataset):
             from training.synth.mni_synthseg import MNILabelMaps
 
             mni_gen = SynthSegGenerator(MNILabelMaps(), gen.priors, gen.settings)
-        rng = np.random.default_rng([cfg.seed, self.start_step])
+        worker = torch.utils.data.get_worker_info()
+        # one stream per worker; a single worker keeps the stream it always had
+        seed = [cfg.seed, self.start_step] + ([worker.id] if worker is not None and worker.num_workers > 1 else [])
+        rng = np.random.default_rng(seed)
         step = self.start_step
         while True:
             patch = patch_for_step(cfg, step)
@@ -279,8 +282,10 @@ def patch_for_step(config: PretrainConfig, step: int) -> int:
 class VisionPretrainer:
     """One run: network + phi table + optimizer + data stream + checkpoints + log."""
 
-    def __init__(self, run_dir: str | Path, config: PretrainConfig | None = None) -> None:
+    def __init__(self, run_dir: str | Path, config: PretrainConfig | None = None,
+                 device: str | torch.device = "cpu") -> None:
         self.run_dir = Path(run_dir)
+        self.device = torch.device(device)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         saved = self.run_dir / "config.json"
         if saved.is_file():
@@ -301,15 +306,16 @@ class VisionPretrainer:
         self.config = config or VARIANTS["default"]
         saved.write_text(self.config.to_json())
         torch.manual_seed(self.config.seed)
-        self.net = VisionNet(VisionConfig.from_dict(dict(self.config.vision)))
-        self.phi = PhiTable()
+        # on the device before the optimizer loads its state, which then follows the parameters there
+        self.net = VisionNet(VisionConfig.from_dict(dict(self.config.vision))).to(self.device)
+        self.phi = PhiTable().to(self.device)
         self.optimizer = torch.optim.AdamW(list(self.net.parameters()) + list(self.phi.parameters()),
                                            lr=self.config.lr, weight_decay=self.config.weight_decay)
         self.step = 0
         self.samples = 0
         self.hours = 0.0
         self.rng = np.random.default_rng([self.config.seed, 1])
-        self._luts = torch.from_numpy(np.stack([TARGETS[n].lut() for n in BANK_TARGETS]))
+        self._luts = torch.from_numpy(np.stack([TARGETS[n].lut() for n in BANK_TARGETS])).to(self.device)
         self._stop = False
         self.fp32_retries = 0
         self.last_targets: list[tuple[str, float, int]] = []
@@ -339,7 +345,7 @@ class VisionPretrainer:
             raise ValueError(f"a sample supervises none of the trainer's targets: {supervised}")
         k = min(k, len(allowed))
         present = np.asarray(present, dtype=np.int64)
-        lut = self._luts[:, np.clip(present, 0, LUT_SIZE - 1)].any(1).numpy()
+        lut = self._luts[:, np.clip(present, 0, LUT_SIZE - 1)].any(1).cpu().numpy()
         here = [i for i in allowed if lut[i]]
         lesion_here = [i for i in here if BANK_TARGETS[i] in LESION_TARGETS]
         chosen: list[int] = []
@@ -418,7 +424,7 @@ class VisionPretrainer:
                     continue
                 i, j = BANK_TARGETS.index(name), BANK_TARGETS.index(source)
                 noise = torch.randn(rows.shape[1], generator=torch.Generator().manual_seed(self.step + i))
-                rows[i] = rows[j] + 0.05 * rows[j].abs().mean() * noise
+                rows[i] = rows[j] + 0.05 * rows[j].abs().mean() * noise.to(rows.device)
                 for key in ("exp_avg", "exp_avg_sq"):
                     if key in state:
                         state[key][i] = 0.0
@@ -462,7 +468,7 @@ class VisionPretrainer:
         too is a real divergence and stops the run.
         """
         self.net.train()
-        labels = sample["labels"].to(torch.int64)
+        labels = sample["labels"].to(self.device, torch.int64)
         # a whole head costs ~12 patches at the working grid: one target for it, not targets_per_step
         k = 1 if sample["patch_mm"] == 0 else self.config.small_patch_targets if sample.get("small") else None
         chosen = self.choose_targets(sample["present"], k, sample.get("supervised"))
@@ -487,10 +493,10 @@ class VisionPretrainer:
     def _forward_backward(self, sample: dict, chosen: list[int], masks: torch.Tensor,
                           bf16: bool) -> dict[str, float] | None:
         """Loss and gradients for one sample; None (gradients cleared) when anything is non-finite."""
-        image = sample["image"][None, None]
+        image = sample["image"][None, None].to(self.device)
         mod = MODALITIES.index(MODALITY_OF_CONTRAST[sample["contrast"]])
         working = self.config.loss_grid == "working"
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=bf16):
             enc = self.net.encode([image], [sample["spacing"]], [self.phi.modalities[mod]])
             k = len(chosen)
             skips = [s.expand(k, *s.shape[1:]) for s in enc.streams[0].skips]
@@ -525,13 +531,13 @@ class VisionPretrainer:
         tmp = self.run_dir / "tmp"
         save_vision(self.net, tmp)
         self.phi.to_bank().save(tmp / "phi_bank.safetensors")
-        state: dict[str, torch.Tensor] = {"phi/targets": self.phi.targets.detach().clone(),
-                                          "phi/modalities": self.phi.modalities.detach().clone()}
+        state: dict[str, torch.Tensor] = {"phi/targets": self.phi.targets.detach().cpu().clone(),
+                                          "phi/modalities": self.phi.modalities.detach().cpu().clone()}
         opt = self.optimizer.state_dict()
         for pid, st in opt["state"].items():
             for key in ("exp_avg", "exp_avg_sq"):
-                state[f"opt/{pid}/{key}"] = st[key].to(torch.float16 if key == "exp_avg" else torch.bfloat16)
-            state[f"opt/{pid}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1)
+                state[f"opt/{pid}/{key}"] = st[key].to("cpu", torch.float16 if key == "exp_avg" else torch.bfloat16)
+            state[f"opt/{pid}/step"] = torch.as_tensor(st["step"], dtype=torch.float32).reshape(1).cpu()
         save_file(state, str(tmp / STATE_NAME))
         meta = dict(step=self.step, samples=self.samples, hours=self.hours, fp32_retries=self.fp32_retries,
                     running_dice=self.running_dice, revivals=self.revivals,
@@ -663,6 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--hours", type=float, help="wall-clock budget of this call")
     parser.add_argument("--max-steps", type=int, help="stop when the run reaches this many steps")
     parser.add_argument("--workers", type=int, default=1, help="synthesis worker processes (0: in the loop)")
+    parser.add_argument("--device", default="cpu", help="torch device of the network (cpu, cuda, cuda:1)")
     parser.add_argument("--summary", action="store_true",
                         help="print each target's training Dice over the last 2,000 steps and exit")
     args = parser.parse_args(argv)
@@ -679,7 +686,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             VARIANTS[args.variant] if args.variant else None)
         saved = Path(args.run) / "config.json"
         name = (config or (PretrainConfig.from_json(saved) if saved.is_file() else VARIANTS["default"])).trainer
-        trainer = trainer_class(name)(args.run, config)
+        trainer = trainer_class(name)(args.run, config, device=args.device)
     except (ValueError, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

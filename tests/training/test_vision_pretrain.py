@@ -318,3 +318,20 @@ def test_small_patches_centre_on_deep_structures_and_take_more_targets(tmp_path,
     assert rows and all(r["patch_mm"] == "32" for r in rows)
     with pytest.raises(ValueError, match="small_patch_share"):
         smoke(data_root, small_patch_share=1.5)
+
+
+def test_parallel_synthesis_workers_draw_different_samples(data_root):
+    """With several workers (the GPU runs use 14), each must draw its own stream: a shared seed would
+    hand the network the same sample once per worker."""
+    import torch
+
+    from training.vision_pretrain import SynthStream
+
+    config = smoke(data_root, whole_volume_share=0.0, small_patch_share=0.0)
+    loader = torch.utils.data.DataLoader(SynthStream(config, ["training_seg_01"], 0), batch_size=None,
+                                         num_workers=2)
+    first, second = [s["image"] for _, s in zip(range(2), loader)]  # round-robin: one from each worker
+    assert first.shape != second.shape or not torch.equal(first, second)
+    one = torch.utils.data.DataLoader(SynthStream(config, ["training_seg_01"], 0), batch_size=None, num_workers=1)
+    in_loop = next(iter(SynthStream(config, ["training_seg_01"], 0)))["image"]
+    assert torch.equal(next(iter(one))["image"], in_loop)  # one worker: the stream runs always had
