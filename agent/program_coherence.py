@@ -4,8 +4,9 @@ Why: on freely worded requests the commonest dishonest result was a program that
 was wrong in a way its own code shows. Seen on dev requests: ``output(hippocampus, "left
 hippocampus")`` (a mask shipped under another structure's name), ``output(t1post, "left
 hippocampus")`` (an input scan shipped as a segmentation), ``csf0hippocampus = generate(...)`` drawn
-and never used, and ``ratio(volume(icv), volume(icv))``. No program of the task families does any of
-these (``tests/sandbox/test_program_coherence.py`` checks every family's gold programs), so a run
+and never used, ``ratio(volume(icv), volume(icv))``, ``percent_change(v1, v1)`` and a "change" from
+the brain's volume to the lesion's on one scan. No program of the task families does any of
+these (``tests/agent/test_program_coherence.py`` checks every family's gold programs), so a run
 whose code does is reported ``no_answer`` with the reason instead of ``succeeded``.
 
 Only decoded programs are held to this: a user's own script may draw a mask it does not use.
@@ -57,10 +58,13 @@ def _string_arg(call: ast.Call, index: int) -> str | None:
 def coherence_problems(steps: Sequence[str]) -> list[str]:
     """What in ``steps`` no task program does (empty when nothing): a drawn mask never used, an
     output named for another target than the mask it ships, an input scan output as a mask, a
-    ratio of a volume to itself."""
+    ratio of a volume to itself, a percent change of a value against itself or between two
+    structures of one scan."""
     trees = _parse(steps)
     drawn: dict[str, str | None] = {}  # variable -> target of the generate() that assigned it
+    drawn_on: dict[str, str | None] = {}  # variable -> the scan its generate() drew on
     volumes: dict[str, str | None] = {}  # variable -> target whose volume() it holds
+    volume_scans: dict[str, str | None] = {}  # variable -> scan of that volume's mask
     assigned: set[str] = set()
     used: set[str] = set()
     problems: list[str] = []
@@ -76,12 +80,15 @@ def coherence_problems(steps: Sequence[str]) -> list[str]:
                 assigned.update(names)
                 if func == "generate" and isinstance(value, ast.Call):
                     raw = _string_arg(value, 2)
+                    scan = value.args[1].id if len(value.args) > 1 and isinstance(value.args[1], ast.Name) else None
                     for n in names:
                         drawn[n] = _target(raw) or raw
+                        drawn_on[n] = scan
                 elif func == "volume" and isinstance(value, ast.Call) and value.args \
                         and isinstance(value.args[0], ast.Name) and value.args[0].id in drawn:
                     for n in names:
                         volumes[n] = drawn[value.args[0].id]
+                        volume_scans[n] = drawn_on[value.args[0].id]
             if func == "output" and isinstance(value, ast.Call) and value.args:
                 problems += _output_problems(value, drawn, assigned)
             if func == "ratio" and isinstance(value, ast.Call) and len(value.args) == 2:
@@ -90,11 +97,36 @@ def coherence_problems(steps: Sequence[str]) -> list[str]:
                     ta, tb = volumes.get(a.id), volumes.get(b.id)
                     if ta is not None and ta == tb:
                         problems.append(f"the program divides the volume of {ta} by itself")
+            if func == "percent_change" and isinstance(value, ast.Call) and len(value.args) == 2:
+                problems += _change_problems(value.args, volumes, volume_scans)
     # a mask read again after its own step counts as used; one never named again does not
     for name, target in drawn.items():
         if name not in used:
             problems.append(f"the program segments {target or name} and never uses it")
     return list(dict.fromkeys(problems))
+
+
+def _sides_of_one(a: str, b: str) -> bool:
+    """"left putamen" and "right putamen" (or a side and its union): one structure, two parts."""
+    def strip(t: str) -> str:
+        return t.removeprefix("left ").removeprefix("right ")
+    return strip(a) == strip(b)
+
+
+def _change_problems(args: Sequence[ast.expr], volumes: dict[str, str | None],
+                     volume_scans: dict[str, str | None]) -> list[str]:
+    """A percent change compares one quantity at two times (or two sides): not a value with itself,
+    not two different structures measured on the same scan."""
+    a, b = args
+    if not (isinstance(a, ast.Name) and isinstance(b, ast.Name)):
+        return []
+    if a.id == b.id:
+        return [f"the program computes the percent change of {a.id} against itself"]
+    ta, tb = volumes.get(a.id), volumes.get(b.id)
+    sa, sb = volume_scans.get(a.id), volume_scans.get(b.id)
+    if ta and tb and ta != tb and sa is not None and sa == sb and not _sides_of_one(ta, tb):
+        return [f"the program computes a percent change from the {ta} volume to the {tb} volume of one scan"]
+    return []
 
 
 def _output_problems(call: ast.Call, drawn: dict[str, str | None], assigned: set[str]) -> list[str]:

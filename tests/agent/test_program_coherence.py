@@ -39,6 +39,11 @@ def test_the_gold_program_of_every_family_and_template_hangs_together():
      'respond(f"{v}")\nstop()', "segments hippocampus and never uses it"),
     ('i = generate(e, t1<MOD>, "ICV")\nj = generate(e, t1<MOD>, "intracranial volume")\nv = volume(i)\n'
      'w = volume(j)\nr = ratio(v, w)\nrespond(f"{r}")\nstop()', "divides the volume of intracranial volume by itself"),
+    ('l = generate(e, t1post<MOD>, "lesion")\nv1 = volume(l)\npc = percent_change(v1, v1)\nrespond(f"{pc}")\nstop()',
+     "percent change of v1 against itself"),
+    ('b = generate(e, t1_2020<MOD>, "brain")\nl = generate(e, t1_2020<MOD>, "lesion")\nv1 = volume(b)\n'
+     'v2 = volume(l)\npc = percent_change(v1, v2)\nrespond(f"{pc}")\nstop()',
+     "percent change from the brain volume to the lesion volume of one scan"),
 ])
 def test_each_contradiction_is_named(code, problem):
     assert problem in coherence_problem([ENC, code])
@@ -51,6 +56,13 @@ def test_what_task_programs_do_is_not_a_problem():
     assert coherence_problem([ENC, 'l = generate(e, t1<MOD>, "tumour core")\noutput(l, "lesion")\nstop()']) is None
     assert coherence_problem([ENC, 'm = generate(e, t1<MOD>, "brain")\nc = crop(t1, m, 5)\n'
                               'output(c, "cropped")\nstop()']) is None
+    # the same structure on two sessions, or its two sides on one scan, is what a change compares
+    two_sessions = [ENC, 'a = generate(e, pre<MOD>, "brain")\nb = generate(e2, post<MOD>, "brain")\n'
+                    'v1 = volume(a)\nv2 = volume(b)\npc = percent_change(v1, v2)\nrespond(f"{pc}")\nstop()']
+    assert coherence_problem(two_sessions) is None
+    sides = [ENC, 'a = generate(e, t1<MOD>, "left putamen")\nb = generate(e, t1<MOD>, "right putamen")\n'
+             'v1 = volume(a)\nv2 = volume(b)\npc = percent_change(v1, v2)\nrespond(f"{pc}")\nstop()']
+    assert coherence_problem(sides) is None
     assert coherence_problem(["this is not ( python"]) is None  # the sandbox reports what does not parse
 
 
