@@ -320,18 +320,25 @@ def test_small_patches_centre_on_deep_structures_and_take_more_targets(tmp_path,
         smoke(data_root, small_patch_share=1.5)
 
 
-def test_parallel_synthesis_workers_draw_different_samples(data_root):
+def test_parallel_synthesis_workers_draw_different_samples(data_root, monkeypatch):
     """With several workers (the GPU runs use 14), each must draw its own stream: a shared seed would
-    hand the network the same sample once per worker."""
+    hand the network the same sample once per worker. The worker is simulated in-process: forking
+    DataLoader workers from a test process that already runs threads can deadlock."""
+    import signal
+    from types import SimpleNamespace
+
     import torch
 
     from training.vision_pretrain import SynthStream
 
     config = smoke(data_root, whole_volume_share=0.0, small_patch_share=0.0)
-    loader = torch.utils.data.DataLoader(SynthStream(config, ["training_seg_01"], 0), batch_size=None,
-                                         num_workers=2)
-    first, second = [s["image"] for _, s in zip(range(2), loader)]  # round-robin: one from each worker
-    assert first.shape != second.shape or not torch.equal(first, second)
-    one = torch.utils.data.DataLoader(SynthStream(config, ["training_seg_01"], 0), batch_size=None, num_workers=1)
-    in_loop = next(iter(SynthStream(config, ["training_seg_01"], 0)))["image"]
-    assert torch.equal(next(iter(one))["image"], in_loop)  # one worker: the stream runs always had
+
+    def first_image(worker):
+        monkeypatch.setattr(torch.utils.data, "get_worker_info", lambda: worker)
+        monkeypatch.setattr(signal, "signal", lambda *args: None)  # a worker ignores stop signals
+        return next(iter(SynthStream(config, ["training_seg_01"], 0)))["image"]
+
+    a, b = first_image(SimpleNamespace(id=0, num_workers=2)), first_image(SimpleNamespace(id=1, num_workers=2))
+    assert a.shape != b.shape or not torch.equal(a, b)
+    # a single worker, or none, keeps the stream runs always had
+    assert torch.equal(first_image(SimpleNamespace(id=0, num_workers=1)), first_image(None))
