@@ -11,14 +11,16 @@ from api_schemas import Metric
 from tests.agent.conftest import RecordingExecutor
 from tests.agent.test_runtime import scripted
 from tests.agent.test_state import SCANS
-from training.synth.label_case import default_source
+from tests.training.synthseg_phantom import write_phantom_root
+from training.synth.label_case import LabelCaseSource
 from training.tasks import FAMILIES, case_for
 
 ENC = "e = encode(t1<MOD>)\nread(e)"
 
 
-def test_the_gold_program_of_every_family_and_template_hangs_together():
-    source = default_source()
+def test_the_gold_program_of_every_family_and_template_hangs_together(tmp_path):
+    # phantom label maps: CI has no ../shared/data, and the programs do not depend on real anatomy
+    source = LabelCaseSource(write_phantom_root(tmp_path / "synthseg", subjects=3))
     for name, fam in sorted(FAMILIES.items()):
         for seed in (0,):  # one case per family, every template written on it
             draw = fam.draw_v2(np.random.default_rng([seed, len(name)]))
